@@ -1,0 +1,95 @@
+//! PSS — the Persistent Storage Service: sysmgr's one sled database.
+//!
+//! sled allows one process per database, so sysmgr opens it once and every persistent part of the
+//! product (the process log today; service checkpoints, persistent MTS queues later) is a tree in
+//! it. Tree names follow DESIGN.md: `sysmgr/*`, `mts/*`, `pss/<service>/<scope>`.
+
+use std::path::{Path, PathBuf};
+
+/// The one error type of the `pss` crate.
+#[derive(Debug, thiserror::Error)]
+pub enum PssError {
+    /// sled could not open (or create) the database directory.
+    #[error("cannot open the PSS database at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    /// A tree could not be opened.
+    #[error("cannot open tree {tree}: {source}")]
+    Tree {
+        tree: String,
+        #[source]
+        source: sled::Error,
+    },
+}
+
+/// The sled database of one supervisor.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Open (or create) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, PssError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::LowSpace)
+            .cache_capacity(16 * 1024 * 1024)
+            .open()
+            .map_err(|source| PssError::Open {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Ok(Store {
+            db,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// A named tree (keyspace).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, PssError> {
+        self.db.open_tree(name).map_err(|source| PssError::Tree {
+            tree: name.to_string(),
+            source,
+        })
+    }
+
+    /// A fresh monotonically increasing id (unique across restarts of the database).
+    pub fn next_id(&self) -> Result<u64, sled::Error> {
+        self.db.generate_id()
+    }
+
+    /// Flush everything to disk.
+    pub fn flush(&self) -> Result<usize, sled::Error> {
+        self.db.flush()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen() {
+        let d = tempfile::tempdir().expect("tempdir");
+        {
+            let s = Store::open(d.path()).expect("open");
+            s.tree("sysmgr/test")
+                .expect("tree")
+                .insert(b"k", b"v".to_vec())
+                .expect("insert");
+            s.flush().expect("flush");
+        }
+        let s = Store::open(d.path()).expect("reopen");
+        let v = s.tree("sysmgr/test").expect("tree").get(b"k").expect("get");
+        assert_eq!(v.as_deref(), Some(&b"v"[..]));
+    }
+}

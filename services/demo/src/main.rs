@@ -1,0 +1,305 @@
+//! `sysmgr-demo`: the demo service of the default lab and the fixture of the tests.
+//!
+//! It speaks sd_notify like any systemd daemon and can misbehave on demand: crash, exit with a
+//! code, hang without heartbeats, ignore SIGTERM, orphan a grandchild, flood stdout, and keep a
+//! descriptor in sysmgr's fd store across a stateful restart. See `--help`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const HELP: &str = "sysmgr-demo [options]
+  --notify              send READY=1 once started
+  --ready-delay MS      wait before READY=1
+  --heartbeat           send WATCHDOG=1 at a third of WATCHDOG_USEC
+  --hang-after MS       stop heartbeats and everything else after MS
+  --crash-after MS      die of SIGSEGV after MS
+  --crash-times N       crash only while this service has started fewer than N+1 times
+                        (counted in --counter FILE)
+  --counter FILE        start counter file
+  --exit-after MS       exit after MS with --code (default 1)
+  --code N
+  --ignore-sigterm      ignore SIGTERM
+  --orphan FILE         fork a grandchild that outlives its parent (pid written to FILE)
+  --spew BYTES          write BYTES to stdout at start
+  --stderr TEXT         write TEXT as a line to stderr at start
+  --fdstore             keep a memfd in sysmgr's fd store; report it when handed back
+  --report FILE         append one line per start: pid, start kind, count, fds
+  --status TEXT         STATUS= text
+  --stamp FILE          (benchmark) append CLOCK_MONOTONIC ns at the first instruction";
+
+fn mono_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
+#[derive(Default)]
+struct Opts {
+    notify: bool,
+    ready_delay: u64,
+    heartbeat: bool,
+    hang_after: Option<u64>,
+    crash_after: Option<u64>,
+    crash_times: Option<u64>,
+    counter: Option<String>,
+    exit_after: Option<u64>,
+    code: i32,
+    ignore_sigterm: bool,
+    orphan: Option<String>,
+    spew: usize,
+    stderr: Option<String>,
+    fdstore: bool,
+    report: Option<String>,
+    status: Option<String>,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        code: 1,
+        ..Default::default()
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        let num = |s: String| s.parse::<u64>().map_err(|e| format!("{s}: {e}"));
+        match a.as_str() {
+            "--notify" => o.notify = true,
+            "--ready-delay" => o.ready_delay = num(val(a)?)?,
+            "--heartbeat" => o.heartbeat = true,
+            "--hang-after" => o.hang_after = Some(num(val(a)?)?),
+            "--crash-after" => o.crash_after = Some(num(val(a)?)?),
+            "--crash-times" => o.crash_times = Some(num(val(a)?)?),
+            "--counter" => o.counter = Some(val(a)?),
+            "--exit-after" => o.exit_after = Some(num(val(a)?)?),
+            "--code" => o.code = val(a)?.parse().map_err(|e| format!("--code: {e}"))?,
+            "--ignore-sigterm" => o.ignore_sigterm = true,
+            "--orphan" => o.orphan = Some(val(a)?),
+            "--spew" => o.spew = num(val(a)?)? as usize,
+            "--stderr" => o.stderr = Some(val(a)?),
+            "--fdstore" => o.fdstore = true,
+            "--report" => o.report = Some(val(a)?),
+            "--status" => o.status = Some(val(a)?),
+            "--stamp" => {
+                val(a)?;
+            }
+            "-h" | "--help" => return Err(HELP.into()),
+            other => return Err(format!("unknown option {other}\n{HELP}")),
+        }
+    }
+    Ok(o)
+}
+
+fn append(path: &str, line: &str) {
+    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+fn notify(s: &str) {
+    if let Err(e) = mts::notify::notify(s) {
+        eprintln!("sd_notify: {e}");
+    }
+}
+
+/// Start counter: how many times this service has started (persisted in a file).
+fn bump_counter(path: &str) -> u64 {
+    let n = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        + 1;
+    let _ = std::fs::write(path, n.to_string());
+    n
+}
+
+fn memfd_with(token: &str) -> Option<OwnedFd> {
+    // SAFETY: memfd_create with a static NUL-terminated name; we own the returned descriptor.
+    let fd = unsafe { libc::memfd_create(c"sysmgr-demo-state".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::unistd::write(&fd, token.as_bytes()).ok()?;
+    Some(fd)
+}
+
+fn read_token(fd: &OwnedFd) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: pread into our own buffer from a descriptor we own.
+    let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n <= 0 {
+        String::new()
+    } else {
+        String::from_utf8_lossy(&buf[..n as usize]).into_owned()
+    }
+}
+
+/// Fork a child that forks a grandchild and exits at once; reap the child so the grandchild is
+/// orphaned and reparented to the nearest subreaper (sysmgr) or PID 1 (sysmgr too).
+fn orphan(pidfile: &str) {
+    // SAFETY: fork; the child only calls fork, write of a pre-built file, sleep and _exit.
+    match unsafe { libc::fork() } {
+        0 => {
+            // SAFETY: as above.
+            let g = unsafe { libc::fork() };
+            if g == 0 {
+                std::thread::sleep(Duration::from_millis(300));
+                // SAFETY: _exit in the grandchild.
+                unsafe { libc::_exit(0) };
+            }
+            let _ = std::fs::write(pidfile, g.to_string());
+            // SAFETY: _exit in the child.
+            unsafe { libc::_exit(0) };
+        }
+        c if c > 0 => {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(c), None);
+        }
+        _ => eprintln!("fork failed"),
+    }
+}
+
+fn main() {
+    let t0 = mono_ns();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--stamp")
+        && let Some(path) = args.get(i + 1)
+    {
+        append(path, &t0.to_string());
+    }
+    let o = match parse(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let started = Instant::now();
+    let kind = std::env::var("SYSMGR_START").unwrap_or_else(|_| "unsupervised".into());
+    let count = std::env::var("SYSMGR_START_COUNT").unwrap_or_default();
+    let pid = std::process::id();
+    let term = Arc::new(AtomicBool::new(false));
+    if o.ignore_sigterm {
+        // SAFETY: setting a signal disposition to SIG_IGN.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    } else if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone()) {
+        eprintln!("cannot handle SIGTERM: {e}");
+    }
+
+    let listen = mts::notify::take_listen_fds();
+    let mut fd_report: Vec<String> = listen
+        .iter()
+        .map(|(n, fd)| format!("{n}={}", read_token(fd)))
+        .collect();
+    if o.fdstore && listen.is_empty() {
+        match memfd_with(&format!("token-from-{pid}")) {
+            Some(fd) => {
+                match mts::notify::notify_with_fds("FDSTORE=1\nFDNAME=demo-state", &[fd.as_fd()]) {
+                    Ok(_) => fd_report.push("stored-new".into()),
+                    Err(e) => eprintln!("FDSTORE: {e}"),
+                }
+            }
+            None => eprintln!("memfd_create failed"),
+        }
+    }
+    if let Some(r) = &o.report {
+        append(
+            r,
+            &format!(
+                "start pid={pid} kind={kind} count={count} fds=[{}]",
+                fd_report.join(",")
+            ),
+        );
+    }
+    println!(
+        "sysmgr-demo pid {pid} started ({kind}, start {count}), descriptors: [{}]",
+        fd_report.join(",")
+    );
+    if let Some(t) = &o.stderr {
+        eprintln!("{t}");
+    }
+    if o.spew > 0 {
+        let chunk = vec![b'x'; 8192];
+        let mut out = std::io::stdout().lock();
+        let mut left = o.spew;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if out.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            left -= n;
+        }
+        let _ = out.flush();
+    }
+    if let Some(f) = &o.orphan {
+        orphan(f);
+    }
+    let crash_now = match (o.crash_times, &o.counter) {
+        (Some(n), Some(c)) => bump_counter(c) <= n,
+        (None, Some(c)) => {
+            bump_counter(c);
+            true
+        }
+        _ => true,
+    };
+    let hb_every = mts::notify::watchdog_interval()
+        .map(|d| d / 3)
+        .filter(|_| o.heartbeat);
+    let mut next_hb = Instant::now();
+    let mut ready_sent = !o.notify;
+    if let Some(s) = &o.status {
+        notify(&format!("STATUS={s}"));
+    }
+    loop {
+        let el = started.elapsed();
+        if !ready_sent && el >= Duration::from_millis(o.ready_delay) {
+            notify("READY=1");
+            ready_sent = true;
+        }
+        if term.load(Ordering::Relaxed) {
+            notify("STOPPING=1");
+            println!("sysmgr-demo pid {pid}: SIGTERM, exiting");
+            std::process::exit(0);
+        }
+        if crash_now
+            && let Some(ms) = o.crash_after
+            && el >= Duration::from_millis(ms)
+        {
+            eprintln!("sysmgr-demo pid {pid}: crashing on purpose");
+            // SAFETY: restore the default action and raise: a real crash by signal.
+            unsafe {
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                libc::raise(libc::SIGSEGV);
+            }
+        }
+        if let Some(ms) = o.exit_after
+            && el >= Duration::from_millis(ms)
+        {
+            eprintln!("sysmgr-demo pid {pid}: exiting with code {}", o.code);
+            std::process::exit(o.code);
+        }
+        if let Some(ms) = o.hang_after
+            && el >= Duration::from_millis(ms)
+        {
+            // Hung: no heartbeats, no reaction to SIGTERM flags, nothing.
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        if let Some(every) = hb_every
+            && Instant::now() >= next_hb
+        {
+            notify("WATCHDOG=1");
+            next_hb = Instant::now() + every;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

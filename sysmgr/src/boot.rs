@@ -1,0 +1,60 @@
+//! `sysmgr boot`: from a validated lab to a running supervisor.
+
+use tokio::sync::mpsc;
+
+use crate::config;
+use crate::error::SysmgrError;
+use crate::supervisor::{BootOptions, Exit, Supervisor};
+
+/// Environment variable a reset sets across its re-exec.
+pub const REEXEC_ENV: &str = "SYSMGR_REEXEC";
+
+/// Boot once; returns how this boot ended. The caller re-execs on [`Exit::Reset`].
+pub fn boot(opts: BootOptions) -> Result<Exit, SysmgrError> {
+    let lab = config::load(&opts.config, opts.data_dir.as_deref())?;
+    let after_reset = std::env::var(REEXEC_ENV).is_ok_and(|v| v == "reset");
+    if std::process::id() != 1 {
+        // Orphans of our services are reparented to us, so we reap them and nothing leaks.
+        nix::sys::prctl::set_child_subreaper(true).map_err(|source| SysmgrError::Sys {
+            step: "PR_SET_CHILD_SUBREAPER",
+            source,
+        })?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| SysmgrError::Io {
+            step: "tokio runtime",
+            path: "-".into(),
+            source,
+        })?;
+    rt.block_on(async move {
+        std::fs::create_dir_all(&lab.sysmgr.data_dir).map_err(|source| SysmgrError::Io {
+            step: "create",
+            path: lab.sysmgr.data_dir.clone(),
+            source,
+        })?;
+        let listener = crate::control::bind(&lab.sysmgr.socket)?;
+        // A previous life of this supervisor killed with SIGKILL may have left grandchildren
+        // that escaped PDEATHSIG; they carry our socket in their environment.
+        let marker = format!("SYSMGR_SOCKET={}", lab.sysmgr.socket.display());
+        for pid in crate::procfs::pids_with_env(&marker) {
+            tracing::warn!(pid, "killing a leftover process of a previous sysmgr life");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let sup = Supervisor::new(opts, lab)?;
+        sup.record_boot(if after_reset {
+            "boot after supervisor reset"
+        } else {
+            "boot"
+        });
+        let (tx, rx) = mpsc::channel(64);
+        let server = tokio::spawn(crate::control::serve(listener, tx));
+        let exit = sup.run(rx).await;
+        server.abort();
+        exit
+    })
+}

@@ -1,0 +1,446 @@
+//! The NX-OS-style command line: grammar and rendering. Requests go to the running daemon.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::control::proto::{ProcessRow, Request, Response, ServiceDetail};
+use crate::proclog::{CoreRecord, ProcRecord, signal_name};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sysmgr",
+    about = "NX-OS-style service-level HA supervisor",
+    version
+)]
+pub struct Cli {
+    /// The supervisor configuration; the CLI finds the daemon's socket from it.
+    #[arg(long, global = true, default_value = "policies/sysmgr.toml")]
+    pub config: PathBuf,
+    /// Override the data directory the config names (several instances side by side).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Print show output as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the supervisor in the foreground.
+    Boot,
+    /// Policy file tools.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Show commands.
+    Show {
+        #[command(subcommand)]
+        cmd: ShowCmd,
+    },
+    /// Restart a service.
+    Restart {
+        #[command(subcommand)]
+        cmd: RestartCmd,
+    },
+    /// Re-read the policy files; only services whose policy changed are touched.
+    Reload,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Validate a policy directory without starting anything.
+    Check { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShowCmd {
+    /// show processes [log [details | pid N]]
+    Processes {
+        #[command(subcommand)]
+        cmd: Option<ProcessesCmd>,
+    },
+    /// show cores
+    Cores,
+    /// show system internal sysmgr service name NAME
+    System {
+        #[command(subcommand)]
+        cmd: SystemCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProcessesCmd {
+    /// The persistent process log.
+    Log {
+        #[command(subcommand)]
+        cmd: Option<LogCmd>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogCmd {
+    /// Every record in full.
+    Details,
+    /// The records of one instance.
+    Pid { pid: i32 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCmd {
+    Internal {
+        #[command(subcommand)]
+        cmd: InternalCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InternalCmd {
+    Sysmgr {
+        #[command(subcommand)]
+        cmd: SysmgrCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SysmgrCmd {
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceSel,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceSel {
+    Name { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RestartCmd {
+    /// restart service NAME [--stateless]
+    Service {
+        name: String,
+        /// Drop the service's stored state and descriptors.
+        #[arg(long)]
+        stateless: bool,
+    },
+}
+
+/// How a show should be rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Plain,
+    Details,
+}
+
+/// The request a CLI command maps to, and how to render its answer.
+pub fn request_for(cmd: &Cmd) -> Option<(Request, View)> {
+    Some(match cmd {
+        Cmd::Show { cmd } => match cmd {
+            ShowCmd::Processes { cmd: None } => (Request::ShowProcesses, View::Plain),
+            ShowCmd::Processes {
+                cmd: Some(ProcessesCmd::Log { cmd }),
+            } => match cmd {
+                None => (Request::ShowProcessLog { pid: None }, View::Plain),
+                Some(LogCmd::Details) => (Request::ShowProcessLog { pid: None }, View::Details),
+                Some(LogCmd::Pid { pid }) => {
+                    (Request::ShowProcessLog { pid: Some(*pid) }, View::Details)
+                }
+            },
+            ShowCmd::Cores => (Request::ShowCores, View::Plain),
+            ShowCmd::System {
+                cmd:
+                    SystemCmd::Internal {
+                        cmd:
+                            InternalCmd::Sysmgr {
+                                cmd:
+                                    SysmgrCmd::Service {
+                                        cmd: ServiceSel::Name { name },
+                                    },
+                            },
+                    },
+            } => (Request::ShowService { name: name.clone() }, View::Plain),
+        },
+        Cmd::Restart {
+            cmd: RestartCmd::Service { name, stateless },
+        } => (
+            Request::Restart {
+                name: name.clone(),
+                stateless: *stateless,
+            },
+            View::Plain,
+        ),
+        Cmd::Reload => (Request::Reload, View::Plain),
+        Cmd::Boot | Cmd::Policy { .. } => return None,
+    })
+}
+
+/// Where the daemon listens: `SYSMGR_SOCKET`, else the socket the config (and data dir) name.
+pub fn socket_path(config: &Path, data_dir: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(s) = std::env::var_os("SYSMGR_SOCKET") {
+        return Ok(s.into());
+    }
+    let mut errors = Vec::new();
+    let mut sys = crate::config::load_sysmgr(config, &mut errors).ok_or_else(|| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    if let Some(d) = data_dir {
+        sys.override_data_dir(d);
+    }
+    Ok(sys.socket)
+}
+
+fn time(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn dur(ms: u64) -> String {
+    let s = ms / 1000;
+    if s >= 86400 {
+        format!(
+            "{}d{:02}:{:02}:{:02}",
+            s / 86400,
+            s / 3600 % 24,
+            s / 60 % 60,
+            s % 60
+        )
+    } else if s >= 1 {
+        format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn yn(b: bool) -> &'static str {
+    if b { "Y" } else { "N" }
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn processes(rows: &[ProcessRow]) -> String {
+    let mut o = format!(
+        "{:>8}  {:<12}  {:>9}  {:>10}  {:<10}  {:<16}  {}\n",
+        "PID", "State", "Start_cnt", "Uptime", "Type", "Process", "Status"
+    );
+    o += &format!(
+        "{:>8}  {:<12}  {:>9}  {:>10}  {:<10}  {:<16}  {}\n",
+        "--------", "-----", "---------", "------", "----", "-------", "------"
+    );
+    for r in rows {
+        o += &format!(
+            "{:>8}  {:<12}  {:>9}  {:>10}  {:<10}  {:<16}  {}\n",
+            opt(r.pid),
+            r.state,
+            r.start_count,
+            r.uptime_ms.map(dur).unwrap_or_else(|| "-".into()),
+            r.start_kind.as_deref().unwrap_or("-"),
+            r.name,
+            r.status
+        );
+    }
+    o
+}
+
+fn proc_log(records: &[ProcRecord], cores: &[CoreRecord]) -> String {
+    let mut o = format!(
+        "{:<16}  {:>8}  {:<11}  {:<5}  {:<4}  {}\n",
+        "Process", "PID", "Normal-exit", "Stack", "Core", "Log-create-time"
+    );
+    o += &format!(
+        "{:<16}  {:>8}  {:<11}  {:<5}  {:<4}  {}\n",
+        "---------------", "------", "-----------", "-----", "----", "---------------"
+    );
+    for r in records {
+        let core = cores
+            .iter()
+            .find(|c| c.pid == r.pid && c.service == r.service);
+        o += &format!(
+            "{:<16}  {:>8}  {:<11}  {:<5}  {:<4}  {}\n",
+            r.service,
+            r.pid,
+            yn(r.death.normal()),
+            yn(core.is_some_and(|c| !c.stderr_tail.is_empty())),
+            yn(core.is_some_and(|c| c.core_file.is_some())),
+            time(r.ended_ms)
+        );
+    }
+    o
+}
+
+fn proc_log_details(records: &[ProcRecord], cores: &[CoreRecord]) -> String {
+    let mut o = String::new();
+    for r in records {
+        o += "======================================================\n";
+        o += &format!("Service: {}   (supervisor {})\n", r.service, r.supervisor);
+        o += &format!("Record {}: {}\n", r.seq, time(r.ended_ms));
+        if r.service == "sysmgr" {
+            o += &format!("Supervisor event: {} (PID {})\n", r.action, r.pid);
+            continue;
+        }
+        o += &format!(
+            "PID: {}   start type: {}   start count: {}\n",
+            r.pid,
+            r.start_kind.word(),
+            r.start_count
+        );
+        o += &format!(
+            "Started at {}, ended at {}, uptime {}\n",
+            time(r.started_ms),
+            time(r.ended_ms),
+            dur(r.uptime_ms())
+        );
+        o += &format!(
+            "Normal exit: {}   Reason: {}\n",
+            yn(r.death.normal()),
+            r.death.describe()
+        );
+        if let Some(s) = r.death.signal() {
+            o += &format!("Signal: {s} ({})\n", signal_name(s));
+        }
+        o += &format!(
+            "Action: {}{}\n",
+            r.action,
+            r.new_pid
+                .map(|p| format!(", new PID {p}"))
+                .unwrap_or_default()
+        );
+        if !r.policy.is_empty() {
+            o += &format!("Policy in force: {}\n", r.policy);
+        }
+        if let Some(c) = cores
+            .iter()
+            .find(|c| c.pid == r.pid && c.service == r.service)
+        {
+            o += &format!(
+                "Core: {}\n",
+                c.core_file
+                    .as_deref()
+                    .unwrap_or("not written by the kernel")
+            );
+            if !c.stderr_tail.is_empty() {
+                o += "Last stderr lines:\n";
+                for l in &c.stderr_tail {
+                    o += &format!("    {l}\n");
+                }
+            }
+        }
+    }
+    o
+}
+
+fn cores_table(cores: &[CoreRecord]) -> String {
+    let mut o = format!(
+        "{:<16}  {:>8}  {:<10}  {:<22}  {}\n",
+        "Process-name", "PID", "Signal", "Date(Year-Month-Day Time)", "Core-file"
+    );
+    o += &format!(
+        "{:<16}  {:>8}  {:<10}  {:<22}  {}\n",
+        "------------", "---", "------", "-------------------------", "---------"
+    );
+    for c in cores {
+        o += &format!(
+            "{:<16}  {:>8}  {:<10}  {:<25}  {}\n",
+            c.service,
+            c.pid,
+            format!("{} ({})", c.signal, signal_name(c.signal)),
+            time(c.time_ms),
+            c.core_file.as_deref().unwrap_or("-")
+        );
+    }
+    o
+}
+
+fn service(d: &ServiceDetail) -> String {
+    let mut o = format!(
+        "Service \"{}\" on supervisor {} ({}):\n",
+        d.name, d.supervisor, d.policy_file
+    );
+    o += &format!("        Command: {}\n", d.command.join(" "));
+    o += &format!(
+        "        State: {}{}, PID = {}\n",
+        d.state,
+        if d.ready { " (ready)" } else { "" },
+        opt(d.pid)
+    );
+    if !d.status.is_empty() {
+        o += &format!("        Status: {}\n", d.status);
+    }
+    o += &format!(
+        "        Start count: {}   last start type: {}   uptime: {}\n",
+        d.start_count,
+        d.start_kind.as_deref().unwrap_or("-"),
+        d.uptime_ms.map(dur).unwrap_or_else(|| "-".into())
+    );
+    o += &format!(
+        "        Depends on: [{}]   readiness: {}   restart kinds: [{}]\n",
+        d.depends_on.join(", "),
+        d.readiness,
+        d.restart_kinds.join(", ")
+    );
+    o += &format!(
+        "        Heartbeat: {}\n",
+        d.heartbeat.as_deref().unwrap_or("not monitored")
+    );
+    o += "        Restart policies:\n";
+    for p in &d.policies {
+        o += &format!("            {p}\n");
+    }
+    o += &format!(
+        "        Policy in force: {}   retries left: {}\n",
+        d.policy_in_force,
+        opt(d.retries_left)
+    );
+    o += &format!(
+        "        Minimum lifetime floor: {}{}\n",
+        d.min_lifetime_floor,
+        if d.floor_lowered {
+            " (LOWERED by this lab; NX-OS requires at least 4m)"
+        } else {
+            ""
+        }
+    );
+    match (&d.last_failure, d.last_failure_ms) {
+        (Some(f), Some(t)) => o += &format!("        Last failure: {f} at {}\n", time(t)),
+        _ => o += "        The service never crashed since sysmgr booted.\n",
+    }
+    if !d.stored_fds.is_empty() {
+        o += &format!("        Stored descriptors: {}\n", d.stored_fds.join(", "));
+    }
+    o
+}
+
+/// Render a response for a human, or as JSON.
+pub fn render(resp: &Response, view: View, json: bool) -> String {
+    if json {
+        let v = match resp {
+            Response::Processes(r) => serde_json::to_string_pretty(r),
+            Response::ProcessLog { records, cores } => serde_json::to_string_pretty(
+                &serde_json::json!({"records": records, "cores": cores}),
+            ),
+            Response::Cores(c) => serde_json::to_string_pretty(c),
+            Response::Service(d) => serde_json::to_string_pretty(d),
+            Response::Done(s) => serde_json::to_string_pretty(&serde_json::json!({"result": s})),
+        };
+        return v.unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n";
+    }
+    match (resp, view) {
+        (Response::Processes(r), _) => processes(r),
+        (Response::ProcessLog { records, cores }, View::Plain) => proc_log(records, cores),
+        (Response::ProcessLog { records, cores }, View::Details) => {
+            proc_log_details(records, cores)
+        }
+        (Response::Cores(c), _) => cores_table(c),
+        (Response::Service(d), _) => service(d),
+        (Response::Done(s), _) => format!("{s}\n"),
+    }
+}

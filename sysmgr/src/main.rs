@@ -1,0 +1,94 @@
+//! The `sysmgr` binary: the daemon (`sysmgr boot`) and the CLI.
+
+use std::os::unix::process::CommandExt;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sysmgr::cli::{self, Cli, Cmd, PolicyCmd};
+use sysmgr::supervisor::{BootOptions, Exit};
+use sysmgr::{SysmgrError, boot};
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    match &args.cmd {
+        Cmd::Boot => run_boot(&args),
+        Cmd::Policy {
+            cmd: PolicyCmd::Check { dir },
+        } => match sysmgr::config::check_dir(dir) {
+            Ok(lab) => {
+                println!(
+                    "{}: {} service policies valid",
+                    dir.display(),
+                    lab.services.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        cmd => {
+            let Some((req, view)) = cli::request_for(cmd) else {
+                return ExitCode::FAILURE;
+            };
+            let socket = match cli::socket_path(&args.config, args.data_dir.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("cannot find the sysmgr socket: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match sysmgr::control::request(&socket, &req) {
+                Ok(resp) => {
+                    print!("{}", cli::render(&resp, view, args.json));
+                    ExitCode::SUCCESS
+                }
+                Err(mts::MtsError::Remote(e)) => {
+                    eprintln!("% {e}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("% cannot reach sysmgr at {}: {e}", socket.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run_boot(args: &Cli) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let opts = BootOptions {
+        config: args.config.clone(),
+        data_dir: args.data_dir.clone(),
+    };
+    match boot::boot(opts) {
+        Ok(Exit::Shutdown) => ExitCode::SUCCESS,
+        Ok(Exit::Reset) => {
+            // Supervisor reset: same PID (so PID 1 stays PID 1), fresh everything else.
+            let argv: Vec<String> = std::env::args().collect();
+            let err = std::process::Command::new("/proc/self/exe")
+                .arg0(&argv[0])
+                .args(&argv[1..])
+                .env(boot::REEXEC_ENV, "reset")
+                .exec();
+            eprintln!("supervisor reset: re-exec failed: {err}");
+            ExitCode::FAILURE
+        }
+        Err(SysmgrError::Config(e)) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("sysmgr: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! SIGTERM stops services in reverse dependency order, with stop-timeout then SIGKILL for a
+//! service that ignores SIGTERM; the process log survives sysmgr's SIGKILL, and no service
+//! outlives a SIGKILLed sysmgr.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use sysmgr_tests::{Lab, alive, wait_for};
+
+#[test]
+fn orderly_shutdown_with_a_sigterm_ignoring_service() {
+    let mut lab = Lab::new("1s");
+    lab.service("base", &["--notify"], "readiness = \"notify\"\n");
+    lab.service(
+        "stubborn",
+        &["--notify", "--ignore-sigterm"],
+        "readiness = \"notify\"\ndepends-on = [\"base\"]\nstop-timeout = \"1s\"\n",
+    );
+    lab.boot();
+    let base = lab.wait_running("base", None);
+    let stubborn = lab.wait_running("stubborn", None);
+    let t = Instant::now();
+    lab.signal(Signal::SIGTERM);
+    assert_eq!(lab.wait_exit(Duration::from_secs(15)), Some(0));
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "waited for the stop timeout"
+    );
+    assert!(!alive(base) && !alive(stubborn));
+    // Boot again (with no services) to read what the process log kept.
+    std::fs::remove_file(lab.path("base.toml")).expect("rm");
+    std::fs::remove_file(lab.path("stubborn.toml")).expect("rm");
+    lab.boot();
+    let s = lab.records("stubborn");
+    let b = lab.records("base");
+    assert_eq!(s.len(), 1);
+    assert_eq!(b.len(), 1);
+    assert_eq!(
+        s[0]["death"]["Stopped"]["signal"], 9,
+        "stubborn needed SIGKILL: {s:?}"
+    );
+    assert_eq!(
+        b[0]["death"]["Stopped"]["code"], 0,
+        "base exited on SIGTERM: {b:?}"
+    );
+    assert!(
+        s[0]["seq"].as_u64() < b[0]["seq"].as_u64(),
+        "dependent stopped first"
+    );
+    assert!(b[0]["ended_ms"].as_u64() >= s[0]["ended_ms"].as_u64());
+    let sys: Vec<String> = lab
+        .records("sysmgr")
+        .iter()
+        .map(|r| r["action"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(sys, ["boot", "shutdown", "boot"]);
+}
+
+#[test]
+fn process_log_survives_sigkill_of_sysmgr_and_services_die_with_it() {
+    let mut lab = Lab::new("1s");
+    let orphan = lab.path("orphan.pid").display().to_string();
+    lab.service(
+        "victim",
+        &["--notify"],
+        "readiness = \"notify\"\n[ha.single-sup.primary]\naction = \"stateless\"\nmax-retries = 5\nmin-lifetime = \"1s\"\n",
+    );
+    // A service whose grandchild outlives it briefly: it is orphaned to sysmgr.
+    lab.service("parent", &["--orphan", &orphan], "");
+    lab.boot();
+    let pid = lab.wait_running("victim", None);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
+    let pid2 = lab.wait_running("victim", Some(pid));
+    let before = lab.json(&["show", "processes", "log"]);
+    // Kill sysmgr itself: its services must die with it (PDEATHSIG).
+    lab.signal(Signal::SIGKILL);
+    lab.wait_exit(Duration::from_secs(5));
+    wait_for(Duration::from_secs(3), "service death", || {
+        (!alive(pid2)).then_some(())
+    });
+    lab.boot();
+    let after = lab.json(&["show", "processes", "log"]);
+    let n = before["records"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(
+        before["records"].as_array().expect("records")[..],
+        after["records"].as_array().expect("records")[..n],
+        "log intact after SIGKILL"
+    );
+    let v = lab.records("victim");
+    assert_eq!(v[0]["pid"].as_i64(), Some(pid as i64));
+    assert_eq!(v[0]["death"]["Signal"]["signal"], 9);
+    assert_eq!(v[0]["new_pid"].as_i64(), Some(pid2 as i64));
+    // The new boot runs a new victim.
+    let pid3 = lab.wait_running("victim", None);
+    assert_ne!(pid3, pid2);
+}
