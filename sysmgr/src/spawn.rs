@@ -1,8 +1,15 @@
 //! fork/exec of one service instance.
 //!
-//! Everything the child needs (argv, envp, the program path, descriptors, ids) is built before
-//! `fork`; the child then makes only async-signal-safe calls: `setpgid`, `prctl`, `sigprocmask`,
-//! `signal`, `dup2`, `fcntl`, `close_range`, `chdir`, `setgroups/setgid/setuid`, `execve`.
+//! Everything the child needs (argv, envp, the program path, descriptors, ids, its stack) is
+//! built before the child exists; the child then makes only async-signal-safe calls: `setpgid`,
+//! `prctl`, `sigprocmask`, `signal`, `dup2`, `fcntl`, `close_range`, `chdir`,
+//! `setgroups/setgid/setuid`, `execve`.
+//!
+//! The child is created like glibc's posix_spawn does it: `clone(CLONE_VM | CLONE_VFORK)` on a
+//! stack of its own, with every signal blocked around the clone and every disposition reset to
+//! default in the child before it unblocks them. Sharing the address space until `execve` means
+//! no page-table copy of sysmgr's (tokio + sled) memory: restart latency does not grow with
+//! sysmgr's size. The parent thread is suspended until the child has exec'd or exited.
 //! `LISTEN_PID` must be the child's own pid, which only the child knows: its digits are written
 //! into a pre-allocated env buffer after `fork`.
 
@@ -42,7 +49,14 @@ pub struct SpawnSpec {
     scratch: Vec<RawFd>,
     ids: Option<(Option<Uid>, Option<Gid>)>,
     parent: Pid,
+    /// Where the child writes its pid digits (inside the LISTEN_PID buffer), or null.
+    pid_buf: *mut u8,
+    /// The child's stack until it execs.
+    stack: Vec<u8>,
 }
+
+/// Stack for the child between clone and execve.
+const CHILD_STACK: usize = 64 * 1024;
 
 fn cstr(s: &[u8]) -> Result<CString, SpawnError> {
     CString::new(s).map_err(|_| SpawnError::Nul(String::from_utf8_lossy(s).into_owned()))
@@ -108,32 +122,53 @@ impl SpawnSpec {
             scratch,
             ids,
             parent: nix::unistd::getpid(),
+            pid_buf: std::ptr::null_mut(),
+            stack: vec![0u8; CHILD_STACK],
         })
     }
 
-    /// Fork and exec. Returns the child's pid; exec failures show as exit code 127.
+    /// Create the child and exec. Returns the child's pid; exec failures show as exit code 127.
     pub fn spawn(&mut self) -> Result<Pid, SpawnError> {
-        let pid_buf: *mut u8 = match self.listen_pid {
+        self.pid_buf = match self.listen_pid {
             // The digits start after "LISTEN_PID=".
             Some(i) => self.env[i][11..].as_mut_ptr(),
             None => std::ptr::null_mut(),
         };
-        // SAFETY: fork in a multi-threaded process; the child only performs async-signal-safe
-        // calls on memory prepared above and then execs or _exits.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(SpawnError::Fork(nix::Error::last()));
+        extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+            // SAFETY: `arg` is the `SpawnSpec` whose `spawn` is suspended in clone (CLONE_VFORK)
+            // until this child execs or exits; nothing else touches it meanwhile.
+            unsafe { (*(arg as *mut SpawnSpec)).child() }
         }
-        if pid == 0 {
-            // SAFETY: in the child; see `child`.
-            unsafe { self.child(pid_buf) }
-        }
+        // 16-byte aligned top of the child's stack (stacks grow down on every Linux target here).
+        let top = (self.stack.as_mut_ptr() as usize + self.stack.len()) & !15;
+        // SAFETY: signals are blocked so no handler of ours can run on the child's stack in our
+        // shared address space; the child resets dispositions before unblocking. The mask is
+        // restored right after clone returns in the parent.
+        let pid = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            let pid = libc::clone(
+                entry,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                self as *mut SpawnSpec as *mut libc::c_void,
+            );
+            let errno = nix::Error::last();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            if pid < 0 {
+                return Err(SpawnError::Fork(errno));
+            }
+            pid
+        };
         Ok(Pid::from_raw(pid))
     }
 
     /// # Safety
-    /// Only in the child right after fork; never returns.
-    unsafe fn child(&mut self, pid_buf: *mut u8) -> ! {
+    /// Only in the child right after clone, with all signals blocked; never returns.
+    unsafe fn child(&mut self) -> ! {
+        let pid_buf = self.pid_buf;
         // SAFETY: async-signal-safe libc calls on pre-built data; any failure ends in _exit.
         unsafe {
             libc::setpgid(0, 0);

@@ -29,7 +29,11 @@ const HELP: &str = "sysmgr-demo [options]
   --fdstore             keep a memfd in sysmgr's fd store; report it when handed back
   --report FILE         append one line per start: pid, start kind, count, fds
   --status TEXT         STATUS= text
-  --stamp FILE          (benchmark) append CLOCK_MONOTONIC ns at the first instruction";
+  --notify-fd N         write a newline to descriptor N once started (s6 readiness)
+  --stamp FILE          (benchmark) append \"PID CLOCK_MONOTONIC-ns\" taken at the first instruction
+
+Started as `run` (a symlink in a daemontools/runit/s6 service directory), the options are read
+from ./run.args, one per line, so no shell sits between a supervisor and the service.";
 
 fn mono_ns() -> u128 {
     let mut ts = libc::timespec {
@@ -59,6 +63,7 @@ struct Opts {
     fdstore: bool,
     report: Option<String>,
     status: Option<String>,
+    notify_fd: Option<i32>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -87,6 +92,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--fdstore" => o.fdstore = true,
             "--report" => o.report = Some(val(a)?),
             "--status" => o.status = Some(val(a)?),
+            "--notify-fd" => {
+                o.notify_fd = Some(val(a)?.parse().map_err(|e| format!("--notify-fd: {e}"))?)
+            }
             "--stamp" => {
                 val(a)?;
             }
@@ -169,11 +177,22 @@ fn orphan(pidfile: &str) {
 
 fn main() {
     let t0 = mono_ns();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if std::env::args()
+        .next()
+        .is_some_and(|a0| a0 == "run" || a0.ends_with("/run"))
+    {
+        args = std::fs::read_to_string("run.args")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+    }
     if let Some(i) = args.iter().position(|a| a == "--stamp")
         && let Some(path) = args.get(i + 1)
     {
-        append(path, &t0.to_string());
+        append(path, &format!("{} {t0}", std::process::id()));
     }
     let o = match parse(&args) {
         Ok(o) => o,
@@ -255,6 +274,10 @@ fn main() {
         .filter(|_| o.heartbeat);
     let mut next_hb = Instant::now();
     let mut ready_sent = !o.notify;
+    if let Some(fd) = o.notify_fd {
+        // SAFETY: a plain write of one byte to a descriptor the supervisor gave us.
+        unsafe { libc::write(fd, b"\n".as_ptr().cast(), 1) };
+    }
     if let Some(s) = &o.status {
         notify(&format!("STATUS={s}"));
     }

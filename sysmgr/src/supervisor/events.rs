@@ -166,37 +166,14 @@ impl Supervisor {
         } else {
             Death::Exit(code.unwrap_or(-1))
         };
-        let pid = inst.pid.as_raw();
-        match (&rec.death, sig) {
-            (Death::Exit(c), _) => syslog::err(
-                2,
-                "SERVICE_CRASHED",
-                &format!("Service \"{name}\" (PID {pid}) has finished with error code {c}."),
-            ),
-            (_, Some(signal)) => syslog::err(
-                2,
-                "SERVICE_CRASHED",
-                &format!(
-                    "Service \"{name}\" (PID {pid}) hasn't caught signal {signal} ({}).",
-                    if core {
-                        "core will be saved"
-                    } else {
-                        "no core"
-                    }
-                ),
-            ),
-            _ => {}
-        }
         s.last_failure = Some((rec.death.describe(), rec.ended_ms));
-        if let Some(signal) = sig {
-            self.record_core(name, &inst, signal);
-        }
         let s = self
             .services
             .get_mut(name)
             .expect("service exists: looked up above");
         if matches!(self.phase, Phase::ShuttingDown(_)) {
             rec.action = "none (supervisor shutting down)".into();
+            self.report_failure(name, &inst, &rec.death, sig, core);
             self.append(rec);
             self.advance_shutdown();
             return;
@@ -297,12 +274,50 @@ impl Supervisor {
                     &format!("Service \"{name}\" failed: {what} ({}).", rec.policy),
                 );
                 // One supervisor: a switchover is not possible until the two-supervisor work lands.
+                self.report_failure(name, &inst, &rec.death, sig, core);
                 self.append(rec);
                 self.begin_shutdown(Exit::Reset, "supervisor reset");
                 return;
             }
         }
+        self.report_failure(name, &inst, &rec.death, sig, core);
         self.append(rec);
+    }
+
+    /// The LOG_ERR line and the core record of a failed instance; called after any restart so
+    /// neither delays the new instance.
+    fn report_failure(
+        &self,
+        name: &str,
+        inst: &instance::Instance,
+        death: &Death,
+        sig: Option<i32>,
+        core: bool,
+    ) {
+        let pid = inst.pid.as_raw();
+        match (death, sig) {
+            (Death::Exit(c), _) => syslog::err(
+                2,
+                "SERVICE_CRASHED",
+                &format!("Service \"{name}\" (PID {pid}) has finished with error code {c}."),
+            ),
+            (_, Some(signal)) => syslog::err(
+                2,
+                "SERVICE_CRASHED",
+                &format!(
+                    "Service \"{name}\" (PID {pid}) hasn't caught signal {signal} ({}).",
+                    if core {
+                        "core will be saved"
+                    } else {
+                        "no core"
+                    }
+                ),
+            ),
+            _ => {}
+        }
+        if let Some(signal) = sig {
+            self.record_core(name, inst, signal);
+        }
     }
 
     fn append(&self, rec: ProcRecord) {
