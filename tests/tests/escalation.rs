@@ -129,7 +129,7 @@ fn retries_reset_after_min_lifetime() {
 [ha.single-sup.primary]
 action = "stateful"
 max-retries = 1
-min-lifetime = "1s"
+min-lifetime = "2s"
 "#,
     );
     lab.boot();

@@ -18,7 +18,7 @@ fn systemd_notify_from_a_shell_service() {
     lab.write(
         "shell.toml",
         &format!(
-            r#"command = ["/bin/sh", "-c", "sleep 0.5; {sn} --ready --status='shell is up'; while :; do {sn} WATCHDOG=1; sleep 0.2; done"]
+            r#"command = ["/bin/sh", "-c", "sleep 1.5; {sn} --ready --status='shell is up'; while :; do {sn} WATCHDOG=1; sleep 0.2; done"]
 readiness = "notify"
 heartbeat = {{ interval = "1s", misses = 2 }}
 [ha.single-sup.primary]
@@ -34,7 +34,7 @@ min-lifetime = "1s"
         "depends-on = [\"shell\"]\n",
     );
     lab.boot();
-    // Not ready for the first half second, so its dependent has not started.
+    // Not ready for the first 1.5 s, so its dependent has not started.
     let d = lab.json(&[
         "show", "system", "internal", "sysmgr", "service", "name", "shell",
     ]);

@@ -57,6 +57,39 @@ fn orderly_shutdown_with_a_sigterm_ignoring_service() {
 }
 
 #[test]
+fn service_output_goes_to_capped_log_files() {
+    let mut lab = Lab::new("1s");
+    lab.write(
+        "sysmgr.toml",
+        &(std::fs::read_to_string(lab.config()).expect("cfg").replace(
+            "supervisors = 1\n",
+            "supervisors = 1\nlog-max-bytes = 100000\n",
+        )),
+    );
+    lab.service(
+        "chatty",
+        &["--spew", "350000", "--stderr", "hello on stderr"],
+        "",
+    );
+    lab.boot();
+    let out = lab.path("data/logs/chatty.stdout.log");
+    let rotated = lab.path("data/logs/chatty.stdout.log.1");
+    wait_for(Duration::from_secs(5), "stdout written", || {
+        let a = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        let b = std::fs::metadata(&rotated).map(|m| m.len()).unwrap_or(0);
+        (a + b >= 50_000 && b > 0).then_some(())
+    });
+    assert!(std::fs::metadata(&out).expect("log").len() <= 100_000);
+    assert!(std::fs::metadata(&rotated).expect("rotated").len() <= 100_000);
+    wait_for(Duration::from_secs(5), "stderr log", || {
+        std::fs::read_to_string(lab.path("data/logs/chatty.stderr.log"))
+            .ok()?
+            .contains("hello on stderr")
+            .then_some(())
+    });
+}
+
+#[test]
 fn process_log_survives_sigkill_of_sysmgr_and_services_die_with_it() {
     let mut lab = Lab::new("1s");
     let orphan = lab.path("orphan.pid").display().to_string();

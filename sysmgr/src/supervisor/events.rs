@@ -83,6 +83,9 @@ impl Supervisor {
             inst.ready = true;
             became_ready = true;
         }
+        if m.get("STOPPING") == Some("1") {
+            inst.stopping = true;
+        }
         if let Some(st) = m.get("STATUS") {
             s.status = st.to_string();
         }

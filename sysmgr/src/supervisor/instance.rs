@@ -41,6 +41,8 @@ pub struct Instance {
     pub abort_sent: Option<(Instant, u64)>,
     /// Set when sysmgr killed it for not becoming ready in time.
     pub start_timed_out: bool,
+    /// The service said `STOPPING=1`: it is shutting down by itself.
+    pub stopping: bool,
     pub stderr_tail: Arc<Mutex<Tail>>,
     pub stderr_done: watch::Receiver<bool>,
 }
@@ -142,6 +144,7 @@ pub fn start(
         last_heartbeat: started,
         abort_sent: None,
         start_timed_out: false,
+        stopping: false,
         stderr_tail: tail,
         stderr_done,
     })

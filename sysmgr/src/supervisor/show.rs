@@ -8,6 +8,7 @@ use crate::control::proto::{ProcessRow, ServiceDetail};
 fn state(s: &Svc) -> &'static str {
     match (&s.inst, &s.stop, &s.pending, &s.failed) {
         (Some(_), Some(_), _, _) => "stopping",
+        (Some(i), None, _, _) if i.stopping => "stopping",
         (Some(i), None, _, _) if i.abort_sent.is_some() => "unresponsive",
         (Some(i), None, _, _) if !i.ready => "starting",
         (Some(_), None, _, _) => "running",
