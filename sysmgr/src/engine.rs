@@ -70,6 +70,8 @@ pub enum SupReason {
     PoliciesExhausted,
     /// A switchover was asked for with a single supervisor.
     NoStandby,
+    /// Several services failed within the failure window.
+    MultipleFailures,
 }
 
 /// The engine's answer to a failure.
@@ -92,7 +94,8 @@ pub enum Decision {
     },
 }
 
-fn policy_at(ha: &HaPolicies, level: Level) -> Option<Policy> {
+/// The policy of a level (the default level has none).
+pub fn policy_at(ha: &HaPolicies, level: Level) -> Option<Policy> {
     match level {
         Level::Primary => ha.primary,
         Level::Secondary => ha.secondary,

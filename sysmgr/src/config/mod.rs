@@ -309,7 +309,7 @@ pub fn load_services(
                     errors,
                 };
                 ctx.err(
-                    p.name_span.clone(),
+                    p.spans.name.clone(),
                     format!(
                         "service {:?} is already defined in {}",
                         p.name,

@@ -137,7 +137,6 @@ pub struct ServicePolicy {
     /// Policies with two supervisors.
     pub dual_sup: HaPolicies,
     pub spans: Spans,
-    pub name_span: Option<Range<usize>>,
 }
 
 impl ServicePolicy {
@@ -502,10 +501,9 @@ pub fn parse_service(
         single_sup,
         dual_sup,
         spans: Spans {
-            name: name_span.clone(),
+            name: name_span,
             deps: dep_spans,
         },
-        name_span,
     })
 }
 

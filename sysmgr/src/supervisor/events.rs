@@ -7,19 +7,12 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::instance::{self, StartEnv};
-use super::{ABORT_GRACE, AfterStop, ControlMsg, Exit, Phase, StopCtx, Supervisor};
+use super::{ABORT_GRACE, AfterStop, ControlMsg, Exit, Phase, StopCtx, Supervisor, policy_text};
 use crate::config::{self, Readiness, StartKind};
 use crate::control::proto::{Request, Response};
 use crate::engine::{Decision, SupAction, SupReason};
 use crate::proclog::{CoreRecord, Death, ProcRecord, now_ms};
 use crate::syslog;
-
-fn policy_text(level: &str, p: Option<&config::Policy>) -> String {
-    match p {
-        Some(p) => super::policy_text(level, p),
-        None => format!("{level}: none defined"),
-    }
-}
 
 impl Supervisor {
     /// Drain every exited child: services, their orphans, and anything reparented to us.
@@ -197,7 +190,7 @@ impl Supervisor {
             Decision::Supervisor {
                 action,
                 level: s.ha.level,
-                reason: SupReason::Policy,
+                reason: SupReason::MultipleFailures,
             }
         } else {
             s.ha.on_failure(&ha, sups, now)
@@ -229,14 +222,7 @@ impl Supervisor {
                 }
             }
             Decision::LeaveDown { level } => {
-                rec.policy = policy_text(
-                    level.word(),
-                    Some(&config::Policy {
-                        action: config::Action::None,
-                        max_retries: 0,
-                        min_lifetime: self.sys.min_lifetime_floor,
-                    }),
-                );
+                rec.policy = format!("{}: none", level.word());
                 rec.action = "left down (policy none)".into();
                 s.failed = Some("left down by policy".into());
             }
@@ -252,7 +238,7 @@ impl Supervisor {
                     (SupAction::Switchover, _) => "switchover to the standby supervisor",
                     (SupAction::Reset, _) => "supervisor reset",
                 };
-                rec.policy = if multi {
+                rec.policy = if reason == SupReason::MultipleFailures {
                     format!(
                         "{} services failed within {}",
                         self.sys.failure_window.services,
@@ -261,14 +247,7 @@ impl Supervisor {
                 } else if reason == SupReason::PoliciesExhausted {
                     "default: every policy failed or none is defined".into()
                 } else {
-                    policy_text(
-                        level.word(),
-                        match level {
-                            crate::engine::Level::Primary => ha.primary.as_ref(),
-                            crate::engine::Level::Secondary => ha.secondary.as_ref(),
-                            crate::engine::Level::Default => None,
-                        },
-                    )
+                    policy_text(level.word(), crate::engine::policy_at(&ha, level).as_ref())
                 };
                 rec.action = what.into();
                 syslog::err(
@@ -519,10 +498,7 @@ impl Supervisor {
                     reason,
                 });
             }
-            None => {
-                let rec = None;
-                self.after_stop_inner(name, then, rec);
-            }
+            None => self.after_stop_inner(name, then, None),
         }
     }
 

@@ -38,8 +38,11 @@ use instance::Instance;
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 
 /// One policy as `show` and the process log print it.
-pub(crate) fn policy_text(level: &str, p: &config::Policy) -> String {
+pub(crate) fn policy_text(level: &str, p: Option<&config::Policy>) -> String {
     use config::Action;
+    let Some(p) = p else {
+        return format!("{level}: not defined");
+    };
     match p.action {
         Action::Stateful | Action::Stateless => format!(
             "{level}: {}, max-retries {}, min-lifetime {}",

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::{Supervisor, Svc};
+use super::{Supervisor, Svc, policy_text};
 use crate::control::proto::{ProcessRow, ServiceDetail};
 
 fn state(s: &Svc) -> &'static str {
@@ -15,13 +15,6 @@ fn state(s: &Svc) -> &'static str {
         (None, _, Some(_), _) => "waiting",
         (None, _, None, Some(_)) => "failed",
         (None, _, None, None) => "down",
-    }
-}
-
-fn policy_line(level: &str, p: &Option<crate::config::Policy>) -> String {
-    match p {
-        Some(p) => crate::supervisor::policy_text(level, p),
-        None => format!("{level}: not defined"),
     }
 }
 
@@ -55,8 +48,9 @@ impl Supervisor {
         let ha = s.policy.ha(sups);
         let p = &s.policy;
         let in_force = match s.ha.level {
-            crate::engine::Level::Primary => policy_line("primary", &ha.primary),
-            crate::engine::Level::Secondary => policy_line("secondary", &ha.secondary),
+            l @ (crate::engine::Level::Primary | crate::engine::Level::Secondary) => {
+                policy_text(l.word(), crate::engine::policy_at(&ha, l).as_ref())
+            }
             crate::engine::Level::Default => format!(
                 "default: {}",
                 if sups >= 2 {
@@ -103,19 +97,19 @@ impl Supervisor {
             policies: vec![
                 format!(
                     "one supervisor, {}",
-                    policy_line("primary", &p.single_sup.primary)
+                    policy_text("primary", p.single_sup.primary.as_ref())
                 ),
                 format!(
                     "one supervisor, {}",
-                    policy_line("secondary", &p.single_sup.secondary)
+                    policy_text("secondary", p.single_sup.secondary.as_ref())
                 ),
                 format!(
                     "two supervisors, {}",
-                    policy_line("primary", &p.dual_sup.primary)
+                    policy_text("primary", p.dual_sup.primary.as_ref())
                 ),
                 format!(
                     "two supervisors, {}",
-                    policy_line("secondary", &p.dual_sup.secondary)
+                    policy_text("secondary", p.dual_sup.secondary.as_ref())
                 ),
             ],
             retries_left: s.ha.retries_left(&ha),
