@@ -35,6 +35,10 @@ impl Flags {
     pub const ERROR: u8 = 0x08;
     /// This is a redelivery of a message the previous receiver instance never acked.
     pub const REDELIVERY: u8 = 0x10;
+    /// The sender expects a response: the broker remembers where to route it.
+    pub const REQUEST: u8 = 0x20;
+    /// The sender wants the broker to confirm (empty response) once the message is queued.
+    pub const CONFIRM: u8 = 0x40;
 
     pub fn has(self, bit: u8) -> bool {
         self.0 & bit != 0

@@ -13,6 +13,7 @@ pub mod error;
 pub mod frame;
 pub mod io;
 pub mod notify;
+pub mod proto;
 pub mod sap;
 
 pub use error::MtsError;

@@ -52,7 +52,7 @@ pub fn boot(opts: BootOptions) -> Result<Exit, SysmgrError> {
             "boot"
         });
         let (tx, rx) = mpsc::channel(64);
-        let server = tokio::spawn(crate::control::serve(listener, tx));
+        let server = tokio::spawn(crate::broker::conn::serve(listener, sup.broker(), tx));
         let exit = sup.run(rx).await;
         server.abort();
         exit

@@ -65,11 +65,26 @@ pub enum ShowCmd {
     },
     /// show cores
     Cores,
+    /// show mts sap | queues | dead-letter
+    Mts {
+        #[command(subcommand)]
+        cmd: MtsCmd,
+    },
     /// show system internal sysmgr service name NAME
     System {
         #[command(subcommand)]
         cmd: SystemCmd,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MtsCmd {
+    /// Service access points: number, name, owner, bound, subscriptions.
+    Sap,
+    /// Per-SAP queues: depth, bytes, pending acks, oldest age.
+    Queues,
+    /// Quarantined messages.
+    DeadLetter,
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +166,13 @@ pub fn request_for(cmd: &Cmd) -> Option<(Request, View)> {
                 }
             },
             ShowCmd::Cores => (Request::ShowCores, View::Plain),
+            ShowCmd::Mts { cmd: MtsCmd::Sap } => (Request::ShowMtsSap, View::Plain),
+            ShowCmd::Mts {
+                cmd: MtsCmd::Queues,
+            } => (Request::ShowMtsQueues, View::Plain),
+            ShowCmd::Mts {
+                cmd: MtsCmd::DeadLetter,
+            } => (Request::ShowMtsDeadLetter, View::Plain),
             ShowCmd::System {
                 cmd:
                     SystemCmd::Internal {
@@ -419,6 +441,74 @@ fn service(d: &ServiceDetail) -> String {
     o
 }
 
+fn mts_saps(rows: &[crate::broker::SapRow]) -> String {
+    let mut o = format!(
+        "{:>10}  {:<16}  {:<20}  {:<5}  {}\n",
+        "SAP", "Name", "Owner", "Bound", "Subscriptions"
+    );
+    o += &format!(
+        "{:>10}  {:<16}  {:<20}  {:<5}  {}\n",
+        "---", "----", "-----", "-----", "-------------"
+    );
+    for r in rows {
+        let subs: Vec<String> = r.subscriptions.iter().map(u32::to_string).collect();
+        o += &format!(
+            "{:>10}  {:<16}  {:<20}  {:<5}  {}\n",
+            r.number,
+            r.name,
+            r.owner,
+            yn(r.bound),
+            subs.join(",")
+        );
+    }
+    o
+}
+
+fn mts_queues(rows: &[crate::broker::QueueRow]) -> String {
+    let mut o = format!(
+        "{:>10}  {:<16}  {:>8}  {:>10}  {:>12}  {:>10}  {}\n",
+        "SAP", "Name", "Depth", "Bytes", "Pending-acks", "Persistent", "Oldest-age"
+    );
+    o += &format!(
+        "{:>10}  {:<16}  {:>8}  {:>10}  {:>12}  {:>10}  {}\n",
+        "---", "----", "-----", "-----", "------------", "----------", "----------"
+    );
+    for r in rows {
+        o += &format!(
+            "{:>10}  {:<16}  {:>8}  {:>10}  {:>12}  {:>10}  {}\n",
+            r.sap,
+            r.name,
+            r.depth,
+            r.bytes,
+            r.pending_acks,
+            r.persistent,
+            r.oldest_age_ms.map(dur).unwrap_or_else(|| "-".into())
+        );
+    }
+    o
+}
+
+fn mts_dead(rows: &[crate::broker::DeadLetter]) -> String {
+    let mut o = format!(
+        "{:>10}  {:<16}  {:<16}  {:>10}  {:>8}  {:>8}  {:<20}  {}\n",
+        "Msg", "SAP", "Service", "From-SAP", "Opcode", "Bytes", "Date", "Reason"
+    );
+    for d in rows {
+        o += &format!(
+            "{:>10}  {:<16}  {:<16}  {:>10}  {:>8}  {:>8}  {:<20}  {}\n",
+            d.seq,
+            d.sap,
+            d.service,
+            d.src_sap,
+            d.opcode,
+            d.bytes,
+            time(d.time_ms),
+            d.reason
+        );
+    }
+    o
+}
+
 /// Render a response for a human, or as JSON.
 pub fn render(resp: &Response, view: View, json: bool) -> String {
     if json {
@@ -430,6 +520,9 @@ pub fn render(resp: &Response, view: View, json: bool) -> String {
             Response::Cores(c) => serde_json::to_string_pretty(c),
             Response::Service(d) => serde_json::to_string_pretty(d),
             Response::Done(s) => serde_json::to_string_pretty(&serde_json::json!({"result": s})),
+            Response::MtsSaps(r) => serde_json::to_string_pretty(r),
+            Response::MtsQueues(r) => serde_json::to_string_pretty(r),
+            Response::MtsDead(r) => serde_json::to_string_pretty(r),
         };
         return v.unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n";
     }
@@ -442,5 +535,8 @@ pub fn render(resp: &Response, view: View, json: bool) -> String {
         (Response::Cores(c), _) => cores_table(c),
         (Response::Service(d), _) => service(d),
         (Response::Done(s), _) => format!("{s}\n"),
+        (Response::MtsSaps(r), _) => mts_saps(r),
+        (Response::MtsQueues(r), _) => mts_queues(r),
+        (Response::MtsDead(r), _) => mts_dead(r),
     }
 }

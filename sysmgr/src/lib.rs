@@ -11,6 +11,7 @@
 //! - [`control`] and [`cli`]: the MTS control path and its renderer.
 
 pub mod boot;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -72,6 +72,8 @@ pub struct SysmgrConfig {
     pub log_max_bytes: u64,
     /// Process-log records kept (oldest dropped first).
     pub proclog_max_records: u64,
+    /// Per-queue MTS limits.
+    pub mts_limits: crate::broker::Limits,
 }
 
 impl SysmgrConfig {
@@ -245,6 +247,24 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
         }
         fw.finish(&mut ctx);
     }
+    let mut mts_limits = crate::broker::Limits::default();
+    if let Some(item) = t.get("mts")
+        && let Some(mut m) = walk::table(&mut ctx, "mts", item, "mts".into())
+    {
+        if let Some(n) = m
+            .get("queue-max-messages")
+            .and_then(|i| walk::int(&mut ctx, "queue-max-messages", i, 1, 100_000_000))
+        {
+            mts_limits.max_messages = n as usize;
+        }
+        if let Some(n) = m
+            .get("queue-max-bytes")
+            .and_then(|i| walk::int(&mut ctx, "queue-max-bytes", i, 1024, 1 << 40))
+        {
+            mts_limits.max_bytes = n as usize;
+        }
+        m.finish(&mut ctx);
+    }
     t.finish(&mut ctx);
     (ctx.errors.len() == n0).then_some(SysmgrConfig {
         path,
@@ -258,6 +278,7 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
         failure_window,
         log_max_bytes,
         proclog_max_records,
+        mts_limits,
     })
 }
 
@@ -384,6 +405,7 @@ pub fn check_dir(dir: &Path) -> Result<Lab, ConfigErrors> {
         },
         log_max_bytes: 1 << 20,
         proclog_max_records: 10_000,
+        mts_limits: crate::broker::Limits::default(),
     };
     let mut errors = Vec::new();
     let services = load_services(&sys, &mut errors);

@@ -105,6 +105,8 @@ pub struct Heartbeat {
 pub struct Spans {
     pub name: Option<Range<usize>>,
     pub deps: Vec<Option<Range<usize>>>,
+    /// Where each SAP is declared.
+    pub saps: BTreeMap<String, Option<Range<usize>>>,
 }
 
 impl PartialEq for Spans {
@@ -132,6 +134,8 @@ pub struct ServicePolicy {
     pub stop_timeout: Duration,
     pub heartbeat: Option<Heartbeat>,
     pub fd_store_max: u32,
+    /// MTS SAPs this service may bind: name -> number.
+    pub saps: BTreeMap<String, u32>,
     /// Policies with one supervisor.
     pub single_sup: HaPolicies,
     /// Policies with two supervisors.
@@ -473,6 +477,33 @@ pub fn parse_service(
         .and_then(|i| walk::int(&mut ctx, "fd-store-max", i, 0, 4096))
         .unwrap_or(64) as u32;
 
+    let mut saps = BTreeMap::new();
+    let mut sap_spans = BTreeMap::new();
+    if let Some(i) = t.get("saps")
+        && let Some(mut st) = walk::table(&mut ctx, "saps", i, "saps".into())
+    {
+        let keys: Vec<String> = i
+            .as_table_like()
+            .map(|tl| tl.iter().map(|(k, _)| k.to_string()).collect())
+            .unwrap_or_default();
+        for k in keys {
+            let span = st.key_span(&k);
+            let lo = i64::from(mts::sap::FIRST_SERVICE);
+            let hi = i64::from(mts::sap::FIRST_EPHEMERAL) - 1;
+            if let Some(n) = st.get(&k).and_then(|v| walk::int(&mut ctx, &k, v, lo, hi)) {
+                if !valid_name(&k) || k == "sysmgr" || k == "pss" {
+                    ctx.err(
+                        span.clone(),
+                        format!("SAP name {k:?} is reserved or invalid"),
+                    );
+                }
+                saps.insert(k.clone(), n as u32);
+                sap_spans.insert(k, span);
+            }
+        }
+        st.finish(&mut ctx);
+    }
+
     let (mut single_sup, mut dual_sup) = (HaPolicies::default(), HaPolicies::default());
     if let Some(i) = t.get("ha")
         && let Some(mut ha) = walk::table(&mut ctx, "ha", i, "ha".into())
@@ -498,11 +529,13 @@ pub fn parse_service(
         stop_timeout,
         heartbeat,
         fd_store_max,
+        saps,
         single_sup,
         dual_sup,
         spans: Spans {
             name: name_span,
             deps: dep_spans,
+            saps: sap_spans,
         },
     })
 }
@@ -527,6 +560,34 @@ pub fn check_dependencies(
                 ctx.err(
                     span.clone(),
                     format!("depends-on {d:?}: no such service in this policy directory"),
+                );
+            }
+        }
+    }
+    // SAP names and numbers are unique across services.
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    let mut nums: BTreeMap<u32, (&str, &str)> = BTreeMap::new();
+    for (name, p) in services {
+        let src = sources.get(name).map(String::as_str).unwrap_or("");
+        let mut ctx = Ctx {
+            file: &p.file,
+            src,
+            errors,
+        };
+        for (sap, num) in &p.saps {
+            let span = p.spans.saps.get(sap).cloned().flatten();
+            if let Some(other) = seen.insert(sap.clone(), name) {
+                ctx.err(
+                    span.clone(),
+                    format!("SAP {sap:?} is also declared by service {other:?}"),
+                );
+            }
+            if let Some((other, other_sap)) = nums.insert(*num, (name, sap)) {
+                ctx.err(
+                    span,
+                    format!(
+                        "SAP number {num} is also used by SAP {other_sap:?} of service {other:?}"
+                    ),
                 );
             }
         }

@@ -1,24 +1,16 @@
-//! The control path: MTS frames to the built-in SAP `sysmgr` over sysmgr's Unix socket.
+//! The control path: MTS frames to the built-in SAP `sysmgr` (served by [`crate::broker::conn`]).
 //!
-//! The kernel says who is connecting (`SO_PEERCRED`); the supervisor decides what that peer may
-//! do. A frame that does not decode closes its connection with a logged reason; the daemon and
-//! every other connection carry on.
+//! The kernel says who is connecting (`SO_PEERCRED`); operators are uid 0 and the admin group.
 
 pub mod proto;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use mts::frame::{DEFAULT_MAX_PAYLOAD, Frame};
 use mts::{MtsError, codec, sap};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::UnixListener;
 
 use crate::error::SysmgrError;
-use crate::supervisor::ControlMsg;
-
-/// Control requests are small; anything bigger is not a control request.
-const MAX_REQUEST: u32 = 1 << 20;
 
 /// The peer of a connection, as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,83 +63,6 @@ pub fn bind(path: &Path) -> Result<UnixListener, SysmgrError> {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666));
     Ok(l)
-}
-
-/// Accept connections forever, each in its own task.
-pub async fn serve(listener: UnixListener, tx: mpsc::Sender<ControlMsg>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = connection(stream, tx).await
-                        && !matches!(e, MtsError::Closed)
-                    {
-                        tracing::warn!("control connection closed: {e}");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::error!("accept on control socket: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-async fn connection(mut stream: UnixStream, tx: mpsc::Sender<ControlMsg>) -> Result<(), MtsError> {
-    let cred = stream.peer_cred()?;
-    let peer = Peer {
-        pid: cred.pid(),
-        uid: cred.uid(),
-        gid: cred.gid(),
-    };
-    loop {
-        let frame =
-            mts::io::read_frame_async(&mut stream, MAX_REQUEST.min(DEFAULT_MAX_PAYLOAD)).await?;
-        let h = frame.header;
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        if h.dst_sap != sap::SYSMGR || h.opcode != proto::OP_CONTROL {
-            let e = Frame::error_to(
-                &h,
-                id,
-                &format!(
-                    "no handler for SAP {} opcode {} (the broker is not built yet)",
-                    h.dst_sap, h.opcode
-                ),
-            );
-            mts::io::write_frame_async(&mut stream, &e).await?;
-            continue;
-        }
-        let req: proto::Request = match codec::decode(&frame.payload) {
-            Ok(r) => r,
-            Err(e) => {
-                let reply = Frame::error_to(&h, id, &format!("malformed control request: {e}"));
-                let _ = mts::io::write_frame_async(&mut stream, &reply).await;
-                return Err(e);
-            }
-        };
-        let (rtx, rrx) = oneshot::channel();
-        if tx
-            .send(ControlMsg {
-                cred: peer,
-                req,
-                reply: rtx,
-            })
-            .await
-            .is_err()
-        {
-            return Err(MtsError::Closed);
-        }
-        let reply = match rrx.await {
-            Ok(Ok(resp)) => Frame::response_to(&h, id, codec::encode(&resp)?),
-            Ok(Err(text)) => Frame::error_to(&h, id, &text),
-            Err(_) => Frame::error_to(&h, id, "supervisor is shutting down"),
-        };
-        mts::io::write_frame_async(&mut stream, &reply).await?;
-    }
 }
 
 /// The CLI side: one blocking request/response.

@@ -23,6 +23,9 @@ pub enum Request {
         stateless: bool,
     },
     Reload,
+    ShowMtsSap,
+    ShowMtsQueues,
+    ShowMtsDeadLetter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +38,9 @@ pub enum Response {
     Cores(Vec<CoreRecord>),
     Service(Box<ServiceDetail>),
     Done(String),
+    MtsSaps(Vec<crate::broker::SapRow>),
+    MtsQueues(Vec<crate::broker::QueueRow>),
+    MtsDead(Vec<crate::broker::DeadLetter>),
 }
 
 /// One line of `show processes`.

@@ -117,6 +117,30 @@ impl Supervisor {
         let now = Instant::now();
         self.drain_notify(name);
         let sups = self.sys.supervisors;
+        // MTS: unacked messages go back to the queue; poison (in flight at two consecutive
+        // crashes) goes to the dead-letter queue.
+        let requested = self.services.get(name).is_some_and(|s| s.stop.is_some());
+        let dead = self.mts().service_exited(name, !requested);
+        let dead_note = if dead.is_empty() {
+            String::new()
+        } else {
+            let seqs: Vec<String> = dead.iter().map(|d| d.seq.to_string()).collect();
+            format!(
+                "; {} message(s) quarantined to the dead-letter queue (msg {})",
+                dead.len(),
+                seqs.join(", ")
+            )
+        };
+        for d in &dead {
+            syslog::err(
+                2,
+                "MTS_DEAD_LETTER",
+                &format!(
+                    "Message {} (opcode {}, {} bytes, from SAP {}) to SAP \"{}\" was in flight at two consecutive crashes of service \"{name}\"; quarantined.",
+                    d.seq, d.opcode, d.bytes, d.src_sap, d.sap
+                ),
+            );
+        }
         let Some(s) = self.services.get_mut(name) else {
             return;
         };
@@ -169,6 +193,7 @@ impl Supervisor {
             .expect("service exists: looked up above");
         if matches!(self.phase, Phase::ShuttingDown(_)) {
             rec.action = "none (supervisor shutting down)".into();
+            rec.action.push_str(&dead_note);
             self.report_failure(name, &inst, &rec.death, sig, core);
             self.append(rec);
             self.advance_shutdown();
@@ -256,12 +281,14 @@ impl Supervisor {
                     &format!("Service \"{name}\" failed: {what} ({}).", rec.policy),
                 );
                 // One supervisor: a switchover is not possible until the two-supervisor work lands.
+                rec.action.push_str(&dead_note);
                 self.report_failure(name, &inst, &rec.death, sig, core);
                 self.append(rec);
                 self.begin_shutdown(Exit::Reset, "supervisor reset");
                 return;
             }
         }
+        rec.action.push_str(&dead_note);
         self.report_failure(name, &inst, &rec.death, sig, core);
         self.append(rec);
     }
@@ -348,6 +375,8 @@ impl Supervisor {
         name: &str,
         kind: StartKind,
     ) -> Result<Pid, crate::error::SysmgrError> {
+        self.mts()
+            .service_starting(name, kind == StartKind::Stateless);
         let s = self
             .services
             .get_mut(name)
@@ -383,6 +412,7 @@ impl Supervisor {
             "started"
         );
         s.inst = Some(inst);
+        self.mts().instances.insert(name.to_string(), pid.as_raw());
         Ok(pid)
     }
 
@@ -629,6 +659,7 @@ impl Supervisor {
         self.sys = lab.sysmgr;
         (self.sys.data_dir, self.sys.socket) = keep_dirs;
         self.order = config::start_order(&lab.services);
+        self.declare_saps();
         // Services being removed stay in the order until they are gone.
         for n in &removed {
             if self.services.contains_key(n) && !self.order.contains(n) {
@@ -646,24 +677,19 @@ impl Supervisor {
 
     pub(super) fn on_control(&mut self, msg: ControlMsg) {
         let res = self
-            .authorize(&msg.cred)
+            .authorize(&msg.identity)
             .and_then(|()| self.handle(msg.req));
         let _ = msg.reply.send(res);
     }
 
-    fn authorize(&self, peer: &crate::control::Peer) -> Result<(), String> {
-        if let Some(pid) = peer.pid {
-            for (n, s) in &self.services {
-                if let Some(i) = &s.inst
-                    && crate::procfs::descends_from(pid, i.pid.as_raw())
-                {
-                    return Err(format!(
-                        "permission denied: connection is service {n:?}, which may not issue operator commands"
-                    ));
-                }
-            }
+    fn authorize(&self, identity: &crate::broker::Identity) -> Result<(), String> {
+        match identity {
+            crate::broker::Identity::Operator => Ok(()),
+            crate::broker::Identity::Service(n) => Err(format!(
+                "permission denied: connection is service {n:?}, which may not issue operator commands"
+            )),
+            crate::broker::Identity::Refused(reason) => Err(reason.clone()),
         }
-        crate::control::check_operator(peer, self.sys.admin_group.as_deref())
     }
 
     fn handle(&mut self, req: Request) -> Result<Response, String> {
@@ -724,6 +750,9 @@ impl Supervisor {
                 )))
             }
             Request::Reload => self.reload().map(Response::Done),
+            Request::ShowMtsSap => Ok(Response::MtsSaps(self.mts().saps())),
+            Request::ShowMtsQueues => Ok(Response::MtsQueues(self.mts().queues())),
+            Request::ShowMtsDeadLetter => Ok(Response::MtsDead(self.mts().dead_letters().to_vec())),
         }
     }
 }

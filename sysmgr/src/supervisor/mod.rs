@@ -26,7 +26,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, Lab, ServicePolicy, StartKind, SysmgrConfig};
-use crate::control::{self, proto};
+use crate::control::proto;
 use crate::engine::{FailureTracker, HaState};
 use crate::error::SysmgrError;
 use crate::notify::{self, NotifyMsg};
@@ -118,9 +118,9 @@ enum Phase {
     ShuttingDown(Exit),
 }
 
-/// A request from the control socket, with the kernel's word on who sent it.
+/// A request to SAP `sysmgr`, with the kernel's word on who sent it.
 pub struct ControlMsg {
-    pub cred: control::Peer,
+    pub identity: crate::broker::Identity,
     pub req: proto::Request,
     pub reply: oneshot::Sender<Result<proto::Response, String>>,
 }
@@ -134,6 +134,8 @@ pub struct BootOptions {
 
 pub struct Supervisor {
     opts: BootOptions,
+    /// The MTS broker, shared with the connection tasks (same thread; never contended).
+    broker: Arc<std::sync::Mutex<crate::broker::Broker>>,
     sys: SysmgrConfig,
     services: BTreeMap<String, Svc>,
     order: Vec<String>,
@@ -197,12 +199,17 @@ impl Supervisor {
         }
         let store = pss::Store::open(&data.join("db"))?;
         let log = ProcLog::open(&store, sys.proclog_max_records)?;
+        let queues = crate::broker::QueueStore::open(&store)?;
+        let mut broker = crate::broker::Broker::new(sys.mts_limits, Some(queues));
+        broker.admin_group = sys.admin_group.clone();
+        let broker = Arc::new(std::sync::Mutex::new(broker));
         let dev_null = std::fs::File::open("/dev/null")
             .map_err(io_err("open", Path::new("/dev/null")))?
             .into();
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
         let mut s = Supervisor {
             opts,
+            broker,
             sys,
             services: BTreeMap::new(),
             order: Vec::new(),
@@ -254,6 +261,33 @@ impl Supervisor {
 
     pub fn log(&self) -> &ProcLog {
         &self.log
+    }
+
+    /// The broker, for the connection tasks.
+    pub fn broker(&self) -> Arc<std::sync::Mutex<crate::broker::Broker>> {
+        self.broker.clone()
+    }
+
+    fn mts(&self) -> std::sync::MutexGuard<'_, crate::broker::Broker> {
+        self.broker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tell the broker which SAPs the current policies declare.
+    fn declare_saps(&self) {
+        let decl: Vec<(String, u32, String)> = self
+            .services
+            .iter()
+            .flat_map(|(n, s)| {
+                s.policy
+                    .saps
+                    .iter()
+                    .map(move |(sap, num)| (sap.clone(), *num, n.clone()))
+            })
+            .collect();
+        let mut b = self.mts();
+        b.set_saps(&decl);
+        b.set_limits(self.sys.mts_limits);
+        b.admin_group = self.sys.admin_group.clone();
     }
 
     /// Run until shutdown or reset.

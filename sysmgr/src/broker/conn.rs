@@ -1,0 +1,223 @@
+//! One reader and one writer task per connection.
+//!
+//! ```text
+//!   socket ──read (64 KiB batches)──▶ reader: parse frames ─┬─▶ Broker::route (sync, one lock)
+//!                                                           └─▶ SAP sysmgr: supervisor channel
+//!   socket ◀──write_all(batch)── writer ◀── Outbox ◀── frames routed to this connection
+//! ```
+//! A frame with a bad header (magic, version, length) closes this connection with a logged
+//! reason; the broker and every other connection carry on.
+
+use std::sync::{Arc, Mutex};
+
+use mts::frame::{DEFAULT_MAX_PAYLOAD, Flags, Frame, HEADER_LEN, Header};
+use mts::{codec, sap};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Broker, Identity, Outbox};
+use crate::control::{self, Peer, proto};
+use crate::supervisor::ControlMsg;
+
+/// Control requests are small; anything bigger is not a control request.
+const MAX_CONTROL: u32 = 1 << 20;
+
+/// Who is this peer? A service instance (or its descendant), an operator, or nobody.
+pub fn resolve(b: &Broker, peer: Peer) -> Identity {
+    if let Some(pid) = peer.pid.filter(|p| *p > 0) {
+        for (svc, ipid) in &b.instances {
+            if crate::procfs::descends_from(pid, *ipid) {
+                return Identity::Service(svc.clone());
+            }
+        }
+    }
+    match control::check_operator(&peer, b.admin_group.as_deref()) {
+        Ok(()) => Identity::Operator,
+        Err(e) => Identity::Refused(e),
+    }
+}
+
+/// Accept connections forever, each in its own tasks.
+pub async fn serve(
+    listener: UnixListener,
+    broker: Arc<Mutex<Broker>>,
+    control_tx: mpsc::Sender<ControlMsg>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let (b, tx) = (broker.clone(), control_tx.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, b, tx).await {
+                        tracing::warn!("MTS connection closed: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!("accept on MTS socket: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn lock(b: &Mutex<Broker>) -> std::sync::MutexGuard<'_, Broker> {
+    b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn connection(
+    stream: UnixStream,
+    broker: Arc<Mutex<Broker>>,
+    control_tx: mpsc::Sender<ControlMsg>,
+) -> Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    let peer = Peer {
+        pid: cred.pid(),
+        uid: cred.uid(),
+        gid: cred.gid(),
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let outbox = Arc::new(Outbox::default());
+    let (identity, id) = {
+        let mut b = lock(&broker);
+        let identity = resolve(&b, peer);
+        let (id, _eph) = b.connect(identity.clone(), outbox.clone());
+        (identity, id)
+    };
+    tracing::debug!(conn = id, ?identity, pid = ?peer.pid, "MTS connection");
+    let wbox = outbox.clone();
+    let writer = tokio::spawn(async move {
+        let mut spare = Vec::new();
+        loop {
+            let mut buf = wbox.take(spare);
+            if buf.is_empty() {
+                if wbox.is_closed() {
+                    return;
+                }
+                wbox.wait().await;
+                spare = buf;
+                continue;
+            }
+            if wr.write_all(&buf).await.is_err() {
+                wbox.close();
+                return;
+            }
+            buf.clear();
+            spare = buf;
+        }
+    });
+
+    let result = read_loop(&mut rd, &broker, &control_tx, id, &identity, &outbox).await;
+    lock(&broker).disconnect(id);
+    outbox.close();
+    let _ = writer.await;
+    result
+}
+
+async fn read_loop(
+    rd: &mut tokio::net::unix::OwnedReadHalf,
+    broker: &Arc<Mutex<Broker>>,
+    control_tx: &mpsc::Sender<ControlMsg>,
+    id: super::ConnId,
+    identity: &Identity,
+    outbox: &Arc<Outbox>,
+) -> Result<(), String> {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        let mut at = 0;
+        {
+            let mut routed: Option<std::sync::MutexGuard<'_, Broker>> = None;
+            while buf.len() - at >= HEADER_LEN {
+                let mut hb = [0u8; HEADER_LEN];
+                hb.copy_from_slice(&buf[at..at + HEADER_LEN]);
+                let h = Header::decode(&hb, DEFAULT_MAX_PAYLOAD)
+                    .map_err(|e| format!("closing connection {id}: {e}"))?;
+                let end = at + HEADER_LEN + h.len as usize;
+                if buf.len() < end {
+                    break;
+                }
+                let payload = buf[at + HEADER_LEN..end].to_vec();
+                at = end;
+                if let Identity::Refused(reason) = identity {
+                    outbox.push(&Frame::error_to(&h, 0, reason).header, reason.as_bytes());
+                    return Ok(());
+                }
+                if h.dst_sap == sap::SYSMGR && !h.flags.has(Flags::RESPONSE) {
+                    drop(routed.take());
+                    control_request(h, payload, identity, control_tx, outbox)?;
+                    continue;
+                }
+                // One lock for the whole batch of frames read together.
+                routed
+                    .get_or_insert_with(|| lock(broker))
+                    .route(id, h, payload);
+            }
+        }
+        buf.drain(..at);
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        let n = rd
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            if !buf.is_empty() {
+                return Err(format!(
+                    "closing connection {id}: stream ended inside a frame ({} bytes)",
+                    buf.len()
+                ));
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// A request to SAP `sysmgr`: hand it to the supervisor and answer when it replies.
+fn control_request(
+    h: Header,
+    payload: Vec<u8>,
+    identity: &Identity,
+    control_tx: &mpsc::Sender<ControlMsg>,
+    outbox: &Arc<Outbox>,
+) -> Result<(), String> {
+    if h.opcode != proto::OP_CONTROL || h.len > MAX_CONTROL {
+        let e = Frame::error_to(&h, 0, &format!("SAP sysmgr has no opcode {}", h.opcode));
+        outbox.push(&e.header, &e.payload);
+        return Ok(());
+    }
+    let req: proto::Request = match codec::decode(&payload) {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = format!("malformed control request: {e}");
+            outbox.push(&Frame::error_to(&h, 0, &reason).header, reason.as_bytes());
+            return Err(reason);
+        }
+    };
+    let (rtx, rrx) = oneshot::channel();
+    let msg = ControlMsg {
+        identity: identity.clone(),
+        req,
+        reply: rtx,
+    };
+    let (tx, out) = (control_tx.clone(), outbox.clone());
+    tokio::spawn(async move {
+        let reply = if tx.send(msg).await.is_err() {
+            Frame::error_to(&h, 0, "supervisor is shutting down")
+        } else {
+            match rrx.await {
+                Ok(Ok(resp)) => match codec::encode(&resp) {
+                    Ok(b) => Frame::response_to(&h, 0, b),
+                    Err(e) => Frame::error_to(&h, 0, &e.to_string()),
+                },
+                Ok(Err(text)) => Frame::error_to(&h, 0, &text),
+                Err(_) => Frame::error_to(&h, 0, "supervisor is shutting down"),
+            }
+        };
+        out.push(&reply.header, &reply.payload);
+    });
+    Ok(())
+}

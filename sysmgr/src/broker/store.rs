@@ -1,0 +1,93 @@
+//! Persistent MTS queues and dead letters in the supervisor's sled database.
+
+use super::{DeadLetter, Msg};
+
+/// `mts/queue`: key = SAP (4 bytes BE) + seq (8 bytes BE), value = the encoded [`Msg`].
+/// `mts/dead`: key = seq, value = the encoded [`DeadLetter`].
+#[derive(Clone)]
+pub struct QueueStore {
+    store: pss::Store,
+    queue: sled::Tree,
+    dead: sled::Tree,
+}
+
+fn key(sap: u32, seq: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&sap.to_be_bytes());
+    k[4..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl QueueStore {
+    pub fn open(store: &pss::Store) -> Result<QueueStore, pss::PssError> {
+        Ok(QueueStore {
+            store: store.clone(),
+            queue: store.tree("mts/queue")?,
+            dead: store.tree("mts/dead")?,
+        })
+    }
+
+    pub fn next_id(&self) -> Result<u64, sled::Error> {
+        self.store.next_id()
+    }
+
+    pub fn put(&self, m: &Msg) -> Result<(), String> {
+        let v = mts::codec::encode(m).map_err(|e| e.to_string())?;
+        self.queue
+            .insert(key(m.dst_sap, m.seq), v)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), String> {
+        self.store.flush().map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    pub fn remove(&self, sap: u32, seq: u64) {
+        if let Err(e) = self.queue.remove(key(sap, seq)) {
+            tracing::error!("mts/queue remove: {e}");
+        }
+    }
+
+    /// Every persistent message of a SAP, oldest first.
+    pub fn load(&self, sap: u32) -> Vec<Msg> {
+        self.queue
+            .scan_prefix(sap.to_be_bytes())
+            .values()
+            .filter_map(|v| v.ok())
+            .filter_map(|v| mts::codec::decode(&v).ok())
+            .collect()
+    }
+
+    pub fn drop_sap(&self, sap: u32) {
+        for k in self
+            .queue
+            .scan_prefix(sap.to_be_bytes())
+            .keys()
+            .filter_map(|k| k.ok())
+        {
+            let _ = self.queue.remove(k);
+        }
+    }
+
+    pub fn put_dead(&self, d: &DeadLetter) {
+        match mts::codec::encode(d) {
+            Ok(v) => {
+                if let Err(e) = self.dead.insert(d.seq.to_be_bytes(), v) {
+                    tracing::error!("mts/dead insert: {e}");
+                }
+                let _ = self.store.flush();
+            }
+            Err(e) => tracing::error!("mts/dead encode: {e}"),
+        }
+    }
+
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.dead
+            .iter()
+            .values()
+            .filter_map(|v| v.ok())
+            .filter_map(|v| mts::codec::decode(&v).ok())
+            .collect()
+    }
+}

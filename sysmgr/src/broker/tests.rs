@@ -1,0 +1,256 @@
+use std::sync::Arc;
+
+use mts::frame::{Flags, HEADER_LEN, Header};
+
+use super::*;
+
+fn broker() -> Broker {
+    let mut b = Broker::new(
+        Limits {
+            max_messages: 3,
+            max_bytes: 1000,
+        },
+        None,
+    );
+    b.set_saps(&[
+        ("bgp".into(), 100, "bgp".into()),
+        ("fib".into(), 101, "fib".into()),
+    ]);
+    b
+}
+
+fn frames(o: &Outbox) -> Vec<(Header, Vec<u8>)> {
+    let buf = o.take(Vec::new());
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(&buf[at..at + HEADER_LEN]);
+        let h = Header::decode(&h, u32::MAX).expect("header");
+        let end = at + HEADER_LEN + h.len as usize;
+        out.push((h, buf[at + HEADER_LEN..end].to_vec()));
+        at = end;
+    }
+    out
+}
+
+fn msg(src: u32, dst: u32, id: u64, flags: u8, body: &[u8]) -> (Header, Vec<u8>) {
+    let h = Header {
+        flags: Flags(flags),
+        len: body.len() as u32,
+        src_sap: src,
+        dst_sap: dst,
+        opcode: 7,
+        msg_id: id,
+        reply_to: 0,
+    };
+    (h, body.to_vec())
+}
+
+fn service(b: &mut Broker, name: &str) -> (ConnId, Arc<Outbox>) {
+    let o = Arc::new(Outbox::default());
+    let (c, _) = b.connect(Identity::Service(name.into()), o.clone());
+    (c, o)
+}
+
+#[test]
+fn messages_wait_for_the_receiver_and_arrive_in_order() {
+    let mut b = broker();
+    let (fib, fo) = service(&mut b, "fib");
+    b.bind(fib, "fib").expect("bind fib");
+    for i in 0..3u8 {
+        let (h, p) = msg(101, 100, i as u64, 0, &[i]);
+        b.route(fib, h, p);
+    }
+    assert_eq!(b.queues()[0].depth, 3, "queued while bgp is down");
+    assert!(frames(&fo).is_empty(), "no error to the sender");
+    let (bgp, bo) = service(&mut b, "bgp");
+    b.bind(bgp, "bgp").expect("bind");
+    let got: Vec<u8> = frames(&bo).iter().map(|(_, p)| p[0]).collect();
+    assert_eq!(got, [0, 1, 2]);
+    assert_eq!(b.queues()[0].depth, 0);
+}
+
+#[test]
+fn unacked_message_is_redelivered_to_the_next_instance_and_ack_clears_it() {
+    let mut b = broker();
+    let (bgp, bo) = service(&mut b, "bgp");
+    b.bind(bgp, "bgp").expect("bind");
+    let op = Arc::new(Outbox::default());
+    let (cli, _) = b.connect(Identity::Operator, op);
+    let (h, p) = msg(mts::sap::CLI, 100, 1, Flags::NEEDS_ACK, b"x");
+    b.route(cli, h, p);
+    let f = frames(&bo);
+    assert_eq!(f.len(), 1);
+    assert!(!f[0].0.flags.has(Flags::REDELIVERY));
+    assert_eq!(b.queues()[0].pending_acks, 1);
+    // The receiver crashes before acking: the next instance gets it again, marked.
+    b.disconnect(bgp);
+    assert!(b.service_exited("bgp", true).is_empty());
+    let (bgp2, bo2) = service(&mut b, "bgp");
+    b.bind(bgp2, "bgp").expect("bind");
+    let f2 = frames(&bo2);
+    assert_eq!(f2.len(), 1);
+    assert!(f2[0].0.flags.has(Flags::REDELIVERY));
+    assert_eq!(f2[0].0.msg_id, f[0].0.msg_id);
+    b.ack(bgp2, &[f2[0].0.msg_id]);
+    assert_eq!(b.queues()[0].pending_acks, 0);
+    assert_eq!(b.queues()[0].bytes, 0);
+}
+
+#[test]
+fn poison_in_flight_at_two_consecutive_crashes_is_quarantined() {
+    let mut b = broker();
+    let op = Arc::new(Outbox::default());
+    let (cli, _) = b.connect(Identity::Operator, op);
+    let (h, p) = msg(mts::sap::CLI, 100, 1, Flags::NEEDS_ACK, b"poison");
+    b.route(cli, h, p);
+    let (h, p) = msg(mts::sap::CLI, 100, 2, Flags::NEEDS_ACK, b"fine");
+    b.route(cli, h, p);
+    for round in 0..2 {
+        let (c, o) = service(&mut b, "bgp");
+        b.bind(c, "bgp").expect("bind");
+        let f = frames(&o);
+        assert!(!f.is_empty());
+        // The second message is acked each time; the first kills the receiver.
+        if let Some((h, _)) = f.iter().find(|(_, p)| p == b"fine") {
+            b.ack(c, &[h.msg_id]);
+        }
+        let dead = b.service_exited("bgp", true);
+        assert_eq!(dead.len(), round, "quarantined only at the second crash");
+    }
+    assert_eq!(b.dead_letters().len(), 1);
+    assert_eq!(b.dead_letters()[0].bytes, 6);
+    let (c, o) = service(&mut b, "bgp");
+    b.bind(c, "bgp").expect("bind");
+    assert!(
+        frames(&o).is_empty(),
+        "the third instance does not get the poison"
+    );
+}
+
+#[test]
+fn a_clean_stop_does_not_count_as_a_crash() {
+    let mut b = broker();
+    let op = Arc::new(Outbox::default());
+    let (cli, _) = b.connect(Identity::Operator, op);
+    let (h, p) = msg(mts::sap::CLI, 100, 1, Flags::NEEDS_ACK, b"m");
+    b.route(cli, h, p);
+    for _ in 0..3 {
+        let (c, _o) = service(&mut b, "bgp");
+        b.bind(c, "bgp").expect("bind");
+        assert!(b.service_exited("bgp", false).is_empty());
+    }
+    assert_eq!(b.queues()[0].depth, 1);
+}
+
+#[test]
+fn stateless_start_drops_non_persistent_messages() {
+    let mut b = broker();
+    let op = Arc::new(Outbox::default());
+    let (cli, _) = b.connect(Identity::Operator, op);
+    let (h, p) = msg(mts::sap::CLI, 100, 1, 0, b"a");
+    b.route(cli, h, p);
+    b.service_starting("bgp", false);
+    assert_eq!(b.queues()[0].depth, 1, "stateful keeps everything");
+    b.service_starting("bgp", true);
+    assert_eq!(b.queues()[0].depth, 0);
+}
+
+#[test]
+fn queue_limits_give_the_sender_a_clear_error() {
+    let mut b = broker();
+    let op = Arc::new(Outbox::default());
+    let (cli, _) = b.connect(Identity::Operator, op.clone());
+    for i in 0..4 {
+        let (h, p) = msg(mts::sap::CLI, 100, i, 0, b"z");
+        b.route(cli, h, p);
+    }
+    let f = frames(&op);
+    assert_eq!(f.len(), 1);
+    assert!(f[0].0.flags.has(Flags::ERROR));
+    assert_eq!(f[0].0.reply_to, 3);
+    assert!(
+        String::from_utf8_lossy(&f[0].1)
+            .contains("queue of SAP bgp (100) is full: 3 messages (limit 3)")
+    );
+    let (h, p) = msg(mts::sap::CLI, 101, 9, 0, &[0u8; 1001]);
+    b.route(cli, h, p);
+    assert!(String::from_utf8_lossy(&frames(&op)[0].1).contains("exceeds the limit of 1000 bytes"));
+}
+
+#[test]
+fn services_cannot_bind_or_send_as_another_service() {
+    let mut b = broker();
+    let (fib, fo) = service(&mut b, "fib");
+    assert!(
+        b.bind(fib, "bgp")
+            .expect_err("not its SAP")
+            .contains("not declared by service \"fib\"")
+    );
+    let (h, p) = msg(100, 101, 1, 0, b"spoof");
+    b.route(fib, h, p);
+    let f = frames(&fo);
+    assert!(f[0].0.flags.has(Flags::ERROR));
+    assert!(String::from_utf8_lossy(&f[0].1).contains("has not bound SAP 100"));
+    let op = Arc::new(Outbox::default());
+    let (cli, _) = b.connect(Identity::Operator, op);
+    assert!(
+        b.bind(cli, "bgp").is_err(),
+        "operators do not bind service SAPs"
+    );
+}
+
+#[test]
+fn request_response_is_routed_back_with_the_requester_id() {
+    let mut b = broker();
+    let (bgp, bo) = service(&mut b, "bgp");
+    b.bind(bgp, "bgp").expect("bind");
+    let op = Arc::new(Outbox::default());
+    let (cli, eph) = b.connect(Identity::Operator, op.clone());
+    let (h, p) = msg(mts::sap::CLI, 100, 42, Flags::REQUEST, b"q");
+    b.route(cli, h, p);
+    let (rq, _) = frames(&bo).remove(0);
+    assert_eq!(
+        rq.src_sap, eph,
+        "the broker substitutes the connection's reply SAP"
+    );
+    assert!(rq.flags.has(Flags::REQUEST));
+    let resp = mts::Frame::response_to(&rq, 5, b"answer".to_vec());
+    b.route(bgp, resp.header, resp.payload);
+    let f = frames(&op);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].0.reply_to, 42);
+    assert_eq!(f[0].1, b"answer");
+}
+
+#[test]
+fn notifications_go_to_every_subscriber() {
+    let mut b = broker();
+    let (bgp, bo) = service(&mut b, "bgp");
+    b.bind(bgp, "bgp").expect("bind");
+    let (fib, fo) = service(&mut b, "fib");
+    b.bind(fib, "fib").expect("bind");
+    let sub = mts::codec::encode(&mts::proto::Subscribe {
+        sap: 101,
+        opcode: 7,
+    })
+    .expect("enc");
+    let h = Header {
+        flags: Flags(0),
+        len: 0,
+        src_sap: 101,
+        dst_sap: mts::sap::BROKER,
+        opcode: mts::proto::OP_SUBSCRIBE,
+        msg_id: 1,
+        reply_to: 0,
+    };
+    b.route(fib, h, sub);
+    assert_eq!(frames(&fo).len(), 1, "subscribe answered");
+    let (h, p) = msg(100, mts::sap::BROADCAST, 2, 0, b"event");
+    b.route(bgp, h, p);
+    let f = frames(&fo);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].1, b"event");
+    assert!(frames(&bo).is_empty(), "bgp did not subscribe");
+}
