@@ -268,3 +268,41 @@ pub fn proc_state(pid: i32) -> Option<char> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     s.rfind(')').and_then(|i| s[i + 2..].chars().next())
 }
+
+/// A blocking operator connection to the MTS broker (the test process is root: an operator).
+pub struct MtsConn {
+    pub stream: std::os::unix::net::UnixStream,
+    next: u64,
+}
+
+impl MtsConn {
+    pub fn connect(lab: &Lab) -> MtsConn {
+        let stream = std::os::unix::net::UnixStream::connect(lab.socket()).expect("connect to MTS");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        MtsConn { stream, next: 1 }
+    }
+
+    /// Send one frame; returns its msg id.
+    pub fn send(&mut self, dst: u32, opcode: u32, flags: u8, payload: &[u8]) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        let mut f = mts::Frame::request(mts::sap::CLI, dst, opcode, id, payload.to_vec());
+        f.header.flags = mts::Flags(flags);
+        mts::io::write_frame(&mut self.stream, &f).expect("write frame");
+        id
+    }
+
+    pub fn read(&mut self) -> Result<mts::Frame, mts::MtsError> {
+        mts::io::read_frame(&mut self.stream, mts::frame::DEFAULT_MAX_PAYLOAD)
+    }
+
+    /// Send text with CONFIRM and return the broker's answer (Ok = queued).
+    pub fn send_confirmed(&mut self, dst: u32, text: &str, flags: u8) -> Result<(), String> {
+        let id = self.send(dst, 7, flags | mts::Flags::CONFIRM, text.as_bytes());
+        let f = self.read().expect("confirmation");
+        assert_eq!(f.header.reply_to, id);
+        f.into_result().map(|_| ()).map_err(|e| e.to_string())
+    }
+}

@@ -30,6 +30,10 @@ const HELP: &str = "sysmgr-demo [options]
   --report FILE         append one line per start: pid, start kind, count, fds
   --status TEXT         STATUS= text
   --notify-fd N         write a newline to descriptor N once started (s6 readiness)
+  --mts-bind NAME       bind MTS SAP NAME and receive: report each message; ack what needs it,
+                        except \"hold\" (acked only when redelivered); crash on \"poison\";
+                        answer requests with \"echo:TEXT\"
+  --mts-try-bind NAME   also try to bind SAP NAME and report the outcome
   --stamp FILE          (benchmark) append \"PID CLOCK_MONOTONIC-ns\" taken at the first instruction
 
 Started as `run` (a symlink in a daemontools/runit/s6 service directory), the options are read
@@ -64,6 +68,8 @@ struct Opts {
     report: Option<String>,
     status: Option<String>,
     notify_fd: Option<i32>,
+    mts_bind: Option<String>,
+    mts_try_bind: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -92,6 +98,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--fdstore" => o.fdstore = true,
             "--report" => o.report = Some(val(a)?),
             "--status" => o.status = Some(val(a)?),
+            "--mts-bind" => o.mts_bind = Some(val(a)?),
+            "--mts-try-bind" => o.mts_try_bind = Some(val(a)?),
             "--notify-fd" => {
                 o.notify_fd = Some(val(a)?.parse().map_err(|e| format!("--notify-fd: {e}"))?)
             }
@@ -173,6 +181,62 @@ fn orphan(pidfile: &str) {
         }
         _ => eprintln!("fork failed"),
     }
+}
+
+/// Bind a SAP and handle what arrives (see `--mts-bind`), reporting every step.
+fn mts_receiver(name: &str, other: Option<&str>, report: Option<&str>) {
+    let say = |line: String| match report {
+        Some(r) => append(r, &line),
+        None => println!("{line}"),
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        let mut c = match mts::client::Client::connect_from_env().await {
+            Ok(c) => c,
+            Err(e) => return say(format!("connect error: {e}")),
+        };
+        match c.bind(name).await {
+            Ok(n) => say(format!("bound {name}={n}")),
+            Err(e) => return say(format!("bind error: {e}")),
+        }
+        if let Some(o) = other {
+            match c.bind(o).await {
+                Ok(n) => say(format!("bound {o}={n}")),
+                Err(e) => say(format!("bind {o} error: {e}")),
+            }
+        }
+        while let Some(m) = c.recv().await {
+            let text = String::from_utf8_lossy(&m.payload).into_owned();
+            if let Some(e) = m.error() {
+                say(format!("error {e}"));
+                continue;
+            }
+            say(format!(
+                "recv id={} redelivered={} text={text}",
+                m.id(),
+                m.redelivered()
+            ));
+            if text == "poison" {
+                // SAFETY: restore the default action and raise: a real crash by signal.
+                unsafe {
+                    libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                    libc::raise(libc::SIGSEGV);
+                }
+            }
+            if m.is_request() {
+                c.respond_raw(&m, format!("echo:{text}").as_bytes());
+            }
+            if m.needs_ack() && (text != "hold" || m.redelivered()) {
+                c.ack(&[m.id()]);
+            }
+        }
+        say("connection closed".into());
+    });
 }
 
 fn main() {
@@ -260,6 +324,10 @@ fn main() {
     }
     if let Some(f) = &o.orphan {
         orphan(f);
+    }
+    if let Some(name) = o.mts_bind.clone() {
+        let (report, other) = (o.report.clone(), o.mts_try_bind.clone());
+        std::thread::spawn(move || mts_receiver(&name, other.as_deref(), report.as_deref()));
     }
     let crash_now = match (o.crash_times, &o.counter) {
         (Some(n), Some(c)) => bump_counter(c) <= n,

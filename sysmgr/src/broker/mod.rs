@@ -470,7 +470,7 @@ impl Broker {
                 .find(|c| c.ephemeral == h.dst_sap)
                 .ok_or(format!("no connection owns SAP {:#x}", h.dst_sap))?;
             c.outbox.push(h, &payload);
-            return Ok(None);
+            return Ok(h.flags.has(Flags::CONFIRM).then(Vec::new));
         }
         self.admit(h.dst_sap, payload.len())?;
         let seq = self.seq();

@@ -232,6 +232,7 @@ impl Supervisor {
                 .map(|(k, v)| (k.clone(), v.policy.clone()))
                 .collect(),
         );
+        s.declare_saps();
         Ok(s)
     }
 

@@ -1,0 +1,364 @@
+//! The service-side MTS client: async, typed, batching.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mts::MtsError> {
+//! let mut c = mts::client::Client::connect_from_env().await?;
+//! let me = c.bind("bgp").await?;                       // a SAP declared in bgp.toml
+//! let fib = c.lookup("fib").await?;
+//! c.send(me, fib, 10, &"route add", mts::Flags(mts::Flags::NEEDS_ACK)).await?;  // confirmed
+//! while let Some(m) = c.recv().await {
+//!     let text: String = m.decode()?;
+//!     c.ack(&[m.id()]);                                // done with it: not redelivered
+//! #   let _ = text;
+//! }
+//! # Ok(()) }
+//! ```
+//! Frames are appended to an outbox that one writer task drains, so `send_nowait` in a loop
+//! turns into large writes. Responses are matched to requests by id; everything else (messages,
+//! notifications, errors about `send_nowait` frames) arrives through [`Client::recv`].
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::frame::{DEFAULT_MAX_PAYLOAD, Flags, Frame, HEADER_LEN, Header};
+use crate::{MtsError, codec, proto, sap};
+
+/// A message delivered to this client.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub header: Header,
+    pub payload: Vec<u8>,
+}
+
+impl Incoming {
+    /// The broker's id of this message: what [`Client::ack`] takes.
+    pub fn id(&self) -> u64 {
+        self.header.msg_id
+    }
+    /// The previous instance received this and did not ack it.
+    pub fn redelivered(&self) -> bool {
+        self.header.flags.has(Flags::REDELIVERY)
+    }
+    pub fn needs_ack(&self) -> bool {
+        self.header.flags.has(Flags::NEEDS_ACK)
+    }
+    /// The sender waits for [`Client::respond`].
+    pub fn is_request(&self) -> bool {
+        self.header.flags.has(Flags::REQUEST)
+    }
+    /// An error the broker reported about a frame sent with `send_nowait`.
+    pub fn error(&self) -> Option<String> {
+        self.header
+            .flags
+            .has(Flags::ERROR)
+            .then(|| String::from_utf8_lossy(&self.payload).into_owned())
+    }
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MtsError> {
+        codec::decode(&self.payload)
+    }
+}
+
+#[derive(Default)]
+struct Out {
+    buf: Mutex<Vec<u8>>,
+    notify: Notify,
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
+
+/// A connection to sysmgr's MTS broker.
+pub struct Client {
+    out: Arc<Out>,
+    waiters: Waiters,
+    next_id: AtomicU64,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Default deadline of the helpers that talk to the broker itself.
+const BROKER_DEADLINE: Duration = Duration::from_secs(10);
+
+impl Client {
+    /// Connect to `SYSMGR_SOCKET` (set by sysmgr for every service).
+    pub async fn connect_from_env() -> Result<Client, MtsError> {
+        let p = std::env::var_os("SYSMGR_SOCKET").ok_or_else(|| {
+            MtsError::Remote("SYSMGR_SOCKET is not set: not running under sysmgr".into())
+        })?;
+        Client::connect(Path::new(&p)).await
+    }
+
+    pub async fn connect(path: &Path) -> Result<Client, MtsError> {
+        let stream = UnixStream::connect(path).await?;
+        let (mut rd, mut wr) = stream.into_split();
+        let out = Arc::new(Out::default());
+        let waiters: Waiters = Arc::default();
+        let (tx, incoming) = mpsc::unbounded_channel();
+        let wout = out.clone();
+        let writer = tokio::spawn(async move {
+            let mut spare = Vec::new();
+            loop {
+                let mut buf = match wout.buf.lock() {
+                    Ok(mut b) => std::mem::replace(&mut *b, spare),
+                    Err(_) => return,
+                };
+                if buf.is_empty() {
+                    wout.notify.notified().await;
+                    spare = buf;
+                    continue;
+                }
+                if wr.write_all(&buf).await.is_err() {
+                    return;
+                }
+                buf.clear();
+                spare = buf;
+            }
+        });
+        let rw = waiters.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+            loop {
+                let mut at = 0;
+                while buf.len() - at >= HEADER_LEN {
+                    let mut hb = [0u8; HEADER_LEN];
+                    hb.copy_from_slice(&buf[at..at + HEADER_LEN]);
+                    let Ok(h) = Header::decode(&hb, DEFAULT_MAX_PAYLOAD) else {
+                        return;
+                    };
+                    let end = at + HEADER_LEN + h.len as usize;
+                    if buf.len() < end {
+                        break;
+                    }
+                    let payload = buf[at + HEADER_LEN..end].to_vec();
+                    at = end;
+                    if h.flags.has(Flags::RESPONSE)
+                        && let Some(w) = rw.lock().ok().and_then(|mut m| m.remove(&h.reply_to))
+                    {
+                        let _ = w.send(Frame { header: h, payload });
+                        continue;
+                    }
+                    let _ = tx.send(Incoming { header: h, payload });
+                }
+                buf.drain(..at);
+                if buf.capacity() - buf.len() < 16 * 1024 {
+                    buf.reserve(64 * 1024);
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        Ok(Client {
+            out,
+            waiters,
+            next_id: AtomicU64::new(1),
+            incoming,
+            tasks: vec![writer, reader],
+        })
+    }
+
+    fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn push(&self, h: &Header, payload: &[u8]) {
+        let mut h = *h;
+        h.len = payload.len() as u32;
+        if let Ok(mut b) = self.out.buf.lock() {
+            b.extend_from_slice(&h.encode());
+            b.extend_from_slice(payload);
+        }
+        self.out.notify.notify_one();
+    }
+
+    /// Send a raw frame and wait for the frame that answers it.
+    async fn round_trip(
+        &self,
+        mut h: Header,
+        payload: &[u8],
+        deadline: Duration,
+    ) -> Result<Vec<u8>, MtsError> {
+        h.msg_id = self.id();
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = self.waiters.lock() {
+            w.insert(h.msg_id, tx);
+        }
+        self.push(&h, payload);
+        let res = tokio::time::timeout(deadline, rx).await;
+        if let Ok(mut w) = self.waiters.lock() {
+            w.remove(&h.msg_id);
+        }
+        match res {
+            Ok(Ok(f)) => f.into_result(),
+            Ok(Err(_)) => Err(MtsError::Closed),
+            Err(_) => Err(MtsError::Timeout(deadline)),
+        }
+    }
+
+    fn header(src: u32, dst: u32, opcode: u32, flags: u8) -> Header {
+        Header {
+            flags: Flags(flags),
+            len: 0,
+            src_sap: src,
+            dst_sap: dst,
+            opcode,
+            msg_id: 0,
+            reply_to: 0,
+        }
+    }
+
+    async fn broker<T: Serialize, R: DeserializeOwned>(
+        &self,
+        opcode: u32,
+        v: &T,
+    ) -> Result<R, MtsError> {
+        let p = codec::encode(v)?;
+        codec::decode(
+            &self
+                .round_trip(
+                    Self::header(sap::CLI, sap::BROKER, opcode, 0),
+                    &p,
+                    BROKER_DEADLINE,
+                )
+                .await?,
+        )
+    }
+
+    /// Bind a SAP this service's policy declares; messages queued for it start arriving.
+    pub async fn bind(&self, name: &str) -> Result<u32, MtsError> {
+        self.broker(proto::OP_BIND, &proto::Bind { name: name.into() })
+            .await
+    }
+
+    /// A SAP's number by name.
+    pub async fn lookup(&self, name: &str) -> Result<u32, MtsError> {
+        self.broker(proto::OP_LOOKUP, &name.to_string()).await
+    }
+
+    /// Receive notifications of `opcode` on bound SAP `sap`.
+    pub async fn subscribe(&self, sap: u32, opcode: u32) -> Result<(), MtsError> {
+        self.broker(proto::OP_SUBSCRIBE, &proto::Subscribe { sap, opcode })
+            .await
+    }
+
+    /// Send and wait until the broker has queued it (on disk, for `PERSISTENT`).
+    pub async fn send<T: Serialize>(
+        &self,
+        src: u32,
+        dst: u32,
+        opcode: u32,
+        v: &T,
+        flags: Flags,
+    ) -> Result<(), MtsError> {
+        let p = codec::encode(v)?;
+        self.round_trip(
+            Self::header(src, dst, opcode, flags.0 | Flags::CONFIRM),
+            &p,
+            BROKER_DEADLINE,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Send raw bytes without waiting; a refusal arrives later through [`Client::recv`].
+    pub fn send_nowait(
+        &self,
+        src: u32,
+        dst: u32,
+        opcode: u32,
+        payload: &[u8],
+        flags: Flags,
+    ) -> u64 {
+        let mut h = Self::header(src, dst, opcode, flags.0);
+        h.msg_id = self.id();
+        self.push(&h, payload);
+        h.msg_id
+    }
+
+    /// Request/response with a deadline.
+    pub async fn request<T: Serialize, R: DeserializeOwned>(
+        &self,
+        src: u32,
+        dst: u32,
+        opcode: u32,
+        v: &T,
+        deadline: Duration,
+    ) -> Result<R, MtsError> {
+        let p = codec::encode(v)?;
+        codec::decode(
+            &self
+                .round_trip(Self::header(src, dst, opcode, Flags::REQUEST), &p, deadline)
+                .await?,
+        )
+    }
+
+    /// Raw request/response (payload bytes in and out).
+    pub async fn request_raw(
+        &self,
+        src: u32,
+        dst: u32,
+        opcode: u32,
+        payload: &[u8],
+        deadline: Duration,
+    ) -> Result<Vec<u8>, MtsError> {
+        self.round_trip(
+            Self::header(src, dst, opcode, Flags::REQUEST),
+            payload,
+            deadline,
+        )
+        .await
+    }
+
+    /// Publish a notification to every subscriber of `opcode`.
+    pub fn publish<T: Serialize>(&self, src: u32, opcode: u32, v: &T) -> Result<u64, MtsError> {
+        Ok(self.send_nowait(
+            src,
+            sap::BROADCAST,
+            opcode,
+            &codec::encode(v)?,
+            Flags::default(),
+        ))
+    }
+
+    /// Answer a request.
+    pub fn respond_raw(&self, to: &Incoming, payload: &[u8]) {
+        let f = Frame::response_to(&to.header, self.id(), Vec::new());
+        self.push(&f.header, payload);
+    }
+
+    pub fn respond<R: Serialize>(&self, to: &Incoming, v: &R) -> Result<(), MtsError> {
+        self.respond_raw(to, &codec::encode(v)?);
+        Ok(())
+    }
+
+    /// Done with these messages: they will not be redelivered.
+    pub fn ack(&self, ids: &[u64]) {
+        if let Ok(p) = codec::encode(&proto::Ack { ids: ids.to_vec() }) {
+            let mut h = Self::header(sap::CLI, sap::BROKER, proto::OP_ACK, 0);
+            h.msg_id = self.id();
+            self.push(&h, &p);
+        }
+    }
+
+    /// The next message, notification or late error; `None` when the connection closed.
+    pub async fn recv(&mut self) -> Option<Incoming> {
+        self.incoming.recv().await
+    }
+}

@@ -1,0 +1,276 @@
+//! The MTS broker end to end: queues that wait for a restarting receiver, redelivery, persistent
+//! messages across a SIGKILL of sysmgr, poison quarantine, identity, bad frames, limits.
+
+use std::time::Duration;
+
+use mts::Flags;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sysmgr_tests::{Lab, MtsConn, wait_for};
+
+const RX: u32 = 100;
+const ACK: u8 = Flags::NEEDS_ACK;
+
+/// A lab with `gate` (ready only with `gate_ready`) and `rx` (SAP rx = 100) depending on it.
+fn lab(gate_ready: bool, extra_sysmgr: &str) -> Lab {
+    let lab = Lab::new("1s");
+    if !extra_sysmgr.is_empty() {
+        lab.write(
+            "sysmgr.toml",
+            &(std::fs::read_to_string(lab.config()).expect("cfg") + extra_sysmgr),
+        );
+    }
+    gate(&lab, gate_ready);
+    let report = lab.path("report").display().to_string();
+    lab.service(
+        "rx",
+        &["--mts-bind", "rx", "--mts-try-bind", "other", "--report", &report],
+        "depends-on = [\"gate\"]\nrestart = [\"stateful\", \"stateless\"]\n[saps]\nrx = 100\n[ha.single-sup.primary]\naction = \"stateful\"\nmax-retries = 5\nmin-lifetime = \"1s\"\n",
+    );
+    lab.service("owner", &[], "[saps]\nother = 101\n");
+    lab
+}
+
+fn gate(lab: &Lab, ready: bool) {
+    let args: &[&str] = if ready {
+        &["--notify", "--ready-delay", "1500"]
+    } else {
+        &[]
+    };
+    lab.service(
+        "gate",
+        args,
+        "readiness = \"notify\"\nstart-timeout = \"1h\"\n",
+    );
+}
+
+fn received(lab: &Lab) -> Vec<String> {
+    lab.report("report")
+        .into_iter()
+        .filter(|l| l.starts_with("recv "))
+        .collect()
+}
+
+fn texts(lab: &Lab) -> Vec<String> {
+    received(lab)
+        .iter()
+        .map(|l| l.rsplit("text=").next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn messages_wait_for_the_receiver_and_arrive_in_order() {
+    let mut lab = lab(true, "");
+    lab.boot();
+    let mut c = MtsConn::connect(&lab);
+    for i in 0..5 {
+        c.send_confirmed(RX, &format!("m{i}"), ACK).expect("queued");
+    }
+    let q = lab.json(&["show", "mts", "queues"]);
+    let row = q
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["name"] == "rx")
+        .expect("rx queue")
+        .clone();
+    assert_eq!(row["depth"], 5, "waiting while rx is down: {row}");
+    let sap = lab.json(&["show", "mts", "sap"]);
+    assert!(
+        sap.as_array()
+            .expect("rows")
+            .iter()
+            .any(|r| r["name"] == "rx" && r["bound"] == false && r["owner"] == "rx")
+    );
+    wait_for(Duration::from_secs(10), "delivery", || {
+        (received(&lab).len() >= 5).then_some(())
+    });
+    assert_eq!(texts(&lab), ["m0", "m1", "m2", "m3", "m4"]);
+    wait_for(Duration::from_secs(5), "acks", || {
+        let q = lab.json(&["show", "mts", "queues"]);
+        let r = q.as_array()?.iter().find(|r| r["name"] == "rx")?.clone();
+        (r["depth"] == 0 && r["pending_acks"] == 0).then_some(())
+    });
+    // Request/response through the broker.
+    let id = c.send(RX, 9, Flags::REQUEST, b"ping");
+    let f = c.read().expect("response");
+    assert_eq!(f.header.reply_to, id);
+    assert_eq!(f.into_result().expect("ok"), b"echo:ping");
+}
+
+#[test]
+fn unacked_message_is_redelivered_after_sigkill_of_the_receiver() {
+    let mut lab = lab(true, "");
+    lab.boot();
+    let pid = lab.wait_running("rx", None);
+    wait_for(Duration::from_secs(5), "bound", || {
+        lab.report("report")
+            .iter()
+            .any(|l| l.starts_with("bound rx"))
+            .then_some(())
+    });
+    let mut c = MtsConn::connect(&lab);
+    c.send_confirmed(RX, "hold", ACK).expect("queued");
+    wait_for(Duration::from_secs(5), "first delivery", || {
+        (received(&lab).len() == 1).then_some(())
+    });
+    assert!(received(&lab)[0].contains("redelivered=false text=hold"));
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
+    wait_for(Duration::from_secs(5), "redelivery", || {
+        (received(&lab).len() == 2).then_some(())
+    });
+    let r = received(&lab);
+    assert!(r[1].contains("redelivered=true text=hold"), "{r:?}");
+    assert_eq!(
+        r[0].split_whitespace().nth(1),
+        r[1].split_whitespace().nth(1),
+        "same message id"
+    );
+    wait_for(Duration::from_secs(5), "acked", || {
+        let q = lab.json(&["show", "mts", "queues"]);
+        (q.as_array()?.iter().find(|r| r["name"] == "rx")?["pending_acks"] == 0).then_some(())
+    });
+}
+
+#[test]
+fn persistent_message_survives_sigkill_of_sysmgr() {
+    let mut lab = lab(false, "");
+    lab.boot();
+    let mut c = MtsConn::connect(&lab);
+    c.send_confirmed(RX, "kept", ACK | Flags::PERSISTENT)
+        .expect("queued on disk");
+    c.send_confirmed(RX, "volatile", ACK)
+        .expect("queued in memory");
+    lab.signal(Signal::SIGKILL);
+    lab.wait_exit(Duration::from_secs(5));
+    gate(&lab, true);
+    lab.boot();
+    let q = lab.json(&["show", "mts", "queues"]);
+    let row = q
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["name"] == "rx")
+        .expect("rx")
+        .clone();
+    assert_eq!(row["depth"], 1, "{row}");
+    assert_eq!(row["persistent"], 1);
+    wait_for(Duration::from_secs(10), "delivery after reboot", || {
+        (!received(&lab).is_empty()).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(texts(&lab), ["kept"]);
+}
+
+#[test]
+fn poison_is_quarantined_after_two_crashes_and_the_third_instance_runs() {
+    let mut lab = lab(true, "");
+    lab.boot();
+    let first = lab.wait_running("rx", None);
+    wait_for(Duration::from_secs(5), "bound", || {
+        lab.report("report")
+            .iter()
+            .any(|l| l.starts_with("bound rx"))
+            .then_some(())
+    });
+    let mut c = MtsConn::connect(&lab);
+    c.send_confirmed(RX, "poison", ACK).expect("queued");
+    wait_for(Duration::from_secs(10), "dead letter", || {
+        let d = lab.json(&["show", "mts", "dead-letter"]);
+        (d.as_array()?.len() == 1).then_some(())
+    });
+    let third = lab.wait_running("rx", Some(first));
+    c.send_confirmed(RX, "after", ACK).expect("queued");
+    wait_for(Duration::from_secs(5), "third instance works", || {
+        texts(&lab).contains(&"after".to_string()).then_some(())
+    });
+    assert_eq!(texts(&lab), ["poison", "poison", "after"]);
+    assert!(received(&lab)[1].contains("redelivered=true"));
+    let recs = lab.records("rx");
+    assert_eq!(recs.len(), 2);
+    assert!(
+        recs[1]["action"]
+            .as_str()
+            .unwrap_or("")
+            .contains("1 message(s) quarantined to the dead-letter queue"),
+        "{recs:?}"
+    );
+    assert!(lab.daemon_log().contains("%SYSMGR-2-MTS_DEAD_LETTER"));
+    let d = lab.json(&["show", "mts", "dead-letter"]);
+    assert_eq!(d[0]["sap"], "rx");
+    assert_eq!(d[0]["bytes"], 6);
+    assert_eq!(lab.pid_of("rx"), Some(third));
+}
+
+#[test]
+fn identity_bad_frames_and_limits() {
+    let mut lab = lab(false, "[mts]\nqueue-max-messages = 3\n");
+    gate(&lab, true);
+    lab.boot();
+    wait_for(Duration::from_secs(10), "bound", || {
+        lab.report("report")
+            .iter()
+            .any(|l| l.starts_with("bound rx"))
+            .then_some(())
+    });
+    // A service cannot bind another service's SAP.
+    let r = lab.report("report");
+    assert!(
+        r.iter().any(|l| l.contains(
+            "bind other error: permission denied: SAP \"other\" is not declared by service \"rx\""
+        )),
+        "{r:?}"
+    );
+    // An operator cannot send as a service's SAP.
+    let mut c = MtsConn::connect(&lab);
+    let mut f = mts::Frame::request(RX, 101, 7, 1, b"spoof".to_vec());
+    f.header.flags = Flags(Flags::CONFIRM);
+    mts::io::write_frame(&mut c.stream, &f).expect("write");
+    let e = c.read().expect("error").into_result().expect_err("refused");
+    assert!(e.to_string().contains("has not bound SAP 100"), "{e}");
+
+    // An oversized frame closes that connection only.
+    let mut bad = MtsConn::connect(&lab);
+    let mut h = mts::Frame::request(0xffff_0001, RX, 7, 1, Vec::new())
+        .header
+        .encode();
+    h[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+    use std::io::Write;
+    bad.stream.write_all(&h).expect("write");
+    assert!(matches!(bad.read(), Err(mts::MtsError::Closed)), "closed");
+    // A frame that lies about its length (the stream ends inside it) too.
+    let mut liar = MtsConn::connect(&lab);
+    let mut h = mts::Frame::request(0xffff_0001, RX, 7, 1, Vec::new())
+        .header
+        .encode();
+    h[4..8].copy_from_slice(&100u32.to_be_bytes());
+    liar.stream.write_all(&h).expect("write");
+    liar.stream.write_all(b"only ten b").expect("write");
+    liar.stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    assert!(matches!(liar.read(), Err(mts::MtsError::Closed)));
+    // Everyone else carries on.
+    c.send_confirmed(RX, "still works", ACK).expect("queued");
+    wait_for(Duration::from_secs(5), "delivery", || {
+        texts(&lab)
+            .contains(&"still works".to_string())
+            .then_some(())
+    });
+    let log = lab.daemon_log();
+    assert!(
+        log.contains("frame payload of 4294967295 bytes exceeds the limit"),
+        "{log}"
+    );
+    assert!(log.contains("stream ended inside a frame"), "{log}");
+
+    // Queue limits: SAP other (101) has no receiver; the fourth message is refused.
+    for i in 0..3 {
+        c.send_confirmed(101, &format!("n{i}"), 0).expect("queued");
+    }
+    let e = c.send_confirmed(101, "n3", 0).expect_err("over the limit");
+    assert!(
+        e.contains("queue of SAP other (101) is full: 3 messages (limit 3)"),
+        "{e}"
+    );
+}
