@@ -15,4 +15,4 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
 fi
 cargo build --release --locked -p sysmgr -p sysmgr-demo -p sysmgr-bench
-target/release/sysmgr-bench --kills "$kills" --out target/restart-latency.csv
+target/release/sysmgr-bench restart --kills "$kills" --out target/restart-latency.csv

@@ -89,6 +89,7 @@ async fn connection(
     };
     tracing::debug!(conn = id, ?identity, pid = ?peer.pid, "MTS connection");
     let wbox = outbox.clone();
+    let wbroker = broker.clone();
     let writer = tokio::spawn(async move {
         let mut spare = Vec::new();
         loop {
@@ -107,6 +108,9 @@ async fn connection(
             }
             buf.clear();
             spare = buf;
+            if wbox.take_throttled() {
+                lock(&wbroker).resume(id);
+            }
         }
     });
 

@@ -544,7 +544,9 @@ impl Broker {
             s.conn = None;
             return;
         };
-        while let Some(m) = s.queue.pop_front() {
+        while c.outbox.has_room()
+            && let Some(m) = s.queue.pop_front()
+        {
             let mut flags = m.flags & !Flags::REQUEST;
             if m.redelivered {
                 flags |= Flags::REDELIVERY;
@@ -572,6 +574,19 @@ impl Broker {
                     st.remove(n, m.seq);
                 }
             }
+        }
+    }
+
+    /// The writer of `conn` drained its outbox after delivery was throttled: deliver more.
+    pub fn resume(&mut self, conn: ConnId) {
+        let saps: Vec<u32> = self
+            .saps
+            .iter()
+            .filter(|(_, s)| s.conn == Some(conn))
+            .map(|(n, _)| *n)
+            .collect();
+        for n in saps {
+            self.deliver(n);
         }
     }
 

@@ -9,11 +9,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use mts::frame::Header;
 use tokio::sync::Notify;
 
+/// Delivery to a connection pauses while this much is waiting to be written; the messages stay
+/// in their queue (where the queue limits apply) until the writer catches up.
+pub const HIGH_WATER: usize = 4 << 20;
+
 #[derive(Default)]
 pub struct Outbox {
     buf: Mutex<Vec<u8>>,
     notify: Notify,
     closed: AtomicBool,
+    /// Delivery stopped at the high-water mark and must be resumed once drained.
+    throttled: AtomicBool,
 }
 
 impl Outbox {
@@ -46,6 +52,20 @@ impl Outbox {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         self.notify.notify_one();
+    }
+
+    /// Room for more deliveries? If not, remember to resume.
+    pub fn has_room(&self) -> bool {
+        let room = self.pending_bytes() < HIGH_WATER;
+        if !room {
+            self.throttled.store(true, Ordering::Relaxed);
+        }
+        room
+    }
+
+    /// True once after delivery was throttled.
+    pub fn take_throttled(&self) -> bool {
+        self.throttled.swap(false, Ordering::Relaxed)
     }
 
     pub fn is_closed(&self) -> bool {

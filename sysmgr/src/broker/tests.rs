@@ -254,3 +254,33 @@ fn notifications_go_to_every_subscriber() {
     assert_eq!(f[0].1, b"event");
     assert!(frames(&bo).is_empty(), "bgp did not subscribe");
 }
+
+#[test]
+fn a_slow_receiver_fills_its_queue_not_sysmgr_memory() {
+    let mut b = Broker::new(
+        Limits {
+            max_messages: 1_000_000,
+            max_bytes: 1 << 30,
+        },
+        None,
+    );
+    b.set_saps(&[("bgp".into(), 100, "bgp".into())]);
+    let (bgp, bo) = service(&mut b, "bgp");
+    b.bind(bgp, "bgp").expect("bind");
+    let op = Arc::new(Outbox::default());
+    let (cli, _) = b.connect(Identity::Operator, op);
+    let body = vec![0u8; 64 * 1024];
+    for i in 0..200 {
+        let (h, p) = msg(mts::sap::CLI, 100, i, 0, &body);
+        b.route(cli, h, p);
+    }
+    // Nobody writes bo out: delivery stopped at the high-water mark, the rest waits in the queue.
+    assert!(bo.pending_bytes() < outbox::HIGH_WATER + 2 * body.len());
+    let q = b.queues()[0].clone();
+    assert!(q.depth > 100, "{q:?}");
+    // The writer drains and resumes delivery.
+    let n = frames(&bo).len();
+    assert!(bo.take_throttled());
+    b.resume(bgp);
+    assert!(frames(&bo).len() + n > n);
+}

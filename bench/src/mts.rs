@@ -1,0 +1,326 @@
+//! MTS benchmark: round-trip latency and one-way throughput through sysmgr's broker, against
+//! the floor: a raw Unix-socket ping-pong between two processes speaking the same frames.
+//!
+//! The broker path crosses two sockets each way (client → sysmgr → service), the floor one, so
+//! 2x the floor is the physical limit of a brokered round trip. Both sides of both paths use the
+//! same blocking driver code; the receivers are `mts-echo` (a real sysmgr service, async
+//! `mts::client`) and `floor-echo` (a blocking loop). Runs alternate floor/broker so machine
+//! noise hits both.
+
+use std::io::{BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mts::frame::{Flags, Frame, HEADER_LEN, Header};
+
+use crate::restart::pct;
+
+/// Ask the receiver how many one-way messages it counted since the last ask.
+const OP_COUNT: u32 = 99;
+const OP_DATA: u32 = 7;
+const ECHO_SAP: u32 = 100;
+
+fn read_frame(r: &mut impl Read) -> Result<Frame> {
+    Ok(mts::io::read_frame(r, mts::frame::DEFAULT_MAX_PAYLOAD)?)
+}
+
+/// `mts-echo`: the receiver service, run by sysmgr (binds SAP `echo`).
+pub fn echo() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut c = mts::client::Client::connect_from_env().await?;
+        c.bind("echo").await?;
+        let _ = mts::notify::notify("READY=1");
+        let mut count: u64 = 0;
+        while let Some(m) = c.recv().await {
+            if m.is_request() {
+                if m.header.opcode == OP_COUNT {
+                    c.respond_raw(&m, &count.to_be_bytes());
+                    count = 0;
+                } else {
+                    c.respond_raw(&m, &m.payload);
+                }
+            } else {
+                count += 1;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `floor-echo PATH`: the same receiver over one raw socket, blocking.
+pub fn floor_echo(path: &Path) -> Result<()> {
+    let s = UnixStream::connect(path)?;
+    let mut r = BufReader::with_capacity(256 * 1024, s.try_clone()?);
+    let mut w = s;
+    let mut count: u64 = 0;
+    loop {
+        let f = match read_frame(&mut r) {
+            Ok(f) => f,
+            Err(_) => return Ok(()),
+        };
+        if f.header.flags.has(Flags::REQUEST) {
+            let body = if f.header.opcode == OP_COUNT {
+                let b = count.to_be_bytes().to_vec();
+                count = 0;
+                b
+            } else {
+                f.payload.clone()
+            };
+            let resp = Frame::response_to(&f.header, 0, body);
+            w.write_all(&resp.to_bytes())?;
+        } else {
+            count += 1;
+        }
+    }
+}
+
+/// One path under test: a connected stream to its echo.
+struct Path_ {
+    name: &'static str,
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+    dst: u32,
+    next: u64,
+}
+
+impl Path_ {
+    fn new(name: &'static str, stream: UnixStream, dst: u32) -> Result<Path_> {
+        let reader = BufReader::with_capacity(256 * 1024, stream.try_clone()?);
+        Ok(Path_ {
+            name,
+            stream,
+            reader,
+            dst,
+            next: 1,
+        })
+    }
+
+    fn frame(&mut self, opcode: u32, flags: u8, payload: Vec<u8>) -> Frame {
+        let mut f = Frame::request(mts::sap::CLI, self.dst, opcode, self.next, payload);
+        self.next += 1;
+        f.header.flags = Flags(flags);
+        f
+    }
+
+    fn round_trip(&mut self, size: usize) -> Result<f64> {
+        let f = self.frame(OP_DATA, Flags::REQUEST, vec![0xab; size]);
+        let t = Instant::now();
+        self.stream.write_all(&f.to_bytes())?;
+        let r = read_frame(&mut self.reader)?;
+        let el = t.elapsed().as_secs_f64() * 1e6;
+        if r.header.reply_to != f.header.msg_id || r.payload.len() != size {
+            bail!("{}: bad echo", self.name);
+        }
+        Ok(el)
+    }
+
+    /// Send `n` one-way messages as fast as the socket takes them, then ask for the count:
+    /// returns messages per second.
+    fn throughput(&mut self, n: u64, size: usize, flags: u8) -> Result<f64> {
+        let batch = 256u64;
+        let payload = vec![0x5a; size];
+        let t = Instant::now();
+        let mut sent = 0;
+        let mut buf = Vec::with_capacity((batch as usize) * (HEADER_LEN + size));
+        while sent < n {
+            buf.clear();
+            let k = batch.min(n - sent);
+            for _ in 0..k {
+                let mut h: Header = self.frame(OP_DATA, flags, Vec::new()).header;
+                h.len = size as u32;
+                buf.extend_from_slice(&h.encode());
+                buf.extend_from_slice(&payload);
+            }
+            self.stream.write_all(&buf)?;
+            sent += k;
+        }
+        let q = self.frame(OP_COUNT, Flags::REQUEST, Vec::new());
+        self.stream.write_all(&q.to_bytes())?;
+        loop {
+            let r = read_frame(&mut self.reader)?;
+            if r.header.flags.has(Flags::ERROR) {
+                bail!("{}: {}", self.name, String::from_utf8_lossy(&r.payload));
+            }
+            if r.header.reply_to == q.header.msg_id {
+                let mut c = [0u8; 8];
+                c.copy_from_slice(&r.payload[..8]);
+                let got = u64::from_be_bytes(c);
+                if got != n {
+                    bail!("{}: receiver counted {got} of {n}", self.name);
+                }
+                return Ok(n as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+    }
+}
+
+struct Lab {
+    dir: PathBuf,
+    sysmgr: Child,
+    floor: Child,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.sysmgr.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.sysmgr.wait();
+        let _ = self.floor.kill();
+        let _ = self.floor.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn setup() -> Result<(Lab, Path_, Path_)> {
+    let bins = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .to_path_buf();
+    let dir = std::env::temp_dir().join(format!("sysmgr-mts-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("sysmgr.toml"),
+        "name = \"bench\"\ndata-dir = \"data\"\n[mts]\nqueue-max-messages = 10000000\nqueue-max-bytes = 4000000000\n",
+    )?;
+    std::fs::write(
+        dir.join("echo.toml"),
+        format!(
+            "command = [{:?}, \"mts-echo\"]\nreadiness = \"notify\"\n[saps]\necho = {ECHO_SAP}\n",
+            bins.join("sysmgr-bench").display().to_string()
+        ),
+    )?;
+    let sysmgr = Command::new(bins.join("sysmgr"))
+        .arg("boot")
+        .arg("--config")
+        .arg(dir.join("sysmgr.toml"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let fpath = dir.join("floor.sock");
+    let listener = UnixListener::bind(&fpath)?;
+    let floor = Command::new(bins.join("sysmgr-bench"))
+        .arg("floor-echo")
+        .arg(&fpath)
+        .stdin(Stdio::null())
+        .spawn()?;
+    let (fs, _) = listener.accept()?;
+    let lab = Lab {
+        dir: dir.clone(),
+        sysmgr,
+        floor,
+    };
+    // Wait until the echo service has bound its SAP.
+    let sock = dir.join("data/sysmgr.sock");
+    let end = Instant::now() + Duration::from_secs(20);
+    let broker = loop {
+        if let Ok(s) = UnixStream::connect(&sock) {
+            let mut p = Path_::new("broker", s, ECHO_SAP)?;
+            if p.round_trip(8).is_ok() {
+                break p;
+            }
+        }
+        if Instant::now() > end {
+            bail!("the echo service did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Ok((lab, Path_::new("floor", fs, 0)?, broker))
+}
+
+fn stats(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (pct(v, 0.5), pct(v, 0.99))
+}
+
+pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
+    let mut quick = false;
+    for a in args {
+        match a.as_str() {
+            "--quick" => quick = true,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let (_lab, mut floor, mut broker) = setup()?;
+    let rt_n = if quick { 2_000 } else { 20_000 };
+    let rounds = if quick { 2 } else { 5 };
+    println!(
+        "MTS benchmark: {rt_n} round trips per size; throughput runs alternate floor/broker, {rounds} each, median reported\n"
+    );
+    println!("| path | size | round trip median µs | p99 µs | median / floor |");
+    println!("|---|---:|---:|---:|---:|");
+    for size in [64usize, 4096] {
+        let (mut f, mut b) = (Vec::new(), Vec::new());
+        for i in 0..rt_n {
+            // Interleave in blocks of 100 so drift hits both.
+            if (i / 100) % 2 == 0 {
+                f.push(floor.round_trip(size)?);
+                b.push(broker.round_trip(size)?);
+            } else {
+                b.push(broker.round_trip(size)?);
+                f.push(floor.round_trip(size)?);
+            }
+        }
+        let (fm, fp) = stats(&mut f);
+        let (bm, bp) = stats(&mut b);
+        println!("| raw Unix socket (floor) | {size} B | {fm:.1} | {fp:.1} | 1.00x |");
+        println!(
+            "| sysmgr broker | {size} B | {bm:.1} | {bp:.1} | {:.2}x |",
+            bm / fm
+        );
+    }
+    println!("\n| path | message | messages | msgs/s median | min | max | vs floor |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let cases: [(&str, usize, u64, u8); 3] = [
+        ("64 B", 64, if quick { 200_000 } else { 1_000_000 }, 0),
+        ("4 KB", 4096, if quick { 20_000 } else { 100_000 }, 0),
+        (
+            "64 B persistent",
+            64,
+            if quick { 50_000 } else { 200_000 },
+            Flags::PERSISTENT,
+        ),
+    ];
+    for (label, size, n, flags) in cases {
+        let (mut f, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            if flags == 0 {
+                f.push(floor.throughput(n, size, 0)?);
+            }
+            b.push(broker.throughput(n, size, flags)?);
+        }
+        b.sort_by(f64::total_cmp);
+        let bm = pct(&b, 0.5);
+        if f.is_empty() {
+            println!(
+                "| sysmgr broker (sled) | {label} | {n} | {bm:.0} | {:.0} | {:.0} | - |",
+                b[0],
+                b[b.len() - 1]
+            );
+        } else {
+            f.sort_by(f64::total_cmp);
+            let fm = pct(&f, 0.5);
+            println!(
+                "| raw Unix socket (floor) | {label} | {n} | {fm:.0} | {:.0} | {:.0} | 1.00x |",
+                f[0],
+                f[f.len() - 1]
+            );
+            println!(
+                "| sysmgr broker | {label} | {n} | {bm:.0} | {:.0} | {:.0} | {:.2}x |",
+                b[0],
+                b[b.len() - 1],
+                bm / fm
+            );
+        }
+    }
+    Ok(())
+}
