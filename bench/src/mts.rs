@@ -120,6 +120,24 @@ impl Path_ {
         Ok(el)
     }
 
+    /// A round trip the broker answers itself (LOOKUP): one hop through sysmgr, no service.
+    fn broker_only(&mut self) -> Result<f64> {
+        let mut f = self.frame(
+            mts::proto::OP_LOOKUP,
+            0,
+            mts::codec::encode(&"echo".to_string())?,
+        );
+        f.header.dst_sap = mts::sap::BROKER;
+        let t = Instant::now();
+        self.stream.write_all(&f.to_bytes())?;
+        let r = read_frame(&mut self.reader)?;
+        let el = t.elapsed().as_secs_f64() * 1e6;
+        if r.header.reply_to != f.header.msg_id {
+            bail!("bad lookup answer");
+        }
+        Ok(el)
+    }
+
     /// Send `n` one-way messages as fast as the socket takes them, then ask for the count:
     /// returns messages per second.
     fn throughput(&mut self, n: u64, size: usize, flags: u8) -> Result<f64> {
@@ -244,14 +262,18 @@ fn stats(v: &mut [f64]) -> (f64, f64) {
 
 pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
     let mut quick = false;
-    for a in args {
+    let mut rt_only: Option<usize> = None;
+    let mut args = args;
+    while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            // Profiling aid: only N round trips per size, no throughput runs.
+            "--rt-only" => rt_only = Some(args.next().context("--rt-only N")?.parse()?),
             other => bail!("unknown argument {other}"),
         }
     }
     let (_lab, mut floor, mut broker) = setup()?;
-    let rt_n = if quick { 2_000 } else { 20_000 };
+    let rt_n = rt_only.unwrap_or(if quick { 2_000 } else { 20_000 });
     let rounds = if quick { 2 } else { 5 };
     println!(
         "MTS benchmark: {rt_n} round trips per size; throughput runs alternate floor/broker, {rounds} each, median reported\n"
@@ -261,8 +283,8 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
     for size in [64usize, 4096] {
         let (mut f, mut b) = (Vec::new(), Vec::new());
         for i in 0..rt_n {
-            // Interleave in blocks of 100 so drift hits both.
-            if (i / 100) % 2 == 0 {
+            // Interleave in blocks of 1000 so drift hits both and each block reaches its steady state.
+            if (i / 1000) % 2 == 0 {
                 f.push(floor.round_trip(size)?);
                 b.push(broker.round_trip(size)?);
             } else {
@@ -277,6 +299,20 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
             "| sysmgr broker | {size} B | {bm:.1} | {bp:.1} | {:.2}x |",
             bm / fm
         );
+        if size == 64 {
+            let mut o = Vec::new();
+            for _ in 0..rt_n / 4 {
+                o.push(broker.broker_only()?);
+            }
+            let (om, op) = stats(&mut o);
+            println!(
+                "| (diagnostic) one hop: request answered by the broker itself | - | {om:.1} | {op:.1} | {:.2}x |",
+                om / fm
+            );
+        }
+    }
+    if rt_only.is_some() {
+        return Ok(());
     }
     println!("\n| path | message | messages | msgs/s median | min | max | vs floor |");
     println!("|---|---|---:|---:|---:|---:|---:|");

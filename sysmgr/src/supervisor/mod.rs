@@ -312,9 +312,9 @@ impl Supervisor {
                 }));
                 return Ok(exit);
             }
-            let deadline = self
-                .next_deadline()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            // No timer at all when nothing is due: an armed timer makes every idle epoll_wait
+            // an hrtimer sleep, which costs MTS latency on every wake-up (see BENCHMARKS.md).
+            let deadline = self.next_deadline();
             tokio::select! {
                 biased;
                 _ = sigchld.recv() => self.reap(),
@@ -328,7 +328,12 @@ impl Supervisor {
                     }
                 }
                 Some(msg) = control.recv() => self.on_control(msg),
-                _ = tokio::time::sleep_until(deadline.into()) => self.on_tick(Instant::now()),
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.on_tick(Instant::now()),
             }
         }
     }
