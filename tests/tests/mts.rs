@@ -44,6 +44,16 @@ fn gate(lab: &Lab, ready: bool) {
     );
 }
 
+/// Wait until rx reports that it bound its SAP.
+fn wait_bound(lab: &Lab, secs: u64) {
+    wait_for(Duration::from_secs(secs), "rx bound", || {
+        lab.report("report")
+            .iter()
+            .any(|l| l.starts_with("bound rx"))
+            .then_some(())
+    });
+}
+
 fn received(lab: &Lab) -> Vec<String> {
     lab.report("report")
         .into_iter()
@@ -103,12 +113,7 @@ fn unacked_message_is_redelivered_after_sigkill_of_the_receiver() {
     let mut lab = lab(true, "");
     lab.boot();
     let pid = lab.wait_running("rx", None);
-    wait_for(Duration::from_secs(5), "bound", || {
-        lab.report("report")
-            .iter()
-            .any(|l| l.starts_with("bound rx"))
-            .then_some(())
-    });
+    wait_bound(&lab, 5);
     let mut c = MtsConn::connect(&lab);
     c.send_confirmed(RX, "hold", ACK).expect("queued");
     wait_for(Duration::from_secs(5), "first delivery", || {
@@ -167,12 +172,7 @@ fn poison_is_quarantined_after_two_crashes_and_the_third_instance_runs() {
     let mut lab = lab(true, "");
     lab.boot();
     let first = lab.wait_running("rx", None);
-    wait_for(Duration::from_secs(5), "bound", || {
-        lab.report("report")
-            .iter()
-            .any(|l| l.starts_with("bound rx"))
-            .then_some(())
-    });
+    wait_bound(&lab, 5);
     let mut c = MtsConn::connect(&lab);
     c.send_confirmed(RX, "poison", ACK).expect("queued");
     wait_for(Duration::from_secs(10), "dead letter", || {
@@ -207,12 +207,7 @@ fn identity_bad_frames_and_limits() {
     let mut lab = lab(false, "[mts]\nqueue-max-messages = 3\n");
     gate(&lab, true);
     lab.boot();
-    wait_for(Duration::from_secs(10), "bound", || {
-        lab.report("report")
-            .iter()
-            .any(|l| l.starts_with("bound rx"))
-            .then_some(())
-    });
+    wait_bound(&lab, 10);
     // A service cannot bind another service's SAP.
     let r = lab.report("report");
     assert!(

@@ -348,10 +348,7 @@ pub fn parse_service(
     if let Some(i) = t.get("env")
         && let Some(mut et) = walk::table(&mut ctx, "env", i, "env".into())
     {
-        let keys: Vec<String> = i
-            .as_table_like()
-            .map(|tl| tl.iter().map(|(k, _)| k.to_string()).collect())
-            .unwrap_or_default();
+        let keys = et.keys();
         for k in keys {
             if let Some(v) = et.get(&k).and_then(|vi| walk::string(&mut ctx, &k, vi)) {
                 if k.is_empty() || k.contains('=') {
@@ -482,10 +479,7 @@ pub fn parse_service(
     if let Some(i) = t.get("saps")
         && let Some(mut st) = walk::table(&mut ctx, "saps", i, "saps".into())
     {
-        let keys: Vec<String> = i
-            .as_table_like()
-            .map(|tl| tl.iter().map(|(k, _)| k.to_string()).collect())
-            .unwrap_or_default();
+        let keys = st.keys();
         for k in keys {
             let span = st.key_span(&k);
             let lo = i64::from(mts::sap::FIRST_SERVICE);

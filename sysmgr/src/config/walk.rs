@@ -85,6 +85,11 @@ impl<'d> Tbl<'d> {
         self.t.get(key).filter(|i| !i.is_none())
     }
 
+    /// Every key of the table, in file order (for tables of user-chosen keys).
+    pub fn keys(&self) -> Vec<String> {
+        self.t.iter().map(|(k, _)| k.to_string()).collect()
+    }
+
     pub fn key_span(&self, key: &str) -> Option<Range<usize>> {
         self.t.key(key).and_then(|k| k.span())
     }
