@@ -55,3 +55,61 @@ fn unknown_service_and_malformed_requests_are_clear_errors() {
         lab.daemon_log()
     );
 }
+
+#[test]
+fn members_of_the_admin_group_are_operators() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to create a group and switch uid (CI runs as root)");
+        return;
+    }
+    let group = format!("sysmgr-t{}", std::process::id());
+    let added = Command::new("groupadd")
+        .arg(&group)
+        .status()
+        .expect("groupadd");
+    assert!(added.success(), "groupadd {group}");
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("groupdel").arg(&self.0).status();
+        }
+    }
+    let _cleanup = Cleanup(group.clone());
+    let gid = nix::unistd::Group::from_name(&group)
+        .expect("lookup")
+        .expect("group exists")
+        .gid
+        .as_raw();
+    let mut lab = Lab::new("1s");
+    lab.write(
+        "sysmgr.toml",
+        &(std::fs::read_to_string(lab.config()).expect("cfg").replace(
+            "supervisors = 1\n",
+            &format!("supervisors = 1\nadmin-group = \"{group}\"\n"),
+        )),
+    );
+    lab.service("svc", &[], "");
+    lab.boot();
+    let as_nobody = |gid: u32| {
+        Command::new(bin("sysmgr"))
+            .args(["show", "processes", "--config"])
+            .arg(lab.config())
+            .env_remove("SYSMGR_SOCKET")
+            .uid(65534)
+            .gid(gid)
+            .output()
+            .expect("run as nobody")
+    };
+    let member = as_nobody(gid);
+    assert!(
+        member.status.success(),
+        "{}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    assert!(String::from_utf8_lossy(&member.stdout).contains("svc"));
+    let stranger = as_nobody(65534);
+    assert!(!stranger.status.success());
+    assert!(String::from_utf8_lossy(&stranger.stderr).contains(&format!(
+        "operators are uid 0 and members of group \"{group}\""
+    )));
+}
