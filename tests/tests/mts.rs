@@ -44,6 +44,17 @@ fn gate(lab: &Lab, ready: bool) {
     );
 }
 
+/// The `show mts queues` row of SAP rx.
+fn rx_queue(lab: &Lab) -> serde_json::Value {
+    let q = lab.json(&["show", "mts", "queues"]);
+    q.as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["name"] == "rx")
+        .expect("rx queue")
+        .clone()
+}
+
 /// Wait until rx reports that it bound its SAP.
 fn wait_bound(lab: &Lab, secs: u64) {
     wait_for(Duration::from_secs(secs), "rx bound", || {
@@ -76,14 +87,7 @@ fn messages_wait_for_the_receiver_and_arrive_in_order() {
     for i in 0..5 {
         c.send_confirmed(RX, &format!("m{i}"), ACK).expect("queued");
     }
-    let q = lab.json(&["show", "mts", "queues"]);
-    let row = q
-        .as_array()
-        .expect("rows")
-        .iter()
-        .find(|r| r["name"] == "rx")
-        .expect("rx queue")
-        .clone();
+    let row = rx_queue(&lab);
     assert_eq!(row["depth"], 5, "waiting while rx is down: {row}");
     let sap = lab.json(&["show", "mts", "sap"]);
     assert!(
@@ -150,14 +154,7 @@ fn persistent_message_survives_sigkill_of_sysmgr() {
     lab.wait_exit(Duration::from_secs(5));
     gate(&lab, true);
     lab.boot();
-    let q = lab.json(&["show", "mts", "queues"]);
-    let row = q
-        .as_array()
-        .expect("rows")
-        .iter()
-        .find(|r| r["name"] == "rx")
-        .expect("rx")
-        .clone();
+    let row = rx_queue(&lab);
     assert_eq!(row["depth"], 1, "{row}");
     assert_eq!(row["persistent"], 1);
     wait_for(Duration::from_secs(10), "delivery after reboot", || {

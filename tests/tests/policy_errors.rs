@@ -129,3 +129,40 @@ fn the_default_lab_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn duplicate_sap_names_and_numbers_are_errors() {
+    let lab = Lab::new("1s");
+    lab.write(
+        "a.toml",
+        "command = [\"/bin/true\"]\n[saps]\nshared = 100\n",
+    );
+    lab.write(
+        "b.toml",
+        "command = [\"/bin/true\"]\n[saps]\nshared = 101\nother = 100\nsysmgr = 102\n",
+    );
+    let out = Command::new(bin("sysmgr"))
+        .args(["policy", "check"])
+        .arg(lab.dir.path())
+        .output()
+        .expect("check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let b = lab.path("b.toml").display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{b}:3:1: SAP \"shared\" is also declared by service \"a\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{b}:4:1: SAP number 100 is also used by SAP \"shared\" of service \"a\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{b}:5:1: SAP name \"sysmgr\" is reserved")),
+        "{err}"
+    );
+}

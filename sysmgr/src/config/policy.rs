@@ -534,12 +534,16 @@ pub fn parse_service(
     })
 }
 
-/// Unknown dependencies and dependency cycles, reported at the `depends-on` entry.
+/// Unknown dependencies, duplicate SAPs (names or numbers) and dependency cycles, each
+/// reported where it is declared.
 pub fn check_dependencies(
     services: &BTreeMap<String, ServicePolicy>,
     sources: &BTreeMap<String, String>,
     errors: &mut Vec<ConfigError>,
 ) {
+    // Dependencies exist; SAP names and numbers are unique across services.
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    let mut nums: BTreeMap<u32, (&str, &str)> = BTreeMap::new();
     for (name, p) in services {
         let src = sources.get(name).map(String::as_str).unwrap_or("");
         let mut ctx = Ctx {
@@ -557,17 +561,6 @@ pub fn check_dependencies(
                 );
             }
         }
-    }
-    // SAP names and numbers are unique across services.
-    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
-    let mut nums: BTreeMap<u32, (&str, &str)> = BTreeMap::new();
-    for (name, p) in services {
-        let src = sources.get(name).map(String::as_str).unwrap_or("");
-        let mut ctx = Ctx {
-            file: &p.file,
-            src,
-            errors,
-        };
         for (sap, num) in &p.saps {
             let span = p.spans.saps.get(sap).cloned().flatten();
             if let Some(other) = seen.insert(sap.clone(), name) {
