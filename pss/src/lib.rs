@@ -4,6 +4,10 @@
 //! product (the process log today; service checkpoints, persistent MTS queues later) is a tree in
 //! it. Tree names follow DESIGN.md: `sysmgr/*`, `mts/*`, `pss/<service>/<scope>`.
 
+pub mod client;
+pub mod proto;
+pub mod server;
+
 use std::path::{Path, PathBuf};
 
 /// The one error type of the `pss` crate.
@@ -16,6 +20,21 @@ pub enum PssError {
         #[source]
         source: sled::Error,
     },
+    /// The access rules refuse this request.
+    #[error("permission denied: {0}")]
+    Denied(String),
+    /// A database operation failed.
+    #[error("database: {0}")]
+    Db(#[source] sled::Error),
+    /// A request or value did not encode or decode.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// The MTS round trip to SAP `pss` failed (or sysmgr answered with an error).
+    #[error(transparent)]
+    Mts(#[from] mts::MtsError),
+    /// A compare-and-swap did not match.
+    #[error("compare-and-swap failed on a key; nothing was written")]
+    CasFailed,
     /// A tree could not be opened.
     #[error("cannot open tree {tree}: {source}")]
     Tree {

@@ -34,6 +34,11 @@ const HELP: &str = "sysmgr-demo [options]
                         except \"hold\" (acked only when redelivered); crash on \"poison\";
                         answer requests with \"echo:TEXT\"
   --mts-try-bind NAME   also try to bind SAP NAME and report the outcome
+  --pss-counter         on start, report the private \"count\" checkpoint, then store count+1
+                        (durable) in private and shared-local scope
+  --pss-peek SVC        report reading SVC's private and shared-local \"count\" and writing
+  --pss-txn-loop        keep committing 50 keys with the same value in one transaction each;
+                        on start, report whether all 50 agree
   --stamp FILE          (benchmark) append \"PID CLOCK_MONOTONIC-ns\" taken at the first instruction
 
 Started as `run` (a symlink in a daemontools/runit/s6 service directory), the options are read
@@ -70,6 +75,9 @@ struct Opts {
     notify_fd: Option<i32>,
     mts_bind: Option<String>,
     mts_try_bind: Option<String>,
+    pss_counter: bool,
+    pss_peek: Option<String>,
+    pss_txn_loop: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -99,6 +107,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--report" => o.report = Some(val(a)?),
             "--status" => o.status = Some(val(a)?),
             "--mts-bind" => o.mts_bind = Some(val(a)?),
+            "--pss-counter" => o.pss_counter = true,
+            "--pss-peek" => o.pss_peek = Some(val(a)?),
+            "--pss-txn-loop" => o.pss_txn_loop = true,
             "--mts-try-bind" => o.mts_try_bind = Some(val(a)?),
             "--notify-fd" => {
                 o.notify_fd = Some(val(a)?.parse().map_err(|e| format!("--notify-fd: {e}"))?)
@@ -181,6 +192,91 @@ fn orphan(pidfile: &str) {
         }
         _ => eprintln!("fork failed"),
     }
+}
+
+/// The PSS modes (see `--pss-*`), reporting every step.
+fn pss_demo(counter: bool, peek: Option<&str>, txn_loop: bool, report: Option<&str>) {
+    use pss::proto::{Durability, Scope};
+    let say = |line: String| match report {
+        Some(r) => append(r, &line),
+        None => println!("{line}"),
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        let c = match mts::client::Client::connect_from_env().await {
+            Ok(c) => c,
+            Err(e) => return say(format!("connect error: {e}")),
+        };
+        let p = pss::client::Pss::new(&c);
+        if counter {
+            let before: Option<u64> = match p.get(Scope::Private, "count").await {
+                Ok(v) => v,
+                Err(e) => return say(format!("pss get error: {e}")),
+            };
+            let next = before.unwrap_or(0) + 1;
+            let seq = p.txn(Scope::Private).put("count", &next);
+            let seq = match seq {
+                Ok(t) => t.commit(Durability::Durable).await,
+                Err(e) => Err(e),
+            };
+            let shared = p
+                .put(Scope::SharedLocal, "count", &next, Durability::Durable)
+                .await;
+            say(format!(
+                "pss count before={} after={next} seq={:?} shared={:?}",
+                before.map(|b| b.to_string()).unwrap_or("none".into()),
+                seq,
+                shared.is_ok()
+            ));
+        }
+        if let Some(other) = peek {
+            let private: Result<Option<u64>, _> = p.get_of(other, Scope::Private, "count").await;
+            let shared: Result<Option<u64>, _> = p.get_of(other, Scope::SharedLocal, "count").await;
+            say(format!(
+                "pss peek private={} shared={}",
+                private
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_else(|e| format!("error: {e}")),
+                shared
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_else(|e| format!("error: {e}"))
+            ));
+        }
+        if txn_loop {
+            let got = p.scan(None, Scope::Private, "k/", 100).await;
+            match got {
+                Ok(e) => {
+                    let vals: std::collections::BTreeSet<Vec<u8>> =
+                        e.iter().map(|(_, v)| v.clone()).collect();
+                    say(format!(
+                        "pss txn keys={} distinct-values={}",
+                        e.len(),
+                        vals.len()
+                    ));
+                }
+                Err(e) => say(format!("pss scan error: {e}")),
+            }
+            let mut i: u64 = 0;
+            loop {
+                i += 1;
+                let mut t = p.txn(Scope::Private);
+                for k in 0..50 {
+                    t = match t.put(format!("k/{k:02}"), &i) {
+                        Ok(t) => t,
+                        Err(e) => return say(format!("pss txn error: {e}")),
+                    };
+                }
+                if let Err(e) = t.commit(Durability::Fast).await {
+                    return say(format!("pss commit error: {e}"));
+                }
+            }
+        }
+    });
 }
 
 /// Bind a SAP and handle what arrives (see `--mts-bind`), reporting every step.
@@ -324,6 +420,15 @@ fn main() {
     }
     if let Some(f) = &o.orphan {
         orphan(f);
+    }
+    if o.pss_counter || o.pss_peek.is_some() || o.pss_txn_loop {
+        let (report, peek, counter, txn) = (
+            o.report.clone(),
+            o.pss_peek.clone(),
+            o.pss_counter,
+            o.pss_txn_loop,
+        );
+        std::thread::spawn(move || pss_demo(counter, peek.as_deref(), txn, report.as_deref()));
     }
     if let Some(name) = o.mts_bind.clone() {
         let (report, other) = (o.report.clone(), o.mts_try_bind.clone());

@@ -149,6 +149,18 @@ async fn read_loop(
                     outbox.push(&Frame::error_to(&h, 0, reason).header, reason.as_bytes());
                     return Ok(());
                 }
+                if h.dst_sap == sap::PSS && !h.flags.has(Flags::RESPONSE) {
+                    let handle = routed.get_or_insert_with(|| lock(broker)).pss.clone();
+                    drop(routed.take());
+                    match handle {
+                        Some(p) => p.request(&h, &payload, identity, outbox),
+                        None => outbox.push(
+                            &Frame::error_to(&h, 0, "PSS is not open").header,
+                            b"PSS is not open",
+                        ),
+                    }
+                    continue;
+                }
                 if h.dst_sap == sap::SYSMGR && !h.flags.has(Flags::RESPONSE) {
                     drop(routed.take());
                     control_request(h, payload, identity, control_tx, outbox)?;

@@ -11,6 +11,7 @@
 
 pub mod conn;
 pub mod outbox;
+pub mod pss;
 mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -162,6 +163,8 @@ pub struct Broker {
     /// Running instances (service -> pid), for identities.
     pub instances: HashMap<String, i32>,
     pub admin_group: Option<String>,
+    /// The PSS server (SAP `pss`), once sysmgr has opened its store.
+    pub pss: Option<pss::PssHandle>,
     started: Instant,
 }
 
@@ -185,6 +188,7 @@ impl Broker {
             dead: Vec::new(),
             instances: HashMap::new(),
             admin_group: None,
+            pss: None,
             started: Instant::now(),
         };
         b.by_name.insert("sysmgr".into(), sap::SYSMGR);

@@ -377,6 +377,15 @@ impl Supervisor {
     ) -> Result<Pid, crate::error::SysmgrError> {
         self.mts()
             .service_starting(name, kind == StartKind::Stateless);
+        if kind == StartKind::Stateless {
+            // A stateless restart starts with the service's private PSS state cleared.
+            let pss = self.mts().pss.clone();
+            if let Some(p) = pss
+                && let Err(e) = p.server.clear_private(name)
+            {
+                tracing::error!(service = name, "clearing private PSS state: {e}");
+            }
+        }
         let s = self
             .services
             .get_mut(name)

@@ -201,6 +201,9 @@ impl Supervisor {
         let log = ProcLog::open(&store, sys.proclog_max_records)?;
         let queues = crate::broker::QueueStore::open(&store)?;
         let mut broker = crate::broker::Broker::new(sys.mts_limits, Some(queues));
+        broker.pss = Some(crate::broker::pss::PssHandle::start(
+            pss::server::Server::new(&store)?,
+        ));
         broker.admin_group = sys.admin_group.clone();
         let broker = Arc::new(std::sync::Mutex::new(broker));
         let dev_null = std::fs::File::open("/dev/null")

@@ -1,0 +1,224 @@
+//! The service-side PSS client: typed checkpoints over MTS to the built-in SAP `pss`.
+//!
+//! ```no_run
+//! # async fn demo(mts: &mts::client::Client) -> Result<(), pss::PssError> {
+//! use pss::proto::{Durability, Scope};
+//! let pss = pss::client::Pss::new(mts);
+//! let seq = pss.txn(Scope::Private)
+//!     .put("peer/10.0.0.1", &("Established", 42u64))?
+//!     .delete("peer/10.0.0.9")
+//!     .commit(Durability::Durable)
+//!     .await?;                                     // all or nothing; on disk when this returns
+//! let state: Option<(String, u64)> = pss.get(Scope::Private, "peer/10.0.0.1").await?;
+//! # let _ = (seq, state); Ok(()) }
+//! ```
+//! Values are encoded with the MTS codec behind a schema version ([`SCHEMA`]), so a service
+//! that changes a type can tell old checkpoints from new.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::PssError;
+use crate::proto::{Durability, OP_PSS, Op, Request, Response, Scope};
+
+/// Schema version written in front of every value.
+pub const SCHEMA: u16 = 1;
+/// Deadline of one PSS request.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct Pss<'a> {
+    mts: &'a mts::client::Client,
+}
+
+/// Encode a value as PSS stores it.
+pub fn encode<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, PssError> {
+    mts::codec::encode(&(SCHEMA, v)).map_err(|e| PssError::Codec(e.to_string()))
+}
+
+/// Decode a stored value, checking its schema version.
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, PssError> {
+    let (schema, v): (u16, T) =
+        mts::codec::decode(b).map_err(|e| PssError::Codec(e.to_string()))?;
+    if schema != SCHEMA {
+        return Err(PssError::Codec(format!(
+            "value has schema version {schema}, this client reads {SCHEMA}"
+        )));
+    }
+    Ok(v)
+}
+
+impl<'a> Pss<'a> {
+    pub fn new(mts: &'a mts::client::Client) -> Pss<'a> {
+        Pss { mts }
+    }
+
+    pub async fn call(&self, req: &Request) -> Result<Response, PssError> {
+        Ok(self
+            .mts
+            .request(mts::sap::CLI, mts::sap::PSS, OP_PSS, req, DEADLINE)
+            .await?)
+    }
+
+    async fn value(&self, req: Request) -> Result<Option<Vec<u8>>, PssError> {
+        match self.call(&req).await? {
+            Response::Value(v) => Ok(v),
+            other => Err(PssError::Codec(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Read one of this service's keys.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        scope: Scope,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<T>, PssError> {
+        self.value(Request::Get {
+            service: None,
+            scope,
+            key: key.as_ref().to_vec(),
+        })
+        .await?
+        .map(|v| decode(&v))
+        .transpose()
+    }
+
+    /// Read another service's shared key (or its private one, which the rules refuse).
+    pub async fn get_of<T: DeserializeOwned>(
+        &self,
+        service: &str,
+        scope: Scope,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<T>, PssError> {
+        self.value(Request::Get {
+            service: Some(service.into()),
+            scope,
+            key: key.as_ref().to_vec(),
+        })
+        .await?
+        .map(|v| decode(&v))
+        .transpose()
+    }
+
+    /// Raw entries of this service (or `service`) under a prefix.
+    pub async fn scan(
+        &self,
+        service: Option<&str>,
+        scope: Scope,
+        prefix: impl AsRef<[u8]>,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, PssError> {
+        match self
+            .call(&Request::Scan {
+                service: service.map(str::to_string),
+                scope,
+                prefix: prefix.as_ref().to_vec(),
+                limit,
+            })
+            .await?
+        {
+            Response::Entries(e) => Ok(e),
+            other => Err(PssError::Codec(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Put one key (a one-op checkpoint); returns its sequence number.
+    pub async fn put<T: Serialize + ?Sized>(
+        &self,
+        scope: Scope,
+        key: impl AsRef<[u8]>,
+        v: &T,
+        durability: Durability,
+    ) -> Result<u64, PssError> {
+        self.txn(scope).put(key, v)?.commit(durability).await
+    }
+
+    pub async fn delete(
+        &self,
+        scope: Scope,
+        key: impl AsRef<[u8]>,
+        durability: Durability,
+    ) -> Result<u64, PssError> {
+        self.txn(scope).delete(key).commit(durability).await
+    }
+
+    /// The latest checkpoint sequence number of this service.
+    pub async fn seq(&self) -> Result<u64, PssError> {
+        match self.call(&Request::Seq).await? {
+            Response::Seq(s) => Ok(s),
+            other => Err(PssError::Codec(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Start an atomic checkpoint (a batch write is a transaction of many puts).
+    pub fn txn(&self, scope: Scope) -> Txn<'_, 'a> {
+        Txn {
+            pss: self,
+            scope,
+            ops: Vec::new(),
+        }
+    }
+}
+
+/// An atomic multi-key write under construction.
+pub struct Txn<'p, 'a> {
+    pss: &'p Pss<'a>,
+    scope: Scope,
+    ops: Vec<Op>,
+}
+
+impl Txn<'_, '_> {
+    pub fn put<T: Serialize + ?Sized>(
+        mut self,
+        key: impl AsRef<[u8]>,
+        v: &T,
+    ) -> Result<Self, PssError> {
+        self.ops.push(Op::Put {
+            key: key.as_ref().to_vec(),
+            value: encode(v)?,
+        });
+        Ok(self)
+    }
+
+    pub fn delete(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.ops.push(Op::Delete {
+            key: key.as_ref().to_vec(),
+        });
+        self
+    }
+
+    /// Proceed only if `key` holds `expect` (None: absent); then set `new` (None: delete).
+    pub fn cas<T: Serialize>(
+        mut self,
+        key: impl AsRef<[u8]>,
+        expect: Option<&T>,
+        new: Option<&T>,
+    ) -> Result<Self, PssError> {
+        let expect = expect.map(encode).transpose()?;
+        let new = new.map(encode).transpose()?;
+        self.ops.push(Op::Cas {
+            key: key.as_ref().to_vec(),
+            expect,
+            new,
+        });
+        Ok(self)
+    }
+
+    /// Apply all or nothing; returns the checkpoint sequence number.
+    pub async fn commit(self, durability: Durability) -> Result<u64, PssError> {
+        match self
+            .pss
+            .call(&Request::Write {
+                scope: self.scope,
+                ops: self.ops,
+                durability,
+            })
+            .await?
+        {
+            Response::Written { seq } => Ok(seq),
+            Response::CasFailed { .. } => Err(PssError::CasFailed),
+            other => Err(PssError::Codec(format!("unexpected answer {other:?}"))),
+        }
+    }
+}

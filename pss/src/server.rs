@@ -1,0 +1,442 @@
+//! The storage side of PSS, inside sysmgr: keyspaces per (service, scope), access rules,
+//! transactions, checkpoint sequence numbers. Synchronous; the broker calls it.
+//!
+//! Trees: `pss/<service>/<scope>` hold the keys; `pss/meta` holds, per service, the last
+//! checkpoint sequence number and time (`<service>` -> seq u64 BE + unix ms u64 BE).
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::proto::{Op, Request, Response, Scope};
+use crate::{PssError, Store};
+
+/// Who is asking, as the broker established it from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller<'a> {
+    Service(&'a str),
+    Operator,
+}
+
+/// Per (service, scope) numbers for `show pss`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    pub service: String,
+    pub scope: String,
+    pub keys: usize,
+    pub bytes: usize,
+    pub last_seq: u64,
+    pub last_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct Server {
+    store: Store,
+    meta: sled::Tree,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn tree_name(service: &str, scope: Scope) -> String {
+    format!("pss/{service}/{}", scope.word())
+}
+
+impl Server {
+    pub fn new(store: &Store) -> Result<Server, PssError> {
+        Ok(Server {
+            store: store.clone(),
+            meta: store.tree("pss/meta")?,
+        })
+    }
+
+    fn tree(&self, service: &str, scope: Scope) -> Result<sled::Tree, PssError> {
+        self.store.tree(&tree_name(service, scope))
+    }
+
+    /// May `caller` read `owner`'s keys in `scope`?
+    fn may_read(caller: Caller<'_>, owner: &str, scope: Scope) -> Result<(), PssError> {
+        match caller {
+            Caller::Operator => Ok(()),
+            Caller::Service(s) if s == owner || scope != Scope::Private => Ok(()),
+            Caller::Service(s) => Err(PssError::Denied(format!(
+                "service {s:?} may not read the private keys of {owner:?}"
+            ))),
+        }
+    }
+
+    /// Handle one request. `Write` is applied but not yet durable: the caller flushes for
+    /// `Durability::Durable` before acknowledging.
+    pub fn handle(&self, caller: Caller<'_>, req: Request) -> Result<Response, PssError> {
+        match req {
+            Request::Get {
+                service,
+                scope,
+                key,
+            } => {
+                let owner = self.owner(caller, service)?;
+                Self::may_read(caller, &owner, scope)?;
+                let v = self.tree(&owner, scope)?.get(key).map_err(PssError::Db)?;
+                Ok(Response::Value(v.map(|v| v.to_vec())))
+            }
+            Request::Scan {
+                service,
+                scope,
+                prefix,
+                limit,
+            } => {
+                let owner = self.owner(caller, service)?;
+                Self::may_read(caller, &owner, scope)?;
+                let mut out = Vec::new();
+                for kv in self
+                    .tree(&owner, scope)?
+                    .scan_prefix(prefix)
+                    .take(limit as usize)
+                {
+                    let (k, v) = kv.map_err(PssError::Db)?;
+                    out.push((k.to_vec(), v.to_vec()));
+                }
+                Ok(Response::Entries(out))
+            }
+            Request::Write { scope, ops, .. } => {
+                let Caller::Service(me) = caller else {
+                    return Err(PssError::Denied(
+                        "operators read PSS; only a service writes its own keys".into(),
+                    ));
+                };
+                self.write(me, scope, &ops)
+            }
+            Request::Seq => {
+                let Caller::Service(me) = caller else {
+                    return Err(PssError::Denied(
+                        "an operator has no checkpoint sequence".into(),
+                    ));
+                };
+                Ok(Response::Seq(self.last(me).0))
+            }
+        }
+    }
+
+    fn owner(&self, caller: Caller<'_>, service: Option<String>) -> Result<String, PssError> {
+        match (service, caller) {
+            (Some(s), _) => Ok(s),
+            (None, Caller::Service(me)) => Ok(me.to_string()),
+            (None, Caller::Operator) => {
+                Err(PssError::Denied("an operator must name the service".into()))
+            }
+        }
+    }
+
+    /// (last sequence, last time ms) of a service.
+    pub fn last(&self, service: &str) -> (u64, u64) {
+        match self.meta.get(service) {
+            Ok(Some(v)) if v.len() == 16 => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&v[..8]);
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v[8..]);
+                (u64::from_be_bytes(a), u64::from_be_bytes(b))
+            }
+            _ => (0, 0),
+        }
+    }
+
+    /// One atomic checkpoint: every op or none, and the sequence number with them.
+    fn write(&self, me: &str, scope: Scope, ops: &[Op]) -> Result<Response, PssError> {
+        let tree = self.tree(me, scope)?;
+        let res = (&tree, &self.meta).transaction(|(t, m)| {
+            for op in ops {
+                match op {
+                    Op::Put { key, value } => {
+                        t.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    Op::Delete { key } => {
+                        t.remove(key.as_slice())?;
+                    }
+                    Op::Cas { key, expect, new } => {
+                        let cur = t.get(key.as_slice())?;
+                        if cur.as_deref() != expect.as_deref() {
+                            return Err(ConflictableTransactionError::Abort(Response::CasFailed {
+                                key: key.clone(),
+                                current: cur.map(|c| c.to_vec()),
+                            }));
+                        }
+                        match new {
+                            Some(v) => t.insert(key.as_slice(), v.as_slice())?,
+                            None => t.remove(key.as_slice())?,
+                        };
+                    }
+                }
+            }
+            let seq = match m.get(me.as_bytes())? {
+                Some(v) if v.len() == 16 => {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(&v[..8]);
+                    u64::from_be_bytes(a) + 1
+                }
+                _ => 1,
+            };
+            let mut meta = seq.to_be_bytes().to_vec();
+            meta.extend_from_slice(&now_ms().to_be_bytes());
+            m.insert(me.as_bytes(), meta)?;
+            Ok(seq)
+        });
+        match res {
+            Ok(seq) => Ok(Response::Written { seq }),
+            Err(TransactionError::Abort(r)) => Ok(r),
+            Err(TransactionError::Storage(e)) => Err(PssError::Db(e)),
+        }
+    }
+
+    /// A stateless restart starts with the service's private state cleared.
+    pub fn clear_private(&self, service: &str) -> Result<(), PssError> {
+        self.tree(service, Scope::Private)?
+            .clear()
+            .map_err(PssError::Db)
+    }
+
+    /// `clear pss service NAME`: every scope and the sequence.
+    pub fn clear_service(&self, service: &str) -> Result<(), PssError> {
+        for s in Scope::ALL {
+            self.tree(service, s)?.clear().map_err(PssError::Db)?;
+        }
+        self.meta.remove(service).map_err(PssError::Db)?;
+        Ok(())
+    }
+
+    pub fn usage(&self, service: &str) -> Result<Vec<Usage>, PssError> {
+        let (last_seq, last_ms) = self.last(service);
+        let mut v = Vec::new();
+        for s in Scope::ALL {
+            let t = self.tree(service, s)?;
+            let bytes = t
+                .iter()
+                .filter_map(|kv| kv.ok())
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
+            v.push(Usage {
+                service: service.into(),
+                scope: s.word().into(),
+                keys: t.len(),
+                bytes,
+                last_seq,
+                last_ms,
+            });
+        }
+        Ok(v)
+    }
+
+    /// Make everything written so far durable.
+    pub fn flush(&self) -> Result<(), PssError> {
+        self.store.flush().map(|_| ()).map_err(PssError::Db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> (tempfile::TempDir, Server) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = Server::new(&Store::open(d.path()).expect("open")).expect("server");
+        (d, s)
+    }
+
+    fn put(k: &str, v: &str) -> Op {
+        Op::Put {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    fn write(s: &Server, who: &str, scope: Scope, ops: Vec<Op>) -> Result<Response, PssError> {
+        s.handle(
+            Caller::Service(who),
+            Request::Write {
+                scope,
+                ops,
+                durability: crate::proto::Durability::Fast,
+            },
+        )
+    }
+
+    fn get(
+        s: &Server,
+        who: Caller<'_>,
+        owner: Option<&str>,
+        scope: Scope,
+        k: &str,
+    ) -> Result<Response, PssError> {
+        s.handle(
+            who,
+            Request::Get {
+                service: owner.map(str::to_string),
+                scope,
+                key: k.into(),
+            },
+        )
+    }
+
+    #[test]
+    fn writes_are_checkpoints_with_increasing_sequence_numbers() {
+        let (_d, s) = server();
+        assert_eq!(
+            write(&s, "bgp", Scope::Private, vec![put("a", "1")]).expect("w"),
+            Response::Written { seq: 1 }
+        );
+        assert_eq!(
+            write(
+                &s,
+                "bgp",
+                Scope::SharedLocal,
+                vec![put("b", "2"), put("c", "3")]
+            )
+            .expect("w"),
+            Response::Written { seq: 2 }
+        );
+        assert_eq!(
+            s.handle(Caller::Service("bgp"), Request::Seq).expect("seq"),
+            Response::Seq(2)
+        );
+        assert_eq!(
+            get(&s, Caller::Service("bgp"), None, Scope::Private, "a").expect("get"),
+            Response::Value(Some(b"1".to_vec()))
+        );
+    }
+
+    #[test]
+    fn access_rules() {
+        let (_d, s) = server();
+        write(&s, "bgp", Scope::Private, vec![put("secret", "x")]).expect("w");
+        write(&s, "bgp", Scope::SharedLocal, vec![put("shared", "y")]).expect("w");
+        let e = get(
+            &s,
+            Caller::Service("fib"),
+            Some("bgp"),
+            Scope::Private,
+            "secret",
+        )
+        .expect_err("denied");
+        assert!(
+            e.to_string()
+                .contains("may not read the private keys of \"bgp\""),
+            "{e}"
+        );
+        assert_eq!(
+            get(
+                &s,
+                Caller::Service("fib"),
+                Some("bgp"),
+                Scope::SharedLocal,
+                "shared"
+            )
+            .expect("ok"),
+            Response::Value(Some(b"y".to_vec()))
+        );
+        assert_eq!(
+            get(&s, Caller::Operator, Some("bgp"), Scope::Private, "secret")
+                .expect("operator reads all"),
+            Response::Value(Some(b"x".to_vec()))
+        );
+        // A service writes only its own keys: a write names no owner, so fib's write lands in fib's space.
+        write(
+            &s,
+            "fib",
+            Scope::SharedLocal,
+            vec![put("shared", "overwrite?")],
+        )
+        .expect("w");
+        assert_eq!(
+            get(
+                &s,
+                Caller::Operator,
+                Some("bgp"),
+                Scope::SharedLocal,
+                "shared"
+            )
+            .expect("ok"),
+            Response::Value(Some(b"y".to_vec()))
+        );
+        assert!(
+            s.handle(
+                Caller::Operator,
+                Request::Write {
+                    scope: Scope::Private,
+                    ops: vec![],
+                    durability: crate::proto::Durability::Fast
+                }
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn cas_failure_applies_nothing() {
+        let (_d, s) = server();
+        write(&s, "bgp", Scope::Private, vec![put("k", "v1")]).expect("w");
+        let r = write(
+            &s,
+            "bgp",
+            Scope::Private,
+            vec![
+                put("other", "z"),
+                Op::Cas {
+                    key: "k".into(),
+                    expect: Some("nope".into()),
+                    new: Some("v2".into()),
+                },
+            ],
+        )
+        .expect("w");
+        assert_eq!(
+            r,
+            Response::CasFailed {
+                key: b"k".to_vec(),
+                current: Some(b"v1".to_vec())
+            }
+        );
+        assert_eq!(
+            get(&s, Caller::Service("bgp"), None, Scope::Private, "other").expect("get"),
+            Response::Value(None),
+            "all or nothing"
+        );
+        assert_eq!(
+            s.handle(Caller::Service("bgp"), Request::Seq).expect("seq"),
+            Response::Seq(1),
+            "no checkpoint consumed"
+        );
+        let r = write(
+            &s,
+            "bgp",
+            Scope::Private,
+            vec![Op::Cas {
+                key: "k".into(),
+                expect: Some("v1".into()),
+                new: Some("v2".into()),
+            }],
+        )
+        .expect("w");
+        assert_eq!(r, Response::Written { seq: 2 });
+    }
+
+    #[test]
+    fn stateless_clear_touches_only_private() {
+        let (_d, s) = server();
+        write(&s, "bgp", Scope::Private, vec![put("p", "1")]).expect("w");
+        write(&s, "bgp", Scope::SharedGlobal, vec![put("g", "2")]).expect("w");
+        s.clear_private("bgp").expect("clear");
+        assert_eq!(
+            get(&s, Caller::Service("bgp"), None, Scope::Private, "p").expect("get"),
+            Response::Value(None)
+        );
+        assert_eq!(
+            get(&s, Caller::Service("bgp"), None, Scope::SharedGlobal, "g").expect("get"),
+            Response::Value(Some(b"2".to_vec()))
+        );
+        let u = s.usage("bgp").expect("usage");
+        assert_eq!(u.iter().map(|u| u.keys).collect::<Vec<_>>(), [0, 0, 1]);
+    }
+}

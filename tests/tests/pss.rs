@@ -1,0 +1,103 @@
+//! PSS end to end with the real sysmgr: checkpoints across restarts, access rules, atomicity.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sysmgr_tests::{Lab, wait_for};
+
+fn lines(lab: &Lab, prefix: &str) -> Vec<String> {
+    lab.report("report")
+        .into_iter()
+        .filter(|l| l.starts_with(prefix))
+        .collect()
+}
+
+fn wait_lines(lab: &Lab, prefix: &str, n: usize) -> Vec<String> {
+    wait_for(Duration::from_secs(10), prefix, || {
+        let l = lines(lab, prefix);
+        (l.len() >= n).then_some(l)
+    })
+}
+
+const STATEFUL: &str = "restart = [\"stateful\", \"stateless\"]\n[ha.single-sup.primary]\naction = \"stateful\"\nmax-retries = 10\nmin-lifetime = \"1s\"\n";
+
+#[test]
+fn checkpoints_survive_a_stateful_restart_and_not_a_stateless_one() {
+    let mut lab = Lab::new("1s");
+    let report = lab.path("report").display().to_string();
+    lab.service("counter", &["--pss-counter", "--report", &report], STATEFUL);
+    lab.boot();
+    let first = wait_lines(&lab, "pss count", 1);
+    assert!(
+        first[0].starts_with("pss count before=none after=1 seq=Ok(1)"),
+        "{first:?}"
+    );
+    let pid = lab.wait_running("counter", None);
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
+    let second = wait_lines(&lab, "pss count", 2);
+    assert!(
+        second[1].starts_with("pss count before=1 after=2 seq=Ok(3)"),
+        "instance 2 reads instance 1's checkpoint: {second:?}"
+    );
+    let pid2 = lab.wait_running("counter", Some(pid));
+    let out = lab.cli(&["restart", "service", "counter", "--stateless"]);
+    assert!(out.status.success());
+    lab.wait_running("counter", Some(pid2));
+    let third = wait_lines(&lab, "pss count", 3);
+    assert!(
+        third[2].starts_with("pss count before=none after=1"),
+        "stateless restart clears private state: {third:?}"
+    );
+}
+
+#[test]
+fn private_keys_are_private_and_shared_keys_are_read_only_for_others() {
+    let mut lab = Lab::new("1s");
+    let report = lab.path("report").display().to_string();
+    lab.service(
+        "owner",
+        &[
+            "--pss-counter",
+            "--notify",
+            "--ready-delay",
+            "500",
+            "--report",
+            &report,
+        ],
+        "readiness = \"notify\"\n",
+    );
+    lab.service(
+        "peeker",
+        &["--pss-peek", "owner", "--report", &report],
+        "depends-on = [\"owner\"]\n",
+    );
+    lab.boot();
+    let peek = wait_lines(&lab, "pss peek", 1);
+    assert!(peek[0].contains("private=error: permission denied: service \"peeker\" may not read the private keys of \"owner\""), "{peek:?}");
+    assert!(peek[0].contains("shared=Some(1)"), "{peek:?}");
+}
+
+#[test]
+fn a_transaction_is_all_or_nothing_across_sigkill_of_the_writer() {
+    let mut lab = Lab::new("1s");
+    let report = lab.path("report").display().to_string();
+    lab.service("txn", &["--pss-txn-loop", "--report", &report], STATEFUL);
+    lab.boot();
+    let mut pid = lab.wait_running("txn", None);
+    for round in 1..=4 {
+        // Let it commit for a while, then kill it at an arbitrary point.
+        std::thread::sleep(Duration::from_millis(150 + 70 * round as u64));
+        kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
+        pid = lab.wait_running("txn", Some(pid));
+        let l = wait_lines(&lab, "pss txn", round + 1);
+        assert_eq!(
+            l[round], "pss txn keys=50 distinct-values=1",
+            "round {round}: {l:?}"
+        );
+    }
+    assert_eq!(
+        lines(&lab, "pss txn")[0],
+        "pss txn keys=0 distinct-values=0"
+    );
+}
