@@ -25,6 +25,16 @@ impl Scope {
         }
     }
     pub const ALL: [Scope; 3] = [Scope::Private, Scope::SharedLocal, Scope::SharedGlobal];
+
+    /// `private`, `local` / `shared-local`, `global` / `shared-global`.
+    pub fn parse(w: &str) -> Option<Scope> {
+        match w {
+            "private" => Some(Scope::Private),
+            "local" | "shared-local" => Some(Scope::SharedLocal),
+            "global" | "shared-global" => Some(Scope::SharedGlobal),
+            _ => None,
+        }
+    }
 }
 
 /// When a write is acknowledged.

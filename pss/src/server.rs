@@ -229,6 +229,39 @@ impl Server {
         Ok(v)
     }
 
+    /// `show pss service NAME [--scope S] [--key K]`: (scope, key, value) rows, at most 1000.
+    pub fn entries(
+        &self,
+        service: &str,
+        scope: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, PssError> {
+        let scopes: Vec<Scope> = match scope {
+            None => Scope::ALL.to_vec(),
+            Some(w) => vec![Scope::parse(w).ok_or_else(|| {
+                PssError::Denied(format!("unknown scope {w:?}: use private, local or global"))
+            })?],
+        };
+        let mut out = Vec::new();
+        for s in scopes {
+            let t = self.tree(service, s)?;
+            match key {
+                Some(k) => {
+                    if let Some(v) = t.get(k).map_err(PssError::Db)? {
+                        out.push((s.word().to_string(), k.as_bytes().to_vec(), v.to_vec()));
+                    }
+                }
+                None => {
+                    for kv in t.iter().take(1000) {
+                        let (k, v) = kv.map_err(PssError::Db)?;
+                        out.push((s.word().to_string(), k.to_vec(), v.to_vec()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Make everything written so far durable.
     pub fn flush(&self) -> Result<(), PssError> {
         self.store.flush().map(|_| ()).map_err(PssError::Db)

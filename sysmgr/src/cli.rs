@@ -48,6 +48,39 @@ pub enum Cmd {
     },
     /// Re-read the policy files; only services whose policy changed are touched.
     Reload,
+    /// clear pss service NAME
+    Clear {
+        #[command(subcommand)]
+        cmd: ClearCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClearCmd {
+    Pss {
+        #[command(subcommand)]
+        cmd: ClearPssCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClearPssCmd {
+    /// Drop every PSS key of a service, in all scopes.
+    Service { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PssCmd {
+    /// The keys of one service.
+    Service {
+        name: String,
+        /// private, local or global.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Only this key.
+        #[arg(long)]
+        key: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +98,11 @@ pub enum ShowCmd {
     },
     /// show cores
     Cores,
+    /// show pss [service NAME [--scope S] [--key K]]
+    Pss {
+        #[command(subcommand)]
+        cmd: Option<PssCmd>,
+    },
     /// show mts sap | queues | dead-letter
     Mts {
         #[command(subcommand)]
@@ -166,6 +204,17 @@ pub fn request_for(cmd: &Cmd) -> Option<(Request, View)> {
                 }
             },
             ShowCmd::Cores => (Request::ShowCores, View::Plain),
+            ShowCmd::Pss { cmd: None } => (Request::ShowPss, View::Plain),
+            ShowCmd::Pss {
+                cmd: Some(PssCmd::Service { name, scope, key }),
+            } => (
+                Request::ShowPssService {
+                    name: name.clone(),
+                    scope: scope.clone(),
+                    key: key.clone(),
+                },
+                View::Plain,
+            ),
             ShowCmd::Mts { cmd: MtsCmd::Sap } => (Request::ShowMtsSap, View::Plain),
             ShowCmd::Mts {
                 cmd: MtsCmd::Queues,
@@ -196,6 +245,11 @@ pub fn request_for(cmd: &Cmd) -> Option<(Request, View)> {
             View::Plain,
         ),
         Cmd::Reload => (Request::Reload, View::Plain),
+        Cmd::Clear {
+            cmd: ClearCmd::Pss {
+                cmd: ClearPssCmd::Service { name },
+            },
+        } => (Request::ClearPss { name: name.clone() }, View::Plain),
         Cmd::Boot | Cmd::Policy { .. } => return None,
     })
 }
@@ -441,6 +495,43 @@ fn service(d: &ServiceDetail) -> String {
     o
 }
 
+fn pss_usage(rows: &[pss::server::Usage]) -> String {
+    let mut o = format!(
+        "{:<16}  {:<8}  {:>8}  {:>10}  {:>8}  {}\n",
+        "Service", "Scope", "Keys", "Bytes", "Last-seq", "Last-checkpoint"
+    );
+    o += &format!(
+        "{:<16}  {:<8}  {:>8}  {:>10}  {:>8}  {}\n",
+        "-------", "-----", "----", "-----", "--------", "---------------"
+    );
+    for r in rows {
+        let when = if r.last_ms == 0 {
+            "-".to_string()
+        } else {
+            time(r.last_ms)
+        };
+        o += &format!(
+            "{:<16}  {:<8}  {:>8}  {:>10}  {:>8}  {}\n",
+            r.service, r.scope, r.keys, r.bytes, r.last_seq, when
+        );
+    }
+    o
+}
+
+fn pss_entries(rows: &[crate::control::proto::PssEntry]) -> String {
+    let mut o = format!(
+        "{:<8}  {:<32}  {:>8}  {}\n",
+        "Scope", "Key", "Bytes", "Value (hex, first 64 bytes)"
+    );
+    for r in rows {
+        o += &format!(
+            "{:<8}  {:<32}  {:>8}  {}\n",
+            r.scope, r.key, r.bytes, r.value_hex
+        );
+    }
+    o
+}
+
 fn mts_saps(rows: &[crate::broker::SapRow]) -> String {
     let mut o = format!(
         "{:>10}  {:<16}  {:<20}  {:<5}  {}\n",
@@ -521,6 +612,8 @@ pub fn render(resp: &Response, view: View, json: bool) -> String {
             Response::Service(d) => serde_json::to_string_pretty(d),
             Response::Done(s) => serde_json::to_string_pretty(&serde_json::json!({"result": s})),
             Response::MtsSaps(r) => serde_json::to_string_pretty(r),
+            Response::Pss(r) => serde_json::to_string_pretty(r),
+            Response::PssEntries(r) => serde_json::to_string_pretty(r),
             Response::MtsQueues(r) => serde_json::to_string_pretty(r),
             Response::MtsDead(r) => serde_json::to_string_pretty(r),
         };
@@ -536,6 +629,8 @@ pub fn render(resp: &Response, view: View, json: bool) -> String {
         (Response::Service(d), _) => service(d),
         (Response::Done(s), _) => format!("{s}\n"),
         (Response::MtsSaps(r), _) => mts_saps(r),
+        (Response::Pss(r), _) => pss_usage(r),
+        (Response::PssEntries(r), _) => pss_entries(r),
         (Response::MtsQueues(r), _) => mts_queues(r),
         (Response::MtsDead(r), _) => mts_dead(r),
     }

@@ -101,3 +101,47 @@ fn a_transaction_is_all_or_nothing_across_sigkill_of_the_writer() {
         "pss txn keys=0 distinct-values=0"
     );
 }
+
+#[test]
+fn show_and_clear_pss_from_the_cli() {
+    let mut lab = Lab::new("1s");
+    let report = lab.path("report").display().to_string();
+    lab.service("counter", &["--pss-counter", "--report", &report], STATEFUL);
+    lab.boot();
+    wait_lines(&lab, "pss count", 1);
+    let rows = lab.json(&["show", "pss"]);
+    let rows = rows.as_array().expect("rows");
+    let private = rows
+        .iter()
+        .find(|r| r["service"] == "counter" && r["scope"] == "private")
+        .expect("private row");
+    assert_eq!(private["keys"], 1);
+    assert_eq!(private["last_seq"], 2);
+    assert!(private["last_ms"].as_u64().unwrap_or(0) > 0);
+    let e = lab.json(&[
+        "show", "pss", "service", "counter", "--scope", "private", "--key", "count",
+    ]);
+    assert_eq!(e.as_array().expect("entries").len(), 1, "{e}");
+    assert_eq!(e[0]["key"], "count");
+    let text = String::from_utf8_lossy(&lab.cli(&["show", "pss"]).stdout).into_owned();
+    assert!(
+        text.starts_with("Service") && text.contains("counter"),
+        "{text}"
+    );
+    let bad = lab.cli(&["show", "pss", "service", "counter", "--scope", "nope"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scope \"nope\""));
+    assert!(
+        lab.cli(&["clear", "pss", "service", "counter"])
+            .status
+            .success()
+    );
+    let rows = lab.json(&["show", "pss"]);
+    assert!(
+        rows.as_array()
+            .expect("rows")
+            .iter()
+            .filter(|r| r["service"] == "counter")
+            .all(|r| r["keys"] == 0 && r["last_seq"] == 0),
+        "{rows}"
+    );
+}

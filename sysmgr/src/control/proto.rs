@@ -26,6 +26,15 @@ pub enum Request {
     ShowMtsSap,
     ShowMtsQueues,
     ShowMtsDeadLetter,
+    ShowPss,
+    ShowPssService {
+        name: String,
+        scope: Option<String>,
+        key: Option<String>,
+    },
+    ClearPss {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +50,19 @@ pub enum Response {
     MtsSaps(Vec<crate::broker::SapRow>),
     MtsQueues(Vec<crate::broker::QueueRow>),
     MtsDead(Vec<crate::broker::DeadLetter>),
+    Pss(Vec<pss::server::Usage>),
+    PssEntries(Vec<PssEntry>),
+}
+
+/// One key of `show pss service NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PssEntry {
+    pub scope: String,
+    /// The key, as text where it is UTF-8.
+    pub key: String,
+    pub bytes: usize,
+    /// The first 64 bytes of the value, in hex.
+    pub value_hex: String,
 }
 
 /// One line of `show processes`.

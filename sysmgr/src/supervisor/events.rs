@@ -759,6 +759,43 @@ impl Supervisor {
                 )))
             }
             Request::Reload => self.reload().map(Response::Done),
+            Request::ShowPss => {
+                let p = self.mts().pss.clone().ok_or("PSS is not open")?;
+                let mut rows = Vec::new();
+                for name in self.services.keys() {
+                    rows.extend(p.server.usage(name).map_err(|e| e.to_string())?);
+                }
+                Ok(Response::Pss(rows))
+            }
+            Request::ShowPssService { name, scope, key } => {
+                let p = self.mts().pss.clone().ok_or("PSS is not open")?;
+                p.server
+                    .entries(&name, scope.as_deref(), key.as_deref())
+                    .map(|e| {
+                        Response::PssEntries(
+                            e.into_iter()
+                                .map(|(scope, k, v)| crate::control::proto::PssEntry {
+                                    scope,
+                                    key: String::from_utf8_lossy(&k).into_owned(),
+                                    bytes: v.len(),
+                                    value_hex: v
+                                        .iter()
+                                        .take(64)
+                                        .map(|b| format!("{b:02x}"))
+                                        .collect(),
+                                })
+                                .collect(),
+                        )
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            Request::ClearPss { name } => {
+                let p = self.mts().pss.clone().ok_or("PSS is not open")?;
+                p.server.clear_service(&name).map_err(|e| e.to_string())?;
+                Ok(Response::Done(format!(
+                    "PSS of service {name} cleared (all scopes and its checkpoint sequence)"
+                )))
+            }
             Request::ShowMtsSap => Ok(Response::MtsSaps(self.mts().saps())),
             Request::ShowMtsQueues => Ok(Response::MtsQueues(self.mts().queues())),
             Request::ShowMtsDeadLetter => Ok(Response::MtsDead(self.mts().dead_letters().to_vec())),
