@@ -10,6 +10,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use crate::proto::{Op, Request, Response, Scope};
 use crate::{PssError, Store};
 
+/// One stored key for `show`: (scope word, key, value).
+pub type Entry = (String, Vec<u8>, Vec<u8>);
+
 /// Who is asking, as the broker established it from the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller<'a> {
@@ -235,7 +238,7 @@ impl Server {
         service: &str,
         scope: Option<&str>,
         key: Option<&str>,
-    ) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, PssError> {
+    ) -> Result<Vec<Entry>, PssError> {
         let scopes: Vec<Scope> = match scope {
             None => Scope::ALL.to_vec(),
             Some(w) => vec![Scope::parse(w).ok_or_else(|| {
