@@ -14,12 +14,19 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum PssError {
     /// sled could not open (or create) the database directory.
-    #[error("cannot open the PSS database at {path}: {source}")]
+    #[error(
+        "cannot open the PSS database at {path}: {source} (boot with --move-aside-corrupt-db to move it aside and start empty)"
+    )]
     Open {
         path: PathBuf,
         #[source]
         source: sled::Error,
     },
+    /// sled opened the directory but what it found is not the database sysmgr wrote.
+    #[error(
+        "the PSS database at {path} is corrupt: {reason} (boot with --move-aside-corrupt-db to move it aside and start empty)"
+    )]
+    Corrupt { path: PathBuf, reason: String },
     /// The access rules refuse this request.
     #[error("permission denied: {0}")]
     Denied(String),
@@ -44,6 +51,16 @@ pub enum PssError {
     },
 }
 
+/// Written when the database is created; its absence in an existing database means corruption.
+const SENTINEL: &[u8] = b"sysmgr/created";
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The sled database of one supervisor.
 #[derive(Clone)]
 pub struct Store {
@@ -52,21 +69,60 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open (or create) the database in `dir`.
+    /// Open (or create) the database in `dir`. A database that cannot be opened, or that
+    /// sled "recovered" into one without the sentinel written at creation, is an error: it is
+    /// never silently replaced.
     pub fn open(dir: &Path) -> Result<Store, PssError> {
+        let existed = dir.join("conf").exists();
+        let open_err = |source| PssError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::LowSpace)
             .cache_capacity(16 * 1024 * 1024)
             .open()
-            .map_err(|source| PssError::Open {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            .map_err(open_err)?;
+        let corrupt = |reason: &str| PssError::Corrupt {
+            path: dir.to_path_buf(),
+            reason: reason.into(),
+        };
+        match db.get(SENTINEL) {
+            Ok(Some(_)) => {}
+            Ok(None) if existed => {
+                return Err(corrupt(
+                    "the database existed but its contents are gone (creation sentinel missing)",
+                ));
+            }
+            Ok(None) => {
+                db.insert(SENTINEL, &now_ms().to_be_bytes())
+                    .map_err(open_err)?;
+                db.flush().map_err(open_err)?;
+            }
+            Err(e) => return Err(corrupt(&e.to_string())),
+        }
         Ok(Store {
             db,
             path: dir.to_path_buf(),
         })
+    }
+
+    /// Like [`Store::open`], but a database that is corrupt or cannot be opened is renamed to
+    /// `<dir>.corrupt-<unix seconds>` and an empty one is created. Returns where it went.
+    pub fn open_or_move_aside(dir: &Path) -> Result<(Store, Option<PathBuf>), PssError> {
+        match Store::open(dir) {
+            Ok(s) => Ok((s, None)),
+            Err(PssError::Open { .. } | PssError::Corrupt { .. }) => {
+                let aside = dir.with_extension(format!("corrupt-{}", now_ms() / 1000));
+                std::fs::rename(dir, &aside).map_err(|e| PssError::Corrupt {
+                    path: dir.to_path_buf(),
+                    reason: format!("cannot move it aside to {}: {e}", aside.display()),
+                })?;
+                Ok((Store::open(dir)?, Some(aside)))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A named tree (keyspace).

@@ -37,13 +37,6 @@ pub struct Server {
     meta: sled::Tree,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn tree_name(service: &str, scope: Scope) -> String {
     format!("pss/{service}/{}", scope.word())
 }
@@ -183,7 +176,7 @@ impl Server {
                 _ => 1,
             };
             let mut meta = seq.to_be_bytes().to_vec();
-            meta.extend_from_slice(&now_ms().to_be_bytes());
+            meta.extend_from_slice(&crate::now_ms().to_be_bytes());
             m.insert(me.as_bytes(), meta)?;
             Ok(seq)
         });

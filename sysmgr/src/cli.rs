@@ -30,7 +30,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the supervisor in the foreground.
-    Boot,
+    Boot {
+        /// If the PSS database cannot be opened or is corrupt, move it aside and start empty
+        /// (without this flag sysmgr refuses to boot and names the path).
+        #[arg(long)]
+        move_aside_corrupt_db: bool,
+    },
     /// Policy file tools.
     Policy {
         #[command(subcommand)]
@@ -250,7 +255,7 @@ pub fn request_for(cmd: &Cmd) -> Option<(Request, View)> {
                 cmd: ClearPssCmd::Service { name },
             },
         } => (Request::ClearPss { name: name.clone() }, View::Plain),
-        Cmd::Boot | Cmd::Policy { .. } => return None,
+        Cmd::Boot { .. } | Cmd::Policy { .. } => return None,
     })
 }
 

@@ -11,7 +11,9 @@ use sysmgr::{SysmgrError, boot};
 fn main() -> ExitCode {
     let args = Cli::parse();
     match &args.cmd {
-        Cmd::Boot => run_boot(&args),
+        Cmd::Boot {
+            move_aside_corrupt_db,
+        } => run_boot(&args, *move_aside_corrupt_db),
         Cmd::Policy {
             cmd: PolicyCmd::Check { dir },
         } => match sysmgr::config::check_dir(dir) {
@@ -57,7 +59,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_boot(args: &Cli) -> ExitCode {
+fn run_boot(args: &Cli, move_aside_corrupt_db: bool) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -68,6 +70,7 @@ fn run_boot(args: &Cli) -> ExitCode {
     let opts = BootOptions {
         config: args.config.clone(),
         data_dir: args.data_dir.clone(),
+        move_aside_corrupt_db,
     };
     match boot::boot(opts) {
         Ok(Exit::Shutdown) => ExitCode::SUCCESS,

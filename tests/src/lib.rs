@@ -51,6 +51,8 @@ pub struct Lab {
     pub daemon: Option<Child>,
     /// Extra command prefix for boot (e.g. `unshare --pid --fork --mount-proc`).
     pub wrapper: Vec<String>,
+    /// Extra arguments of `sysmgr boot`.
+    pub boot_args: Vec<String>,
 }
 
 impl Lab {
@@ -66,6 +68,7 @@ impl Lab {
             dir,
             daemon: None,
             wrapper: Vec::new(),
+            boot_args: Vec::new(),
         };
         lab.write(
             "sysmgr.toml",
@@ -115,6 +118,7 @@ impl Lab {
             c
         };
         cmd.arg("boot")
+            .args(&self.boot_args)
             .arg("--config")
             .arg(self.config())
             .env("RUST_LOG", "debug")

@@ -145,3 +145,57 @@ fn show_and_clear_pss_from_the_cli() {
         "{rows}"
     );
 }
+
+#[test]
+fn a_corrupt_database_refuses_to_boot_unless_the_operator_moves_it_aside() {
+    let mut lab = Lab::new("1s");
+    let report = lab.path("report").display().to_string();
+    lab.service("counter", &["--pss-counter", "--report", &report], STATEFUL);
+    lab.boot();
+    wait_lines(&lab, "pss count", 1);
+    lab.signal(Signal::SIGTERM);
+    assert_eq!(lab.wait_exit(Duration::from_secs(10)), Some(0));
+    let db = lab.path("data/db");
+    let boot = |lab: &Lab| {
+        std::process::Command::new(sysmgr_tests::bin("sysmgr"))
+            .arg("boot")
+            .arg("--config")
+            .arg(lab.config())
+            .output()
+            .expect("boot")
+    };
+    // Scrambled data: sled would quietly recover an empty database; sysmgr refuses.
+    let data = db.join("db");
+    let len = std::fs::metadata(&data).expect("db file").len() as usize;
+    std::fs::write(&data, vec![0xab; len]).expect("scramble");
+    let out = boot(&lab);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("the PSS database at {} is corrupt", db.display())),
+        "{err}"
+    );
+    assert!(err.contains("--move-aside-corrupt-db"), "{err}");
+    // A configuration sled cannot read at all: refused too, naming the path.
+    std::fs::write(db.join("conf"), b"garbage").expect("conf");
+    let err = String::from_utf8_lossy(&boot(&lab).stderr).into_owned();
+    // (sled either fails to open it or opens an empty one, which the sentinel catches)
+    assert!(
+        err.contains(&format!("PSS database at {}", db.display()))
+            && err.contains("--move-aside-corrupt-db"),
+        "{err}"
+    );
+    assert_eq!(lines(&lab, "pss count").len(), 1, "nothing started");
+    // The operator's flag: moved aside, empty database, services start.
+    lab.boot_args = vec!["--move-aside-corrupt-db".into()];
+    lab.boot();
+    let l = wait_lines(&lab, "pss count", 2);
+    assert!(l[1].starts_with("pss count before=none after=1"), "{l:?}");
+    let aside: Vec<_> = std::fs::read_dir(lab.path("data"))
+        .expect("data")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("db.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "moved aside, not deleted");
+    assert!(lab.daemon_log().contains("%SYSMGR-2-PSS_MOVED_ASIDE"));
+}

@@ -79,6 +79,18 @@ fn service_output_goes_to_capped_log_files() {
         let b = std::fs::metadata(&rotated).map(|m| m.len()).unwrap_or(0);
         (a + b >= 50_000 && b > 0).then_some(())
     });
+    // Let the spew finish: a rotation is always followed by the write that recreates the log.
+    wait_for(
+        Duration::from_secs(5),
+        "stdout log after the last rotation",
+        || {
+            std::fs::metadata(&out)
+                .ok()
+                .filter(|m| m.len() > 0)
+                .map(|_| ())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
     assert!(std::fs::metadata(&out).expect("log").len() <= 100_000);
     assert!(std::fs::metadata(&rotated).expect("rotated").len() <= 100_000);
     wait_for(Duration::from_secs(5), "stderr log", || {

@@ -130,6 +130,8 @@ pub struct ControlMsg {
 pub struct BootOptions {
     pub config: PathBuf,
     pub data_dir: Option<PathBuf>,
+    /// Operator's choice: a corrupt PSS database is moved aside instead of refusing to boot.
+    pub move_aside_corrupt_db: bool,
 }
 
 pub struct Supervisor {
@@ -197,7 +199,21 @@ impl Supervisor {
         for d in [data, &log_dir, &notify_dir] {
             std::fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
-        let store = pss::Store::open(&data.join("db"))?;
+        let (store, moved) = if opts.move_aside_corrupt_db {
+            pss::Store::open_or_move_aside(&data.join("db"))?
+        } else {
+            (pss::Store::open(&data.join("db"))?, None)
+        };
+        if let Some(m) = &moved {
+            crate::syslog::err(
+                2,
+                "PSS_MOVED_ASIDE",
+                &format!(
+                    "The PSS database could not be used; it was moved to {} and sysmgr starts with an empty one.",
+                    m.display()
+                ),
+            );
+        }
         let log = ProcLog::open(&store, sys.proclog_max_records)?;
         let queues = crate::broker::QueueStore::open(&store)?;
         let mut broker = crate::broker::Broker::new(sys.mts_limits, Some(queues));
