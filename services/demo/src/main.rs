@@ -37,6 +37,8 @@ const HELP: &str = "sysmgr-demo [options]
   --pss-counter         on start, report the private \"count\" checkpoint, then store count+1
                         (durable) in private and shared-local scope
   --pss-peek SVC        report reading SVC's private and shared-local \"count\" and writing
+  --pss-stream          report which checkpoints c/N survived (count, max, contiguous), then
+                        keep writing c/N+1, c/N+2, ... durably, reporting \"acked N\" after each ack
   --pss-txn-loop        keep committing 50 keys with the same value in one transaction each;
                         on start, report whether all 50 agree
   --stamp FILE          (benchmark) append \"PID CLOCK_MONOTONIC-ns\" taken at the first instruction
@@ -78,6 +80,7 @@ struct Opts {
     pss_counter: bool,
     pss_peek: Option<String>,
     pss_txn_loop: bool,
+    pss_stream: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -110,6 +113,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--pss-counter" => o.pss_counter = true,
             "--pss-peek" => o.pss_peek = Some(val(a)?),
             "--pss-txn-loop" => o.pss_txn_loop = true,
+            "--pss-stream" => o.pss_stream = true,
             "--mts-try-bind" => o.mts_try_bind = Some(val(a)?),
             "--notify-fd" => {
                 o.notify_fd = Some(val(a)?.parse().map_err(|e| format!("--notify-fd: {e}"))?)
@@ -192,6 +196,59 @@ fn orphan(pidfile: &str) {
         }
         _ => eprintln!("fork failed"),
     }
+}
+
+/// `--pss-stream`: the crash-test writer.
+fn pss_stream(report: Option<&str>) {
+    use pss::proto::{Durability, Scope};
+    let say = |line: String| match report {
+        Some(r) => append(r, &line),
+        None => println!("{line}"),
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        let c = match mts::client::Client::connect_from_env().await {
+            Ok(c) => c,
+            Err(e) => return say(format!("connect error: {e}")),
+        };
+        let p = pss::client::Pss::new(&c);
+        let present = match p.scan(None, Scope::Private, "c/", u32::MAX).await {
+            Ok(e) => e,
+            Err(e) => return say(format!("pss scan error: {e}")),
+        };
+        let nums: Vec<u64> = present
+            .iter()
+            .filter_map(|(k, _)| std::str::from_utf8(&k[2..]).ok()?.parse().ok())
+            .collect();
+        let max = nums.iter().copied().max().unwrap_or(0);
+        let contiguous =
+            nums.len() as u64 == max && nums.iter().enumerate().all(|(i, n)| *n == i as u64 + 1);
+        say(format!(
+            "present count={} max={max} contiguous={contiguous}",
+            nums.len()
+        ));
+        let mut i = max;
+        loop {
+            i += 1;
+            match p
+                .put(
+                    Scope::Private,
+                    format!("c/{i:010}"),
+                    &i,
+                    Durability::Durable,
+                )
+                .await
+            {
+                Ok(_) => say(format!("acked {i}")),
+                Err(e) => return say(format!("pss put error: {e}")),
+            }
+        }
+    });
 }
 
 /// The PSS modes (see `--pss-*`), reporting every step.
@@ -420,6 +477,10 @@ fn main() {
     }
     if let Some(f) = &o.orphan {
         orphan(f);
+    }
+    if o.pss_stream {
+        let report = o.report.clone();
+        std::thread::spawn(move || pss_stream(report.as_deref()));
     }
     if o.pss_counter || o.pss_peek.is_some() || o.pss_txn_loop {
         let (report, peek, counter, txn) = (
