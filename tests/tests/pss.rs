@@ -76,6 +76,11 @@ fn private_keys_are_private_and_shared_keys_are_read_only_for_others() {
     let peek = wait_lines(&lab, "pss peek", 1);
     assert!(peek[0].contains("private=error: permission denied: service \"peeker\" may not read the private keys of \"owner\""), "{peek:?}");
     assert!(peek[0].contains("shared=Some(1)"), "{peek:?}");
+    let after = wait_lines(&lab, "pss peek-after-write", 1);
+    assert_eq!(
+        after[0], "pss peek-after-write owner=Some(1) mine=Some(999)",
+        "shared keys are not writable by others"
+    );
 }
 
 #[test]

@@ -303,6 +303,17 @@ fn pss_demo(counter: bool, peek: Option<&str>, txn_loop: bool, report: Option<&s
                     .map(|v| format!("{v:?}"))
                     .unwrap_or_else(|e| format!("error: {e}"))
             ));
+            // Writes name no owner: a write can only ever land in the writer's own keys.
+            let _ = p
+                .put(Scope::SharedLocal, "count", &999u64, Durability::Durable)
+                .await;
+            let show = |r: Result<Option<u64>, pss::PssError>| {
+                r.map(|v| format!("{v:?}"))
+                    .unwrap_or_else(|e| format!("error: {e}"))
+            };
+            let owner = show(p.get_of(other, Scope::SharedLocal, "count").await);
+            let mine = show(p.get(Scope::SharedLocal, "count").await);
+            say(format!("pss peek-after-write owner={owner} mine={mine}"));
         }
         if txn_loop {
             let got = p.scan(None, Scope::Private, "k/", 100).await;
