@@ -5,6 +5,7 @@
 //! - `sysmgr-bench mts-echo`: the receiver service of the MTS benchmark (run by sysmgr).
 
 mod mts;
+mod pss;
 mod restart;
 
 fn main() -> anyhow::Result<()> {
@@ -13,11 +14,13 @@ fn main() -> anyhow::Result<()> {
         Some("restart") => restart::main(args),
         Some("mts") => mts::main(args),
         Some("mts-echo") => mts::echo(),
+        Some("pss") => pss::main(args),
+        Some("pss-writer") => pss::writer(args),
         Some("floor-echo") => {
             mts::floor_echo(std::path::Path::new(&args.next().unwrap_or_default()))
         }
         _ => anyhow::bail!(
-            "usage: sysmgr-bench restart [--kills N] [--out CSV] | mts [--quick] | mts-echo"
+            "usage: sysmgr-bench restart [--kills N] [--out CSV] | mts [--quick] | pss [--quick]"
         ),
     }
 }
