@@ -198,13 +198,21 @@ fn orphan(pidfile: &str) {
     }
 }
 
-/// `--pss-stream`: the crash-test writer.
-fn pss_stream(report: Option<&str>) {
-    use pss::proto::{Durability, Scope};
-    let say = |line: String| match report {
+/// Where a fixture mode reports: the `--report` file, or stdout.
+fn reporter(report: Option<&str>) -> impl Fn(String) + '_ {
+    move |line| match report {
         Some(r) => append(r, &line),
         None => println!("{line}"),
-    };
+    }
+}
+
+/// Run `body` with a connection to sysmgr's MTS on a current-thread runtime of its own; a
+/// failure to connect is reported instead.
+fn with_mts<F, Fut>(report: Option<&str>, body: F)
+where
+    F: FnOnce(mts::client::Client) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -212,10 +220,18 @@ fn pss_stream(report: Option<&str>) {
         return;
     };
     rt.block_on(async {
-        let c = match mts::client::Client::connect_from_env().await {
-            Ok(c) => c,
-            Err(e) => return say(format!("connect error: {e}")),
-        };
+        match mts::client::Client::connect_from_env().await {
+            Ok(c) => body(c).await,
+            Err(e) => reporter(report)(format!("connect error: {e}")),
+        }
+    });
+}
+
+/// `--pss-stream`: the crash-test writer.
+fn pss_stream(report: Option<&str>) {
+    use pss::proto::{Durability, Scope};
+    let say = reporter(report);
+    with_mts(report, |c| async move {
         let p = pss::client::Pss::new(&c);
         let present = match p.scan(None, Scope::Private, "c/", u32::MAX).await {
             Ok(e) => e,
@@ -254,21 +270,8 @@ fn pss_stream(report: Option<&str>) {
 /// The PSS modes (see `--pss-*`), reporting every step.
 fn pss_demo(counter: bool, peek: Option<&str>, txn_loop: bool, report: Option<&str>) {
     use pss::proto::{Durability, Scope};
-    let say = |line: String| match report {
-        Some(r) => append(r, &line),
-        None => println!("{line}"),
-    };
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    rt.block_on(async {
-        let c = match mts::client::Client::connect_from_env().await {
-            Ok(c) => c,
-            Err(e) => return say(format!("connect error: {e}")),
-        };
+    let say = reporter(report);
+    with_mts(report, |c| async move {
         let p = pss::client::Pss::new(&c);
         if counter {
             let before: Option<u64> = match p.get(Scope::Private, "count").await {
@@ -349,21 +352,8 @@ fn pss_demo(counter: bool, peek: Option<&str>, txn_loop: bool, report: Option<&s
 
 /// Bind a SAP and handle what arrives (see `--mts-bind`), reporting every step.
 fn mts_receiver(name: &str, other: Option<&str>, report: Option<&str>) {
-    let say = |line: String| match report {
-        Some(r) => append(r, &line),
-        None => println!("{line}"),
-    };
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    rt.block_on(async {
-        let mut c = match mts::client::Client::connect_from_env().await {
-            Ok(c) => c,
-            Err(e) => return say(format!("connect error: {e}")),
-        };
+    let say = reporter(report);
+    with_mts(report, |mut c| async move {
         match c.bind(name).await {
             Ok(n) => say(format!("bound {name}={n}")),
             Err(e) => return say(format!("bind error: {e}")),
