@@ -16,7 +16,6 @@ mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
 
 use mts::frame::{Flags, Header};
 use mts::sap;
@@ -165,7 +164,6 @@ pub struct Broker {
     pub admin_group: Option<String>,
     /// The PSS server (SAP `pss`), once sysmgr has opened its store.
     pub pss: Option<pss::PssHandle>,
-    started: Instant,
 }
 
 fn error_frame(to: &Header, reason: &str) -> (Header, Vec<u8>) {
@@ -189,7 +187,6 @@ impl Broker {
             instances: HashMap::new(),
             admin_group: None,
             pss: None,
-            started: Instant::now(),
         };
         b.by_name.insert("sysmgr".into(), sap::SYSMGR);
         b.by_name.insert("pss".into(), sap::PSS);
@@ -274,10 +271,6 @@ impl Broker {
             },
         );
         (id, eph)
-    }
-
-    pub fn identity(&self, conn: ConnId) -> Option<&Identity> {
-        self.conns.get(&conn).map(|c| &c.identity)
     }
 
     /// The connection closed. Its SAPs wait (pending messages stay pending until the instance
@@ -551,12 +544,9 @@ impl Broker {
         while c.outbox.has_room()
             && let Some(m) = s.queue.pop_front()
         {
-            let mut flags = m.flags & !Flags::REQUEST;
+            let mut flags = m.flags;
             if m.redelivered {
                 flags |= Flags::REDELIVERY;
-            }
-            if m.flags & Flags::REQUEST != 0 {
-                flags |= Flags::REQUEST;
             }
             let h = Header {
                 flags: Flags(flags),
@@ -734,10 +724,6 @@ impl Broker {
 
     pub fn dead_letters(&self) -> &[DeadLetter] {
         &self.dead
-    }
-
-    pub fn uptime(&self) -> std::time::Duration {
-        self.started.elapsed()
     }
 }
 

@@ -228,9 +228,7 @@ impl Supervisor {
                 retries_left,
             } => {
                 rec.policy = policy_text(level.word(), Some(&policy));
-                if kind == StartKind::Stateless {
-                    s.fdstore.clear();
-                }
+                // spawn_instance closes the fd store for a stateless start.
                 match self.spawn_instance(name, kind) {
                     Ok(new_pid) => {
                         let s = self.services.get_mut(name).expect("service exists");

@@ -279,10 +279,6 @@ impl Supervisor {
         Ok(())
     }
 
-    pub fn log(&self) -> &ProcLog {
-        &self.log
-    }
-
     /// The broker, for the connection tasks.
     pub fn broker(&self) -> Arc<std::sync::Mutex<crate::broker::Broker>> {
         self.broker.clone()
