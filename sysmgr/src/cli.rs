@@ -304,58 +304,94 @@ fn yn(b: bool) -> &'static str {
     if b { "Y" } else { "N" }
 }
 
+/// A table column: title, width, alignment (the last column is never padded).
+type Col = (&'static str, usize, Align);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+use Align::{Left as L, Right as R};
+
+/// A text table the NX-OS way: titles, dashes under each title, then one line per row.
+fn table<T>(
+    cols: &[Col],
+    rows: impl IntoIterator<Item = T>,
+    cells: impl Fn(T) -> Vec<String>,
+) -> String {
+    fn line(o: &mut String, cols: &[Col], cells: Vec<String>) {
+        for (i, ((_, w, align), c)) in cols.iter().zip(cells).enumerate() {
+            match (i + 1 == cols.len(), align) {
+                (true, _) => o.push_str(&c),
+                (false, Align::Right) => *o += &format!("{c:>w$}  "),
+                (false, Align::Left) => *o += &format!("{c:<w$}  "),
+            }
+        }
+        o.push('\n');
+    }
+    let mut o = String::new();
+    line(&mut o, cols, cols.iter().map(|c| c.0.to_string()).collect());
+    line(
+        &mut o,
+        cols,
+        cols.iter().map(|c| "-".repeat(c.0.len())).collect(),
+    );
+    for r in rows {
+        line(&mut o, cols, cells(r));
+    }
+    o
+}
+
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
 fn processes(rows: &[ProcessRow]) -> String {
-    let mut o = format!(
-        "{:>8}  {:<12}  {:>9}  {:>10}  {:<10}  {:<16}  {}\n",
-        "PID", "State", "Start_cnt", "Uptime", "Type", "Process", "Status"
-    );
-    o += &format!(
-        "{:>8}  {:<12}  {:>9}  {:>10}  {:<10}  {:<16}  {}\n",
-        "--------", "-----", "---------", "------", "----", "-------", "------"
-    );
-    for r in rows {
-        o += &format!(
-            "{:>8}  {:<12}  {:>9}  {:>10}  {:<10}  {:<16}  {}\n",
+    const COLS: &[Col] = &[
+        ("PID", 8, R),
+        ("State", 12, L),
+        ("Start_cnt", 9, R),
+        ("Uptime", 10, R),
+        ("Type", 10, L),
+        ("Process", 16, L),
+        ("Status", 0, L),
+    ];
+    table(COLS, rows, |r| {
+        vec![
             opt(r.pid),
-            r.state,
-            r.start_count,
+            r.state.clone(),
+            r.start_count.to_string(),
             r.uptime_ms.map(dur).unwrap_or_else(|| "-".into()),
-            r.start_kind.as_deref().unwrap_or("-"),
-            r.name,
-            r.status
-        );
-    }
-    o
+            r.start_kind.clone().unwrap_or_else(|| "-".into()),
+            r.name.clone(),
+            r.status.clone(),
+        ]
+    })
 }
 
 fn proc_log(records: &[ProcRecord], cores: &[CoreRecord]) -> String {
-    let mut o = format!(
-        "{:<16}  {:>8}  {:<11}  {:<5}  {:<4}  {}\n",
-        "Process", "PID", "Normal-exit", "Stack", "Core", "Log-create-time"
-    );
-    o += &format!(
-        "{:<16}  {:>8}  {:<11}  {:<5}  {:<4}  {}\n",
-        "---------------", "------", "-----------", "-----", "----", "---------------"
-    );
-    for r in records {
+    const COLS: &[Col] = &[
+        ("Process", 16, L),
+        ("PID", 8, R),
+        ("Normal-exit", 11, L),
+        ("Stack", 5, L),
+        ("Core", 4, L),
+        ("Log-create-time", 0, L),
+    ];
+    table(COLS, records, |r| {
         let core = cores
             .iter()
             .find(|c| c.pid == r.pid && c.service == r.service);
-        o += &format!(
-            "{:<16}  {:>8}  {:<11}  {:<5}  {:<4}  {}\n",
-            r.service,
-            r.pid,
-            yn(r.death.normal()),
-            yn(core.is_some_and(|c| !c.stderr_tail.is_empty())),
-            yn(core.is_some_and(|c| c.core_file.is_some())),
-            time(r.ended_ms)
-        );
-    }
-    o
+        vec![
+            r.service.clone(),
+            r.pid.to_string(),
+            yn(r.death.normal()).into(),
+            yn(core.is_some_and(|c| !c.stderr_tail.is_empty())).into(),
+            yn(core.is_some_and(|c| c.core_file.is_some())).into(),
+            time(r.ended_ms),
+        ]
+    })
 }
 
 fn proc_log_details(records: &[ProcRecord], cores: &[CoreRecord]) -> String {
@@ -420,25 +456,22 @@ fn proc_log_details(records: &[ProcRecord], cores: &[CoreRecord]) -> String {
 }
 
 fn cores_table(cores: &[CoreRecord]) -> String {
-    let mut o = format!(
-        "{:<16}  {:>8}  {:<10}  {:<22}  {}\n",
-        "Process-name", "PID", "Signal", "Date(Year-Month-Day Time)", "Core-file"
-    );
-    o += &format!(
-        "{:<16}  {:>8}  {:<10}  {:<22}  {}\n",
-        "------------", "---", "------", "-------------------------", "---------"
-    );
-    for c in cores {
-        o += &format!(
-            "{:<16}  {:>8}  {:<10}  {:<25}  {}\n",
-            c.service,
-            c.pid,
+    const COLS: &[Col] = &[
+        ("Process-name", 16, L),
+        ("PID", 8, R),
+        ("Signal", 12, L),
+        ("Date(Year-Month-Day Time)", 25, L),
+        ("Core-file", 0, L),
+    ];
+    table(COLS, cores, |c| {
+        vec![
+            c.service.clone(),
+            c.pid.to_string(),
             format!("{} ({})", c.signal, signal_name(c.signal)),
             time(c.time_ms),
-            c.core_file.as_deref().unwrap_or("-")
-        );
-    }
-    o
+            c.core_file.clone().unwrap_or_else(|| "-".into()),
+        ]
+    })
 }
 
 fn service(d: &ServiceDetail) -> String {
@@ -501,108 +534,114 @@ fn service(d: &ServiceDetail) -> String {
 }
 
 fn pss_usage(rows: &[pss::server::Usage]) -> String {
-    let mut o = format!(
-        "{:<16}  {:<8}  {:>8}  {:>10}  {:>8}  {}\n",
-        "Service", "Scope", "Keys", "Bytes", "Last-seq", "Last-checkpoint"
-    );
-    o += &format!(
-        "{:<16}  {:<8}  {:>8}  {:>10}  {:>8}  {}\n",
-        "-------", "-----", "----", "-----", "--------", "---------------"
-    );
-    for r in rows {
+    const COLS: &[Col] = &[
+        ("Service", 16, L),
+        ("Scope", 8, L),
+        ("Keys", 8, R),
+        ("Bytes", 10, R),
+        ("Last-seq", 8, R),
+        ("Last-checkpoint", 0, L),
+    ];
+    table(COLS, rows, |r| {
         let when = if r.last_ms == 0 {
             "-".to_string()
         } else {
             time(r.last_ms)
         };
-        o += &format!(
-            "{:<16}  {:<8}  {:>8}  {:>10}  {:>8}  {}\n",
-            r.service, r.scope, r.keys, r.bytes, r.last_seq, when
-        );
-    }
-    o
+        vec![
+            r.service.clone(),
+            r.scope.clone(),
+            r.keys.to_string(),
+            r.bytes.to_string(),
+            r.last_seq.to_string(),
+            when,
+        ]
+    })
 }
 
 fn pss_entries(rows: &[crate::control::proto::PssEntry]) -> String {
-    let mut o = format!(
-        "{:<8}  {:<32}  {:>8}  {}\n",
-        "Scope", "Key", "Bytes", "Value (hex, first 64 bytes)"
-    );
-    for r in rows {
-        o += &format!(
-            "{:<8}  {:<32}  {:>8}  {}\n",
-            r.scope, r.key, r.bytes, r.value_hex
-        );
-    }
-    o
+    const COLS: &[Col] = &[
+        ("Scope", 8, L),
+        ("Key", 32, L),
+        ("Bytes", 8, R),
+        ("Value (hex, first 64 bytes)", 0, L),
+    ];
+    table(COLS, rows, |r| {
+        vec![
+            r.scope.clone(),
+            r.key.clone(),
+            r.bytes.to_string(),
+            r.value_hex.clone(),
+        ]
+    })
 }
 
 fn mts_saps(rows: &[crate::broker::SapRow]) -> String {
-    let mut o = format!(
-        "{:>10}  {:<16}  {:<20}  {:<5}  {}\n",
-        "SAP", "Name", "Owner", "Bound", "Subscriptions"
-    );
-    o += &format!(
-        "{:>10}  {:<16}  {:<20}  {:<5}  {}\n",
-        "---", "----", "-----", "-----", "-------------"
-    );
-    for r in rows {
+    const COLS: &[Col] = &[
+        ("SAP", 10, R),
+        ("Name", 16, L),
+        ("Owner", 20, L),
+        ("Bound", 5, L),
+        ("Subscriptions", 0, L),
+    ];
+    table(COLS, rows, |r| {
         let subs: Vec<String> = r.subscriptions.iter().map(u32::to_string).collect();
-        o += &format!(
-            "{:>10}  {:<16}  {:<20}  {:<5}  {}\n",
-            r.number,
-            r.name,
-            r.owner,
-            yn(r.bound),
-            subs.join(",")
-        );
-    }
-    o
+        vec![
+            r.number.to_string(),
+            r.name.clone(),
+            r.owner.clone(),
+            yn(r.bound).into(),
+            subs.join(","),
+        ]
+    })
 }
 
 fn mts_queues(rows: &[crate::broker::QueueRow]) -> String {
-    let mut o = format!(
-        "{:>10}  {:<16}  {:>8}  {:>10}  {:>12}  {:>10}  {}\n",
-        "SAP", "Name", "Depth", "Bytes", "Pending-acks", "Persistent", "Oldest-age"
-    );
-    o += &format!(
-        "{:>10}  {:<16}  {:>8}  {:>10}  {:>12}  {:>10}  {}\n",
-        "---", "----", "-----", "-----", "------------", "----------", "----------"
-    );
-    for r in rows {
-        o += &format!(
-            "{:>10}  {:<16}  {:>8}  {:>10}  {:>12}  {:>10}  {}\n",
-            r.sap,
-            r.name,
-            r.depth,
-            r.bytes,
-            r.pending_acks,
-            r.persistent,
-            r.oldest_age_ms.map(dur).unwrap_or_else(|| "-".into())
-        );
-    }
-    o
+    const COLS: &[Col] = &[
+        ("SAP", 10, R),
+        ("Name", 16, L),
+        ("Depth", 8, R),
+        ("Bytes", 10, R),
+        ("Pending-acks", 12, R),
+        ("Persistent", 10, R),
+        ("Oldest-age", 0, L),
+    ];
+    table(COLS, rows, |r| {
+        vec![
+            r.sap.to_string(),
+            r.name.clone(),
+            r.depth.to_string(),
+            r.bytes.to_string(),
+            r.pending_acks.to_string(),
+            r.persistent.to_string(),
+            r.oldest_age_ms.map(dur).unwrap_or_else(|| "-".into()),
+        ]
+    })
 }
 
 fn mts_dead(rows: &[crate::broker::DeadLetter]) -> String {
-    let mut o = format!(
-        "{:>10}  {:<16}  {:<16}  {:>10}  {:>8}  {:>8}  {:<20}  {}\n",
-        "Msg", "SAP", "Service", "From-SAP", "Opcode", "Bytes", "Date", "Reason"
-    );
-    for d in rows {
-        o += &format!(
-            "{:>10}  {:<16}  {:<16}  {:>10}  {:>8}  {:>8}  {:<20}  {}\n",
-            d.seq,
-            d.sap,
-            d.service,
-            d.src_sap,
-            d.opcode,
-            d.bytes,
+    const COLS: &[Col] = &[
+        ("Msg", 10, R),
+        ("SAP", 16, L),
+        ("Service", 16, L),
+        ("From-SAP", 10, R),
+        ("Opcode", 8, R),
+        ("Bytes", 8, R),
+        ("Date", 20, L),
+        ("Reason", 0, L),
+    ];
+    table(COLS, rows, |d| {
+        vec![
+            d.seq.to_string(),
+            d.sap.clone(),
+            d.service.clone(),
+            d.src_sap.to_string(),
+            d.opcode.to_string(),
+            d.bytes.to_string(),
             time(d.time_ms),
-            d.reason
-        );
-    }
-    o
+            d.reason.clone(),
+        ]
+    })
 }
 
 /// Render a response for a human, or as JSON.
