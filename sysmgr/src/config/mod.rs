@@ -215,9 +215,7 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
         .unwrap_or(10_000) as u64;
 
     let mut min_lifetime_floor = DEFAULT_MIN_LIFETIME_FLOOR;
-    if let Some(item) = t.get("lab")
-        && let Some(mut lab) = walk::table(&mut ctx, "lab", item, "lab".into())
-    {
+    if let Some(mut lab) = t.sub(&mut ctx, "lab") {
         if let Some(d) = lab
             .get("min-lifetime-floor")
             .and_then(|i| walk::duration(&mut ctx, "min-lifetime-floor", i))
@@ -230,9 +228,7 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
         services: 3,
         window: Duration::from_secs(10),
     };
-    if let Some(item) = t.get("failure-window")
-        && let Some(mut fw) = walk::table(&mut ctx, "failure-window", item, "failure-window".into())
-    {
+    if let Some(mut fw) = t.sub(&mut ctx, "failure-window") {
         if let Some(n) = fw
             .get("services")
             .and_then(|i| walk::int(&mut ctx, "services", i, 2, 10_000))
@@ -248,9 +244,7 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
         fw.finish(&mut ctx);
     }
     let mut mts_limits = crate::broker::Limits::default();
-    if let Some(item) = t.get("mts")
-        && let Some(mut m) = walk::table(&mut ctx, "mts", item, "mts".into())
-    {
+    if let Some(mut m) = t.sub(&mut ctx, "mts") {
         if let Some(n) = m
             .get("queue-max-messages")
             .and_then(|i| walk::int(&mut ctx, "queue-max-messages", i, 1, 100_000_000))

@@ -273,13 +273,10 @@ fn parse_ha(
     sys: &SysmgrConfig,
     kinds: RestartKinds,
 ) -> HaPolicies {
-    let Some(item) = ha.get(key) else {
+    let Some(mut t) = ha.sub(ctx, key) else {
         return HaPolicies::default();
     };
-    let Some(mut t) = walk::table(ctx, key, item, format!("ha.{key}")) else {
-        return HaPolicies::default();
-    };
-    let path = format!("ha.{key}");
+    let path = t.path.clone();
     let primary = parse_policy(ctx, &mut t, "primary", &path, sys, kinds);
     let secondary = parse_policy(ctx, &mut t, "secondary", &path, sys, kinds);
     if secondary.is_some() && primary.is_none() && t.key_span("primary").is_none() {
@@ -345,9 +342,7 @@ pub fn parse_service(
     }
 
     let mut env = BTreeMap::new();
-    if let Some(i) = t.get("env")
-        && let Some(mut et) = walk::table(&mut ctx, "env", i, "env".into())
-    {
+    if let Some(mut et) = t.sub(&mut ctx, "env") {
         let keys = et.keys();
         for k in keys {
             if let Some(v) = et.get(&k).and_then(|vi| walk::string(&mut ctx, &k, vi)) {
@@ -448,13 +443,11 @@ pub fn parse_service(
         .and_then(|i| walk::duration(&mut ctx, "stop-timeout", i))
         .unwrap_or(Duration::from_secs(5));
     let mut heartbeat = None;
-    if let Some(i) = t.get("heartbeat")
-        && let Some(mut h) = walk::table(&mut ctx, "heartbeat", i, "heartbeat".into())
-    {
+    if let Some(mut h) = t.sub(&mut ctx, "heartbeat") {
         let iv_item = h.get("interval");
         let interval = iv_item.and_then(|i| walk::duration(&mut ctx, "interval", i));
         if iv_item.is_none() {
-            ctx.err(i.span(), "[heartbeat] needs an `interval`");
+            ctx.err(t.key_span("heartbeat"), "[heartbeat] needs an `interval`");
         }
         if interval.is_some_and(|d| d < Duration::from_millis(10)) {
             ctx.err(
@@ -476,9 +469,7 @@ pub fn parse_service(
 
     let mut saps = BTreeMap::new();
     let mut sap_spans = BTreeMap::new();
-    if let Some(i) = t.get("saps")
-        && let Some(mut st) = walk::table(&mut ctx, "saps", i, "saps".into())
-    {
+    if let Some(mut st) = t.sub(&mut ctx, "saps") {
         let keys = st.keys();
         for k in keys {
             let span = st.key_span(&k);
@@ -499,9 +490,7 @@ pub fn parse_service(
     }
 
     let (mut single_sup, mut dual_sup) = (HaPolicies::default(), HaPolicies::default());
-    if let Some(i) = t.get("ha")
-        && let Some(mut ha) = walk::table(&mut ctx, "ha", i, "ha".into())
-    {
+    if let Some(mut ha) = t.sub(&mut ctx, "ha") {
         single_sup = parse_ha(&mut ctx, &mut ha, "single-sup", sys, restart);
         dual_sup = parse_ha(&mut ctx, &mut ha, "dual-sup", sys, restart);
         ha.finish(&mut ctx);

@@ -94,6 +94,17 @@ impl<'d> Tbl<'d> {
         self.t.key(key).and_then(|k| k.span())
     }
 
+    /// The table under `key` (marked understood), if it is there; a non-table is an error.
+    pub fn sub(&mut self, ctx: &mut Ctx<'_>, key: &str) -> Option<Tbl<'d>> {
+        let item = self.get(key)?;
+        let path = if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        };
+        table(ctx, key, item, path)
+    }
+
     /// Report every key that no `get` asked for.
     pub fn finish(self, ctx: &mut Ctx<'_>) {
         for (k, _) in self.t.iter() {
