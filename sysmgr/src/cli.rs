@@ -118,6 +118,26 @@ pub enum ShowCmd {
         #[command(subcommand)]
         cmd: SystemCmd,
     },
+    /// show bfd neighbors [details] (answered by the bfd service)
+    Bfd {
+        #[command(subcommand)]
+        cmd: BfdCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BfdCmd {
+    /// Sessions: addresses, discriminators, states, hold-down, uptime, flaps.
+    Neighbors {
+        #[command(subcommand)]
+        cmd: Option<NeighborsCmd>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NeighborsCmd {
+    /// Every session in full: timers, diagnostics, counters.
+    Details,
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,6 +259,7 @@ pub fn request_for(cmd: &Cmd) -> Option<(Request, View)> {
                             },
                     },
             } => (Request::ShowService { name: name.clone() }, View::Plain),
+            ShowCmd::Bfd { .. } => return None,
         },
         Cmd::Restart {
             cmd: RestartCmd::Service { name, stateless },

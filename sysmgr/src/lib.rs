@@ -8,7 +8,8 @@
 //! - [`spawn`]: fork/exec with async-signal-safe children;
 //! - [`notify`]: the sd_notify server;
 //! - [`proclog`]: the persistent process log and core records;
-//! - [`control`] and [`cli`]: the MTS control path and its renderer.
+//! - [`control`] and [`cli`]: the MTS control path and its renderer;
+//! - [`services`]: shows answered by a service over MTS (`show bfd neighbors`).
 
 pub mod boot;
 pub mod broker;
@@ -21,6 +22,7 @@ pub mod notify;
 pub mod outlog;
 pub mod procfs;
 pub mod proclog;
+pub mod services;
 pub mod spawn;
 pub mod supervisor;
 pub mod syslog;

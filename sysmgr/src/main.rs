@@ -31,15 +31,29 @@ fn main() -> ExitCode {
             }
         },
         cmd => {
-            let Some((req, view)) = cli::request_for(cmd) else {
-                return ExitCode::FAILURE;
-            };
             let socket = match cli::socket_path(&args.config, args.data_dir.as_deref()) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("cannot find the sysmgr socket: {e}");
                     return ExitCode::FAILURE;
                 }
+            };
+            if let Cmd::Show { cmd } = cmd
+                && let Some(show) = sysmgr::services::for_cmd(cmd)
+            {
+                return match sysmgr::services::run(&socket, show, args.json) {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("% {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            let Some((req, view)) = cli::request_for(cmd) else {
+                return ExitCode::FAILURE;
             };
             match sysmgr::control::request(&socket, &req) {
                 Ok(resp) => {

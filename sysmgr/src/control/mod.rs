@@ -80,3 +80,52 @@ pub fn request(socket: &Path, req: &proto::Request) -> Result<proto::Response, M
     let resp = mts::io::read_frame(&mut s, DEFAULT_MAX_PAYLOAD)?;
     codec::decode(&resp.into_result()?)
 }
+
+/// The CLI side of a service-specific show: resolve the service's SAP by name, send it one
+/// request and wait (up to `deadline`) for its answer. A service that is restarting answers when
+/// it is back, since MTS queues the request for it.
+pub fn request_service(
+    socket: &Path,
+    sap_name: &str,
+    opcode: u32,
+    payload: Vec<u8>,
+    deadline: std::time::Duration,
+) -> Result<Vec<u8>, MtsError> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(deadline))?;
+    let lookup = Frame::request(
+        sap::CLI,
+        sap::BROKER,
+        mts::proto::OP_LOOKUP,
+        1,
+        codec::encode(&sap_name.to_string())?,
+    );
+    mts::io::write_frame(&mut s, &lookup)?;
+    let dst: u32 = codec::decode(&read_reply(&mut s, 1)?.into_result()?)?;
+    let mut req = Frame::request(sap::CLI, dst, opcode, 2, payload);
+    req.header.flags = mts::Flags(mts::Flags::REQUEST);
+    mts::io::write_frame(&mut s, &req)?;
+    match read_reply(&mut s, 2) {
+        Err(MtsError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(MtsError::Remote(format!(
+                "service {sap_name} did not answer within {deadline:?}"
+            )))
+        }
+        r => r?.into_result(),
+    }
+}
+
+/// The response to request `id`, skipping anything else that arrives.
+fn read_reply(s: &mut std::os::unix::net::UnixStream, id: u64) -> Result<Frame, MtsError> {
+    loop {
+        let f = mts::io::read_frame(s, DEFAULT_MAX_PAYLOAD)?;
+        if f.header.reply_to == id {
+            return Ok(f);
+        }
+    }
+}
