@@ -30,6 +30,8 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+pub mod netns;
+
 /// Poll `f` every 20 ms until it returns Some or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + timeout;
