@@ -2,8 +2,11 @@
 //!
 //! - `sysmgr-bench restart [--kills N] [--out CSV]`: restart latency (see `restart.rs`).
 //! - `sysmgr-bench mts [--quick]`: MTS round trip and throughput (see `mts.rs`).
+//! - `sysmgr-bench bfd-restart --iface IF --from ADDR`: SIGKILL of bfd → its next packet on
+//!   the wire (see `bfd.rs`; run by `bench/run-bfd-restart.sh`).
 //! - `sysmgr-bench mts-echo`: the receiver service of the MTS benchmark (run by sysmgr).
 
+mod bfd;
 mod mts;
 mod pss;
 mod restart;
@@ -12,6 +15,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("restart") => restart::main(args),
+        Some("bfd-restart") => bfd::main(args),
         Some("mts") => mts::main(args),
         Some("mts-echo") => mts::echo(),
         Some("pss") => pss::main(args),
@@ -20,7 +24,7 @@ fn main() -> anyhow::Result<()> {
             mts::floor_echo(std::path::Path::new(&args.next().unwrap_or_default()))
         }
         _ => anyhow::bail!(
-            "usage: sysmgr-bench restart [--kills N] [--out CSV] | mts [--quick] | pss [--quick]"
+            "usage: sysmgr-bench restart [--kills N] [--out CSV] | mts [--quick] | pss [--quick] | bfd-restart --iface IF --from ADDR [--kills N]"
         ),
     }
 }

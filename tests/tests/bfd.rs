@@ -84,13 +84,23 @@ fn setup(n: u8) -> BfdLab {
         "bfd.conf",
         &format!(
             "[defaults]\ndesired-min-tx = \"50ms\"\nrequired-min-rx = \"50ms\"\nmultiplier = 3\n\
-             [[session]]\npeer = \"{}\"\nlocal = \"{}\"\ninterface = \"vs0\"\n\
-             [[session]]\npeer = \"{}\"\nlocal = \"{}\"\ninterface = \"vs1\"\n",
+             [[session]]\npeer = \"{}\"\nlocal = \"{}\"\ninterface = \"vs0\"\n",
             a(1, 2),
             a(1, 1),
-            a(2, 2),
-            a(2, 1)
         ),
+    );
+    // The BIRD session is not configured: a client service asks bfd for it over MTS, as BGP
+    // will, and reports the answer and every session event.
+    lab.service(
+        "bgp-sim",
+        &[
+            "--notify",
+            "--bfd-client",
+            &format!("bgp-sim:{}:{}:vs1", a(2, 2), a(2, 1)),
+            "--report",
+            "client.log",
+        ],
+        "depends-on = [\"bfd\"]\nreadiness = \"notify\"\n[saps]\nbgp-sim = 120\n",
     );
     lab.write(
         "bfd.toml",
@@ -205,6 +215,15 @@ fn sessions_come_up_at_50ms_and_a_peer_link_down_is_detected_in_time() {
     let f = l.frr.peer(&l.frr_peer);
     assert_eq!(f["remote-transmit-interval"], 50, "{f}");
     assert_eq!(f["remote-receive-interval"], 50, "{f}");
+    let requested = l.ours(&l.bird_addr);
+    assert_eq!(requested["owner"], "bgp-sim", "{requested}");
+    assert!(
+        l.lab
+            .report("client.log")
+            .contains(&format!("session Ok({})", requested["local_disc"])),
+        "{:?}",
+        l.lab.report("client.log")
+    );
     let text = l.lab.cli(&["show", "bfd", "neighbors"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("150(3)"));
 
@@ -228,6 +247,15 @@ fn sessions_come_up_at_50ms_and_a_peer_link_down_is_detected_in_time() {
         ns.ip(&["link", "set", ifname, "up"]);
     }
     l.wait_all_up(Duration::from_secs(15));
+    // The client was told, over MTS, both ways.
+    let events = l.lab.report("client.log");
+    let key = format!("{}%vs1", l.bird_addr);
+    for e in [
+        format!("event {key} Up->Down"),
+        format!("event {key} Init->Up"),
+    ] {
+        assert!(events.contains(&e), "{e} missing: {events:?}");
+    }
 }
 
 #[test]
@@ -322,4 +350,16 @@ fn a_stateless_restart_is_exactly_one_flap_for_each_peer() {
         disc0,
         "a stateless start begins new sessions"
     );
+    // The client asked again for its session once bfd said it started without state.
+    let log = l.lab.report("client.log");
+    assert!(
+        log.contains(&"bfd started stateless".to_string()),
+        "{log:?}"
+    );
+    assert_eq!(
+        log.iter().filter(|x| x.starts_with("session Ok(")).count(),
+        2,
+        "{log:?}"
+    );
+    assert_eq!(l.ours(&l.bird_addr)["owner"], "bgp-sim");
 }

@@ -44,7 +44,9 @@ struct Stored {
 struct Sess {
     spec: SessionSpec,
     fsm: Session,
-    tx: UdpSocket,
+    /// Sent on directly (non-blocking `sendto`): a tokio socket refuses to write until the
+    /// reactor has reported it writable, which would drop the first packet after a restart.
+    tx: std::net::UdpSocket,
     source_port: u16,
     ifindex: u32,
 }
@@ -213,10 +215,7 @@ impl Instance {
             }
         };
         let source_port = std.local_addr().map(|a| a.port()).unwrap_or(0);
-        let tx = UdpSocket::from_std(std).map_err(|source| BfdError::Socket {
-            step: "register tx socket",
-            source,
-        })?;
+        let tx = std;
         let ifindex = spec
             .key
             .interface
@@ -305,7 +304,7 @@ impl Instance {
                 Action::Checkpoint => {}
                 Action::Send(p) => {
                     let to = SocketAddrV4::new(key.peer, network::PORT);
-                    if let Err(e) = s.tx.try_send_to(&p.encode(), to.into()) {
+                    if let Err(e) = s.tx.send_to(&p.encode(), to) {
                         tracing::debug!(session = %key, error = %e, "send failed");
                     }
                 }

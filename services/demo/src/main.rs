@@ -41,6 +41,10 @@ const HELP: &str = "sysmgr-demo [options]
                         keep writing c/N+1, c/N+2, ... durably, reporting \"acked N\" after each ack
   --pss-txn-loop        keep committing 50 keys with the same value in one transaction each;
                         on start, report whether all 50 agree
+  --bfd-client SAP:PEER:LOCAL:IF
+                        bind SAP, subscribe to bfd's session events and ask bfd for a 50 ms x 3
+                        session to PEER (again after bfd starts without its state); report the
+                        answer and every event
   --stamp FILE          (benchmark) append \"PID CLOCK_MONOTONIC-ns\" taken at the first instruction
 
 Started as `run` (a symlink in a daemontools/runit/s6 service directory), the options are read
@@ -81,6 +85,7 @@ struct Opts {
     pss_peek: Option<String>,
     pss_txn_loop: bool,
     pss_stream: bool,
+    bfd_client: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -114,6 +119,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--pss-peek" => o.pss_peek = Some(val(a)?),
             "--pss-txn-loop" => o.pss_txn_loop = true,
             "--pss-stream" => o.pss_stream = true,
+            "--bfd-client" => o.bfd_client = Some(val(a)?),
             "--mts-try-bind" => o.mts_try_bind = Some(val(a)?),
             "--notify-fd" => {
                 o.notify_fd = Some(val(a)?.parse().map_err(|e| format!("--notify-fd: {e}"))?)
@@ -350,6 +356,75 @@ fn pss_demo(counter: bool, peek: Option<&str>, txn_loop: bool, report: Option<&s
     });
 }
 
+/// `--bfd-client SAP:PEER:LOCAL:IF`: what BGP does with BFD, as a fixture.
+fn bfd_client(spec: &str, report: Option<&str>) {
+    use bfd::proto::{Event, OP_EVENT, OP_SESSION_ADD, SessionKey, SessionSpec};
+    let say = reporter(report);
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (Some(name), Some(Ok(peer)), Some(Ok(local)), Some(ifname)) = (
+        parts.first(),
+        parts.get(1).map(|p| p.parse()),
+        parts.get(2).map(|p| p.parse()),
+        parts.get(3),
+    ) else {
+        return say(format!("bad --bfd-client {spec:?}"));
+    };
+    let want = SessionSpec {
+        key: SessionKey {
+            peer,
+            interface: Some(ifname.to_string()),
+        },
+        local: Some(local),
+        timers: bfd::fsm::Timers {
+            desired_min_tx: 50_000,
+            required_min_rx: 50_000,
+            detect_mult: 3,
+        },
+        owner: name.to_string(),
+    };
+    with_mts(report, |mut c| async move {
+        let me = match c.bind(name).await {
+            Ok(n) => n,
+            Err(e) => return say(format!("bind error: {e}")),
+        };
+        if let Err(e) = c.subscribe(me, OP_EVENT).await {
+            return say(format!("subscribe error: {e}"));
+        }
+        let ask = async |c: &mts::client::Client| {
+            let bfd = c.lookup(bfd::proto::SAP_NAME).await?;
+            c.request::<_, Result<u32, String>>(
+                me,
+                bfd,
+                OP_SESSION_ADD,
+                &want,
+                Duration::from_secs(10),
+            )
+            .await
+        };
+        match ask(&c).await {
+            Ok(r) => say(format!("session {r:?}")),
+            Err(e) => say(format!("session request error: {e}")),
+        }
+        while let Some(m) = c.recv().await {
+            match m.decode::<Event>() {
+                Ok(Event::Started { start }) => {
+                    say(format!("bfd started {start}"));
+                    if start != "stateful" {
+                        match ask(&c).await {
+                            Ok(r) => say(format!("session {r:?}")),
+                            Err(e) => say(format!("session request error: {e}")),
+                        }
+                    }
+                }
+                Ok(Event::StateChange { key, from, to, .. }) => {
+                    say(format!("event {key} {}->{}", from.word(), to.word()))
+                }
+                Err(e) => say(format!("undecodable event: {e}")),
+            }
+        }
+    });
+}
+
 /// Bind a SAP and handle what arrives (see `--mts-bind`), reporting every step.
 fn mts_receiver(name: &str, other: Option<&str>, report: Option<&str>) {
     let say = reporter(report);
@@ -491,6 +566,10 @@ fn main() {
             o.pss_txn_loop,
         );
         std::thread::spawn(move || pss_demo(counter, peek.as_deref(), txn, report.as_deref()));
+    }
+    if let Some(spec) = o.bfd_client.clone() {
+        let report = o.report.clone();
+        std::thread::spawn(move || bfd_client(&spec, report.as_deref()));
     }
     if let Some(name) = o.mts_bind.clone() {
         let (report, other) = (o.report.clone(), o.mts_try_bind.clone());

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# BFD restart on the wire: 100 SIGKILLs of bfd (stateful restart by sysmgr) while FRR's bfdd
+# peers with it at 50 ms x 3; time from each SIGKILL to the new instance's first packet as the
+# peer's interface receives it, next to the 150 ms Detection Time it must beat. Needs root
+# (network namespaces; packets stay inside them).
+#   bench/run-bfd-restart.sh [KILLS]      (default 100)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kills="${1:-100}"
+[ -x /usr/lib/frr/bfdd ] || { apt-get update; DEBIAN_FRONTEND=noninteractive apt-get install -y frr; }
+cargo build --release --locked -p sysmgr -p bfd -p sysmgr-bench
+root=$(pwd)
+dir=$(mktemp -d /tmp/bfd-bench.XXXXXX)
+chmod 755 "$dir"
+cleanup() {
+    [ -f "$dir/sysmgr.pid" ] && kill "$(cat "$dir/sysmgr.pid")" 2>/dev/null || true
+    sleep 0.5
+    for ns in bfdb-sut bfdb-frr; do
+        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+for ns in bfdb-sut bfdb-frr; do
+    ip netns del "$ns" 2>/dev/null || true
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="49152 65535"
+done
+ip link add vs0 netns bfdb-sut type veth peer name vf0 netns bfdb-frr
+ip -n bfdb-sut addr add 10.250.1.1/24 dev vs0
+ip -n bfdb-frr addr add 10.250.1.2/24 dev vf0
+ip -n bfdb-sut link set vs0 up
+ip -n bfdb-frr link set vf0 up
+
+mkdir -p "$dir/frr" "$dir/lab"
+echo "hostname peer" > "$dir/frr/zebra.conf"
+cat > "$dir/frr/bfdd.conf" <<CONF
+hostname peer
+!
+bfd
+ peer 10.250.1.1 local-address 10.250.1.2 interface vf0
+  receive-interval 50
+  transmit-interval 50
+  detect-multiplier 3
+ !
+!
+CONF
+chown -R frr:frr "$dir/frr"
+frr_args=(-d -u frr -g frr -P 0 --vty_socket "$dir/frr" -z "$dir/frr/zserv.api")
+ip netns exec bfdb-frr /usr/lib/frr/zebra "${frr_args[@]}" -i "$dir/frr/zebra.pid" -f "$dir/frr/zebra.conf"
+for _ in $(seq 100); do [ -S "$dir/frr/zserv.api" ] && break; sleep 0.05; done
+ip netns exec bfdb-frr /usr/lib/frr/bfdd "${frr_args[@]}" -i "$dir/frr/bfdd.pid" -f "$dir/frr/bfdd.conf" --bfdctl "$dir/frr/bfdd.sock"
+
+cat > "$dir/lab/sysmgr.toml" <<CONF
+name = "sup-bench"
+data-dir = "data"
+[lab]
+min-lifetime-floor = "1s"
+CONF
+cat > "$dir/lab/bfd.toml" <<CONF
+command = ["$root/target/release/bfd", "--config", "bfd.conf"]
+restart = ["stateful", "stateless"]
+readiness = "notify"
+heartbeat = { interval = "1s", misses = 3 }
+[saps]
+bfd = 110
+[ha.single-sup.primary]
+action = "stateful"
+max-retries = 1000
+min-lifetime = "1s"
+CONF
+cat > "$dir/lab/bfd.conf" <<CONF
+[[session]]
+peer = "10.250.1.2"
+local = "10.250.1.1"
+interface = "vs0"
+desired-min-tx = "50ms"
+required-min-rx = "50ms"
+multiplier = 3
+CONF
+ip netns exec bfdb-sut "$root/target/release/sysmgr" boot --config "$dir/lab/sysmgr.toml" \
+    > "$dir/sysmgr.log" 2>&1 &
+echo $! > "$dir/sysmgr.pid"
+vty() { vtysh --vty_socket "$dir/frr" -c "$1"; }
+for _ in $(seq 200); do
+    vty 'show bfd peers' 2>/dev/null | grep -q 'Status: up' && break
+    sleep 0.1
+done
+vty 'show bfd peers' | grep -q 'Status: up' || { echo "session did not come up"; cat "$dir/sysmgr.log"; exit 1; }
+sleep 1
+downs() { vty 'show bfd peers counters json' | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["session-down"])'; }
+before=$(downs)
+echo "command: bench/run-bfd-restart.sh $kills"
+ip netns exec bfdb-frr "$root/target/release/sysmgr-bench" bfd-restart --iface vf0 --from 10.250.1.1 --kills "$kills"
+sleep 1
+after=$(downs)
+echo
+echo "FRR bfdd session-down events during the run: $((after - before)) (before $before, after $after)"
