@@ -205,3 +205,53 @@ fn unsafe_zeroed<T: Copy>() -> T {
     // SAFETY: only used for plain C structs (sockaddr_in, msghdr) for which all-zero is valid.
     unsafe { std::mem::zeroed() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The receive path reports the TTL each packet arrived with (on loopback).
+    #[test]
+    fn recv_reports_ttl_and_interface() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        setsockopt_int(rx.as_raw_fd(), libc::IPPROTO_IP, libc::IP_RECVTTL, 1, "t").expect("ttl");
+        setsockopt_int(rx.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1, "p").expect("pi");
+        let to = rx.local_addr().expect("addr");
+        for ttl in [255, 254, 1] {
+            let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            setsockopt_int(tx.as_raw_fd(), libc::IPPROTO_IP, libc::IP_TTL, ttl, "t").expect("ttl");
+            tx.send_to(b"hello", to).expect("send");
+            let mut buf = [0u8; 64];
+            rx.set_nonblocking(false).expect("blocking");
+            let r = recv(rx.as_raw_fd(), &mut buf).or_else(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                recv(rx.as_raw_fd(), &mut buf)
+            });
+            let r = r.expect("recv");
+            assert_eq!(&buf[..r.len], b"hello");
+            assert_eq!(r.ttl, Some(ttl as u8));
+            assert_eq!(r.ifindex, ifindex("lo"));
+            assert_eq!(r.from.port(), tx.local_addr().expect("a").port());
+        }
+    }
+
+    #[test]
+    fn tx_sockets_use_rfc_5881_source_ports_and_ttl_255() {
+        let s = tx_socket(Some(Ipv4Addr::LOCALHOST), None, 12345).expect("tx");
+        let port = s.local_addr().expect("addr").port();
+        assert!(SRC_PORTS.contains(&port), "{port}");
+        let mut v: i32 = 0;
+        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+        // SAFETY: v and len are valid for the kernel to write.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_TTL,
+                (&mut v as *mut i32).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!((rc, v), (0, 255));
+    }
+}
