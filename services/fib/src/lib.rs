@@ -1,0 +1,3 @@
+pub mod kernel;
+pub mod netlink;
+pub mod table;

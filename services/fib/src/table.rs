@@ -1,0 +1,383 @@
+//! The forwarding table as the FIB means it, independent of the kernel: routes from producers,
+//! ECMP path sets, and for sticky routes the load distribution table (LDT) of buckets.
+//!
+//! Sticky ECMP (persistent load balancing): a sticky route has `buckets` buckets, each assigned
+//! to one path. When a path fails only its buckets move (spread over the survivors, marked
+//! replaced); every other bucket keeps its path. When it comes back: with auto-recovery exactly
+//! the buckets that moved return; without, nothing moves until a new path appears or the operator
+//! clears the route (a full recompute).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Prefix {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn new(addr: Ipv4Addr, len: u8) -> Option<Prefix> {
+        if len > 32 {
+            return None;
+        }
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        Some(Prefix {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            len,
+        })
+    }
+
+    /// `other` lies inside `self`.
+    pub fn covers(&self, other: &Prefix) -> bool {
+        other.len >= self.len
+            && Prefix::new(other.addr, self.len).is_some_and(|p| p.addr == self.addr)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Prefix, String> {
+        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{s:?}: bad IPv4 address"))?;
+        let len: u8 = l.parse().map_err(|_| format!("{s:?}: bad prefix length"))?;
+        Prefix::new(addr, len).ok_or_else(|| format!("{s:?}: prefix length above 32"))
+    }
+}
+
+/// One path: a gateway reached through an interface.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Path {
+    pub gw: Ipv4Addr,
+    pub ifname: String,
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} dev {}", self.gw, self.ifname)
+    }
+}
+
+/// The load distribution table of a sticky route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ldt {
+    /// The path of each bucket.
+    pub slots: Vec<Path>,
+    /// The path each bucket had at the last full computation (what auto-recovery restores).
+    pub original: Vec<Path>,
+}
+
+impl Ldt {
+    /// Spread `buckets` buckets over `paths` round robin (a full computation).
+    pub fn compute(paths: &[Path], buckets: usize) -> Ldt {
+        let slots: Vec<Path> = (0..buckets).map(|i| paths[i % paths.len()].clone()).collect();
+        Ldt {
+            original: slots.clone(),
+            slots,
+        }
+    }
+
+    /// Buckets whose path is not their original one (`*` in `show cef`).
+    pub fn replaced(&self, i: usize) -> bool {
+        self.slots[i] != self.original[i]
+    }
+
+    fn count(&self, p: &Path) -> usize {
+        self.slots.iter().filter(|s| *s == p).count()
+    }
+
+    /// Move the buckets of paths no longer in `live` to the least loaded survivors.
+    fn drop_dead(&mut self, live: &[Path]) {
+        for i in 0..self.slots.len() {
+            if live.contains(&self.slots[i]) {
+                continue;
+            }
+            let to = live
+                .iter()
+                .min_by_key(|p| (self.count(p), (*p).clone()))
+                .cloned();
+            if let Some(to) = to {
+                self.slots[i] = to;
+            }
+        }
+    }
+
+    /// Auto-recovery: buckets whose original path is live again go back to it.
+    fn restore(&mut self, live: &[Path]) {
+        for i in 0..self.slots.len() {
+            if self.slots[i] != self.original[i] && live.contains(&self.original[i]) {
+                self.slots[i] = self.original[i].clone();
+            }
+        }
+    }
+}
+
+/// A route in the table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub producer: String,
+    /// Sorted, without duplicates.
+    pub paths: Vec<Path>,
+    pub sticky: bool,
+    /// From a producer that restarted and has not re-sent it yet.
+    pub stale: bool,
+    pub ldt: Option<Ldt>,
+}
+
+/// How sticky routes behave (from the service configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StickyConfig {
+    pub buckets: usize,
+    pub auto_recovery: bool,
+    /// Routes inside these prefixes are sticky whatever the producer says.
+    pub prefixes: Vec<Prefix>,
+}
+
+impl Default for StickyConfig {
+    fn default() -> StickyConfig {
+        StickyConfig {
+            buckets: 64,
+            auto_recovery: false,
+            prefixes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Table {
+    pub routes: BTreeMap<Prefix, Entry>,
+    pub sticky: StickyConfig,
+}
+
+fn norm(mut paths: Vec<Path>) -> Vec<Path> {
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+impl Table {
+    pub fn new(sticky: StickyConfig) -> Table {
+        Table {
+            routes: BTreeMap::new(),
+            sticky,
+        }
+    }
+
+    fn is_sticky(&self, p: &Prefix, flag: bool) -> bool {
+        flag || self.sticky.prefixes.iter().any(|s| s.covers(p))
+    }
+
+    /// Announce (or re-announce) a route; returns whether anything changed.
+    pub fn announce(&mut self, prefix: Prefix, producer: &str, paths: Vec<Path>, sticky: bool) -> bool {
+        let paths = norm(paths);
+        if paths.is_empty() {
+            return self.withdraw(&prefix, producer);
+        }
+        let sticky = self.is_sticky(&prefix, sticky);
+        let buckets = self.sticky.buckets.max(1);
+        let auto = self.sticky.auto_recovery;
+        let new = match self.routes.get(&prefix) {
+            Some(old) => {
+                let mut e = old.clone();
+                e.producer = producer.to_string();
+                e.stale = false;
+                e.sticky = sticky;
+                e.ldt = match (sticky, old.ldt.clone()) {
+                    (false, _) => None,
+                    (true, None) => Some(Ldt::compute(&paths, buckets)),
+                    (true, Some(mut ldt)) => {
+                        let known = |p: &Path| ldt.original.contains(p) || ldt.slots.contains(p);
+                        if paths.iter().any(|p| !known(p)) {
+                            // A new path: full recompute.
+                            Some(Ldt::compute(&paths, buckets))
+                        } else {
+                            ldt.drop_dead(&paths);
+                            if auto {
+                                ldt.restore(&paths);
+                            }
+                            Some(ldt)
+                        }
+                    }
+                };
+                e.paths = paths;
+                e
+            }
+            None => Entry {
+                producer: producer.to_string(),
+                ldt: sticky.then(|| Ldt::compute(&paths, buckets)),
+                paths,
+                sticky,
+                stale: false,
+            },
+        };
+        let changed = self.routes.get(&prefix) != Some(&new);
+        self.routes.insert(prefix, new);
+        changed
+    }
+
+    /// Withdraw a route; only its producer may.
+    pub fn withdraw(&mut self, prefix: &Prefix, producer: &str) -> bool {
+        if self.routes.get(prefix).is_some_and(|e| e.producer == producer) {
+            self.routes.remove(prefix);
+            return true;
+        }
+        false
+    }
+
+    /// `clear route PREFIX`: recompute the distribution from the current paths.
+    pub fn clear(&mut self, prefix: &Prefix) -> Result<(), String> {
+        let buckets = self.sticky.buckets.max(1);
+        let e = self
+            .routes
+            .get_mut(prefix)
+            .ok_or_else(|| format!("no route {prefix}"))?;
+        if e.sticky {
+            e.ldt = Some(Ldt::compute(&e.paths, buckets));
+        }
+        Ok(())
+    }
+
+    /// A producer restarted: its routes are stale until it re-sends them.
+    pub fn mark_stale(&mut self, producer: &str) -> Vec<Prefix> {
+        let mut out = Vec::new();
+        for (p, e) in self.routes.iter_mut() {
+            if e.producer == producer && !e.stale {
+                e.stale = true;
+                out.push(*p);
+            }
+        }
+        out
+    }
+
+    /// End-of-RIB (or the stale timer): remove what the producer did not re-send.
+    pub fn sweep(&mut self, producer: &str) -> Vec<Prefix> {
+        let gone: Vec<Prefix> = self
+            .routes
+            .iter()
+            .filter(|(_, e)| e.producer == producer && e.stale)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &gone {
+            self.routes.remove(p);
+        }
+        gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(n: u8) -> Path {
+        Path {
+            gw: Ipv4Addr::new(10, 0, 0, n),
+            ifname: "eth0".into(),
+        }
+    }
+    fn pfx() -> Prefix {
+        "192.0.2.0/24".parse().expect("prefix")
+    }
+    fn table(auto: bool) -> Table {
+        Table::new(StickyConfig {
+            buckets: 12,
+            auto_recovery: auto,
+            prefixes: vec![],
+        })
+    }
+    fn slots(t: &Table) -> Vec<Path> {
+        t.routes[&pfx()].ldt.clone().expect("ldt").slots
+    }
+
+    #[test]
+    fn prefixes_parse_and_normalise() {
+        let p: Prefix = "10.1.2.3/16".parse().expect("p");
+        assert_eq!(p.to_string(), "10.1.0.0/16");
+        assert!(p.covers(&"10.1.200.0/24".parse().expect("p")));
+        assert!(!p.covers(&"10.0.0.0/8".parse().expect("p")));
+        assert!("10.0.0.0/33".parse::<Prefix>().is_err());
+    }
+
+    #[test]
+    fn a_failed_path_moves_only_its_buckets() {
+        let mut t = table(false);
+        t.announce(pfx(), "bgp", vec![path(1), path(2), path(3)], true);
+        let before = slots(&t);
+        t.announce(pfx(), "bgp", vec![path(1), path(3)], true);
+        let after = slots(&t);
+        for i in 0..12 {
+            if before[i] == path(2) {
+                assert_ne!(after[i], path(2));
+                assert!(t.routes[&pfx()].ldt.as_ref().expect("ldt").replaced(i));
+            } else {
+                assert_eq!(after[i], before[i], "bucket {i} moved");
+            }
+        }
+        // Spread evenly over the survivors.
+        assert_eq!(after.iter().filter(|p| **p == path(1)).count(), 6);
+    }
+
+    #[test]
+    fn a_returning_path_moves_nothing_without_auto_recovery() {
+        let mut t = table(false);
+        t.announce(pfx(), "bgp", vec![path(1), path(2), path(3)], true);
+        t.announce(pfx(), "bgp", vec![path(1), path(3)], true);
+        let degraded = slots(&t);
+        t.announce(pfx(), "bgp", vec![path(1), path(2), path(3)], true);
+        assert_eq!(slots(&t), degraded);
+        // clear route: full recompute.
+        t.clear(&pfx()).expect("clear");
+        assert_eq!(slots(&t), Ldt::compute(&[path(1), path(2), path(3)], 12).slots);
+    }
+
+    #[test]
+    fn auto_recovery_restores_exactly_the_moved_buckets() {
+        let mut t = table(true);
+        t.announce(pfx(), "bgp", vec![path(1), path(2), path(3)], true);
+        let orig = slots(&t);
+        t.announce(pfx(), "bgp", vec![path(1), path(3)], true);
+        t.announce(pfx(), "bgp", vec![path(1), path(2), path(3)], true);
+        assert_eq!(slots(&t), orig);
+    }
+
+    #[test]
+    fn a_new_path_recomputes() {
+        let mut t = table(false);
+        t.announce(pfx(), "bgp", vec![path(1), path(2)], true);
+        t.announce(pfx(), "bgp", vec![path(1), path(2), path(4)], true);
+        assert_eq!(slots(&t), Ldt::compute(&[path(1), path(2), path(4)], 12).slots);
+    }
+
+    #[test]
+    fn stale_routes_go_only_at_sweep() {
+        let mut t = table(false);
+        t.announce(pfx(), "bgp", vec![path(1)], false);
+        let other: Prefix = "198.51.100.0/24".parse().expect("p");
+        t.announce(other, "bgp", vec![path(1)], false);
+        assert_eq!(t.mark_stale("bgp").len(), 2);
+        t.announce(other, "bgp", vec![path(1)], false);
+        assert!(t.routes[&pfx()].stale && !t.routes[&other].stale);
+        assert_eq!(t.sweep("bgp"), vec![pfx()]);
+        assert!(t.routes.contains_key(&other));
+    }
+
+    #[test]
+    fn sticky_by_configured_prefix_list() {
+        let mut t = Table::new(StickyConfig {
+            buckets: 4,
+            auto_recovery: false,
+            prefixes: vec!["192.0.0.0/8".parse().expect("p")],
+        });
+        t.announce(pfx(), "static", vec![path(1), path(2)], false);
+        assert!(t.routes[&pfx()].sticky);
+    }
+}
