@@ -53,7 +53,12 @@ pub enum Cmd {
     },
     /// Re-read the policy files; only services whose policy changed are touched.
     Reload,
-    /// clear pss service NAME
+    /// ip route add|del (static routes, via the fib service)
+    Ip {
+        #[command(subcommand)]
+        cmd: IpCmd,
+    },
+    /// clear pss service NAME | clear route PREFIX
     Clear {
         #[command(subcommand)]
         cmd: ClearCmd,
@@ -66,6 +71,8 @@ pub enum ClearCmd {
         #[command(subcommand)]
         cmd: ClearPssCmd,
     },
+    /// Recompute a sticky route's load distribution from its current paths (answered by fib).
+    Route { prefix: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +130,48 @@ pub enum ShowCmd {
         #[command(subcommand)]
         cmd: BfdCmd,
     },
+    /// show ip route [PREFIX] (answered by the fib service)
+    Ip {
+        #[command(subcommand)]
+        cmd: ShowIpCmd,
+    },
+    /// show cef PREFIX detail: path list and load distribution table (answered by fib)
+    Cef {
+        prefix: String,
+        #[arg(value_parser = ["detail"])]
+        detail: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShowIpCmd {
+    /// The FIB's routes (all, or those inside PREFIX).
+    Route { prefix: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IpCmd {
+    /// Static routes, sent to the fib service as producer "static".
+    Route {
+        #[command(subcommand)]
+        cmd: IpRouteCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IpRouteCmd {
+    /// ip route add PREFIX --via GW%IF [--via GW%IF ...] [--sticky]
+    Add {
+        prefix: String,
+        /// A path: gateway%interface (repeat for ECMP).
+        #[arg(long, required = true)]
+        via: Vec<String>,
+        /// Sticky ECMP (persistent load balancing).
+        #[arg(long)]
+        sticky: bool,
+    },
+    /// ip route del PREFIX
+    Del { prefix: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,7 +308,7 @@ pub fn request_for(cmd: &Cmd) -> Option<(Request, View)> {
                             },
                     },
             } => (Request::ShowService { name: name.clone() }, View::Plain),
-            ShowCmd::Bfd { .. } => return None,
+            ShowCmd::Bfd { .. } | ShowCmd::Ip { .. } | ShowCmd::Cef { .. } => return None,
         },
         Cmd::Restart {
             cmd: RestartCmd::Service { name, stateless },
@@ -276,7 +325,12 @@ pub fn request_for(cmd: &Cmd) -> Option<(Request, View)> {
                 cmd: ClearPssCmd::Service { name },
             },
         } => (Request::ClearPss { name: name.clone() }, View::Plain),
-        Cmd::Boot { .. } | Cmd::Policy { .. } => return None,
+        Cmd::Boot { .. }
+        | Cmd::Policy { .. }
+        | Cmd::Ip { .. }
+        | Cmd::Clear {
+            cmd: ClearCmd::Route { .. },
+        } => return None,
     })
 }
 

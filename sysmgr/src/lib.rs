@@ -9,7 +9,8 @@
 //! - [`notify`]: the sd_notify server;
 //! - [`proclog`]: the persistent process log and core records;
 //! - [`control`] and [`cli`]: the MTS control path and its renderer;
-//! - [`services`]: shows answered by a service over MTS (`show bfd neighbors`).
+//! - [`services`]: commands answered by a service over MTS (`show bfd neighbors`, `show ip
+//!   route`, `show cef`, `clear route`, static routes).
 
 pub mod boot;
 pub mod broker;

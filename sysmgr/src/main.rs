@@ -38,9 +38,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            if let Cmd::Show { cmd } = cmd
-                && let Some(show) = sysmgr::services::for_cmd(cmd)
-            {
+            if let Some(show) = sysmgr::services::for_cmd(cmd) {
                 return match sysmgr::services::run(&socket, show, args.json) {
                     Ok(text) => {
                         print!("{text}");

@@ -312,3 +312,21 @@ impl MtsConn {
         f.into_result().map(|_| ()).map_err(|e| e.to_string())
     }
 }
+
+/// One request to a service's SAP through the broker, as the CLI makes it; the typed answer.
+pub fn ask<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+    lab: &Lab,
+    sap: &str,
+    opcode: u32,
+    v: &T,
+) -> R {
+    let raw = sysmgr::control::request_service(
+        &lab.socket(),
+        sap,
+        opcode,
+        mts::codec::encode(v).expect("encode"),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("request {opcode} to {sap}: {e}"));
+    mts::codec::decode(&raw).expect("decode answer")
+}

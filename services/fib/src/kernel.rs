@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 
-use crate::netlink::{Errno, NhKind, Nexthop, Resilient, Route, RtMsg};
+use crate::netlink::{Errno, Nexthop, NhKind, Resilient, Route, RtMsg};
 use crate::table::{Path, Prefix, Table};
 
 /// What the kernel holds of ours (objects with our protocol number).
@@ -72,7 +72,11 @@ impl Backend for Kernel {
     fn read(&mut self, proto: u8) -> Result<(KState, u32), String> {
         let mut k = KState::default();
         let mut max = 0;
-        for m in self.nl.dump(RtMsg::GetNexthops).map_err(|e| e.to_string())? {
+        for m in self
+            .nl
+            .dump(RtMsg::GetNexthops)
+            .map_err(|e| e.to_string())?
+        {
             if let RtMsg::NewNexthop(nh) = m {
                 max = max.max(nh.id);
                 if nh.protocol == proto {
@@ -123,10 +127,8 @@ impl Backend for Memory {
                     RtMsg::NewNexthop(nh) => {
                         self.state.nexthops.insert(nh.id, nh);
                     }
-                    RtMsg::DelNexthop(id) => {
-                        if self.state.nexthops.remove(&id).is_none() {
-                            return Err(Errno(libc::ENOENT));
-                        }
+                    RtMsg::DelNexthop(id) if self.state.nexthops.remove(&id).is_none() => {
+                        return Err(Errno(libc::ENOENT));
                     }
                     RtMsg::NewRoute(r) => {
                         if let Some(p) = Prefix::new(r.dst, r.dst_len) {
@@ -146,7 +148,11 @@ impl Backend for Memory {
     }
     fn ifindex(&self, name: &str) -> Option<u32> {
         // Stable made-up indexes: names are all a memory kernel has.
-        Some(name.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) | 1)
+        Some(
+            name.bytes()
+                .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+                | 1,
+        )
     }
     fn name(&self) -> &'static str {
         "memory"
@@ -270,14 +276,19 @@ impl Programmer {
         let mut fresh: BTreeMap<Vec<Gw>, Vec<Prefix>> = BTreeMap::new();
         for (p, e) in &t.routes {
             let Some(ldt) = &e.ldt else { continue };
-            let Some(want): Option<Vec<Gw>> = ldt.slots.iter().map(|s| resolve(s)).collect()
-            else {
-                rep.errors.push(format!("{p}: an interface of its paths does not exist"));
+            let Some(want): Option<Vec<Gw>> = ldt.slots.iter().map(&resolve).collect() else {
+                rep.errors
+                    .push(format!("{p}: an interface of its paths does not exist"));
                 continue;
             };
             let cur = m.routes.get(p).and_then(|r| r.nh_id);
             match cur.filter(|g| res_members.get(g).is_some_and(|s| s.len() == want.len())) {
-                Some(g) => by_group.entry(g).or_default().entry(want).or_default().push(*p),
+                Some(g) => by_group
+                    .entry(g)
+                    .or_default()
+                    .entry(want)
+                    .or_default()
+                    .push(*p),
                 None => fresh.entry(want).or_default().push(*p),
             }
         }
@@ -300,7 +311,10 @@ impl Programmer {
                                 RtMsg::NewNexthop(Nexthop {
                                     id: *slot,
                                     protocol: proto,
-                                    kind: NhKind::Gateway { gw: gw.0, oif: gw.1 },
+                                    kind: NhKind::Gateway {
+                                        gw: gw.0,
+                                        oif: gw.1,
+                                    },
                                 }),
                                 NLM_F_CREATE | NLM_F_REPLACE,
                             ));
@@ -332,7 +346,10 @@ impl Programmer {
                             RtMsg::NewNexthop(Nexthop {
                                 id: *s,
                                 protocol: proto,
-                                kind: NhKind::Gateway { gw: gw.0, oif: gw.1 },
+                                kind: NhKind::Gateway {
+                                    gw: gw.0,
+                                    oif: gw.1,
+                                },
                             }),
                             NLM_F_CREATE | NLM_F_REPLACE,
                         ));
@@ -370,9 +387,9 @@ impl Programmer {
             if e.ldt.is_some() {
                 continue;
             }
-            let Some(gws): Option<Vec<Gw>> = e.paths.iter().map(|s| resolve(s)).collect()
-            else {
-                rep.errors.push(format!("{p}: an interface of its paths does not exist"));
+            let Some(gws): Option<Vec<Gw>> = e.paths.iter().map(&resolve).collect() else {
+                rep.errors
+                    .push(format!("{p}: an interface of its paths does not exist"));
                 continue;
             };
             let mut ids = Vec::with_capacity(gws.len());
@@ -385,7 +402,10 @@ impl Programmer {
                             RtMsg::NewNexthop(Nexthop {
                                 id,
                                 protocol: proto,
-                                kind: NhKind::Gateway { gw: gw.0, oif: gw.1 },
+                                kind: NhKind::Gateway {
+                                    gw: gw.0,
+                                    oif: gw.1,
+                                },
                             }),
                             NLM_F_CREATE | NLM_F_REPLACE,
                         ));

@@ -60,7 +60,10 @@ pub struct Resilient {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NhKind {
     /// `via GW dev OIF`
-    Gateway { gw: Ipv4Addr, oif: u32 },
+    Gateway {
+        gw: Ipv4Addr,
+        oif: u32,
+    },
     /// `group ID[,W]/...`, hash-threshold or resilient.
     Group {
         members: Vec<(u32, u8)>,
@@ -167,7 +170,11 @@ impl RtMsg {
                     if let Some(r) = resilient {
                         let mut n = Vec::new();
                         attr(&mut n, NHA_RES_GROUP_BUCKETS, &r.buckets.to_ne_bytes());
-                        attr(&mut n, NHA_RES_GROUP_IDLE_TIMER, &r.idle_timer.to_ne_bytes());
+                        attr(
+                            &mut n,
+                            NHA_RES_GROUP_IDLE_TIMER,
+                            &r.idle_timer.to_ne_bytes(),
+                        );
                         attr(
                             &mut n,
                             NHA_RES_GROUP_UNBALANCED_TIMER,
@@ -564,7 +571,9 @@ mod tests {
         ours[6] |= 0x05; // REQUEST|ACK as the socket adds them
         assert_eq!(ours, ip);
         let m = NetlinkMessage::<RtMsg>::deserialize(&b).expect("parse");
-        assert!(matches!(m.payload, NetlinkPayload::InnerMessage(RtMsg::NewNexthop(n)) if n.id == 7));
+        assert!(
+            matches!(m.payload, NetlinkPayload::InnerMessage(RtMsg::NewNexthop(n)) if n.id == 7)
+        );
     }
 
     #[test]
@@ -584,6 +593,9 @@ mod tests {
         let b = encode(RtMsg::NewNexthop(nh.clone()), 0, 0);
         assert_eq!(b.len(), 88);
         let m = NetlinkMessage::<RtMsg>::deserialize(&b).expect("parse");
-        assert_eq!(m.payload, NetlinkPayload::InnerMessage(RtMsg::NewNexthop(nh)));
+        assert_eq!(
+            m.payload,
+            NetlinkPayload::InnerMessage(RtMsg::NewNexthop(nh))
+        );
     }
 }

@@ -80,7 +80,9 @@ pub struct Ldt {
 impl Ldt {
     /// Spread `buckets` buckets over `paths` round robin (a full computation).
     pub fn compute(paths: &[Path], buckets: usize) -> Ldt {
-        let slots: Vec<Path> = (0..buckets).map(|i| paths[i % paths.len()].clone()).collect();
+        let slots: Vec<Path> = (0..buckets)
+            .map(|i| paths[i % paths.len()].clone())
+            .collect();
         Ldt {
             original: slots.clone(),
             slots,
@@ -178,7 +180,13 @@ impl Table {
     }
 
     /// Announce (or re-announce) a route; returns whether anything changed.
-    pub fn announce(&mut self, prefix: Prefix, producer: &str, paths: Vec<Path>, sticky: bool) -> bool {
+    pub fn announce(
+        &mut self,
+        prefix: Prefix,
+        producer: &str,
+        paths: Vec<Path>,
+        sticky: bool,
+    ) -> bool {
         let paths = norm(paths);
         if paths.is_empty() {
             return self.withdraw(&prefix, producer);
@@ -227,7 +235,11 @@ impl Table {
 
     /// Withdraw a route; only its producer may.
     pub fn withdraw(&mut self, prefix: &Prefix, producer: &str) -> bool {
-        if self.routes.get(prefix).is_some_and(|e| e.producer == producer) {
+        if self
+            .routes
+            .get(prefix)
+            .is_some_and(|e| e.producer == producer)
+        {
             self.routes.remove(prefix);
             return true;
         }
@@ -336,7 +348,10 @@ mod tests {
         assert_eq!(slots(&t), degraded);
         // clear route: full recompute.
         t.clear(&pfx()).expect("clear");
-        assert_eq!(slots(&t), Ldt::compute(&[path(1), path(2), path(3)], 12).slots);
+        assert_eq!(
+            slots(&t),
+            Ldt::compute(&[path(1), path(2), path(3)], 12).slots
+        );
     }
 
     #[test]
@@ -354,7 +369,10 @@ mod tests {
         let mut t = table(false);
         t.announce(pfx(), "bgp", vec![path(1), path(2)], true);
         t.announce(pfx(), "bgp", vec![path(1), path(2), path(4)], true);
-        assert_eq!(slots(&t), Ldt::compute(&[path(1), path(2), path(4)], 12).slots);
+        assert_eq!(
+            slots(&t),
+            Ldt::compute(&[path(1), path(2), path(4)], 12).slots
+        );
     }
 
     #[test]

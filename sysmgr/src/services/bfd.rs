@@ -1,58 +1,8 @@
-//! Service-specific shows: the CLI asks the service over MTS (its own SAP) and renders the
-//! answer; sysmgr itself holds none of the service's state (DESIGN.md §6).
-
-use std::path::Path;
-use std::time::Duration;
+//! `show bfd neighbors [details]`.
 
 use bfd::proto::Neighbor;
-use mts::{MtsError, codec};
 
-use crate::cli::{BfdCmd, NeighborsCmd, ShowCmd};
-
-/// How long a show waits for a service (it may be restarting: MTS queues the request).
-const DEADLINE: Duration = Duration::from_secs(5);
-
-/// A show answered by a service rather than by sysmgr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServiceShow {
-    BfdNeighbors { details: bool },
-}
-
-pub fn for_cmd(cmd: &ShowCmd) -> Option<ServiceShow> {
-    match cmd {
-        ShowCmd::Bfd {
-            cmd: BfdCmd::Neighbors { cmd },
-        } => Some(ServiceShow::BfdNeighbors {
-            details: matches!(cmd, Some(NeighborsCmd::Details)),
-        }),
-        _ => None,
-    }
-}
-
-/// Ask the service and render its answer.
-pub fn run(socket: &Path, show: ServiceShow, json: bool) -> Result<String, MtsError> {
-    match show {
-        ServiceShow::BfdNeighbors { details } => {
-            let raw = crate::control::request_service(
-                socket,
-                bfd::proto::SAP_NAME,
-                bfd::proto::OP_SHOW,
-                codec::encode(&())?,
-                DEADLINE,
-            )?;
-            let rows: Vec<Neighbor> = codec::decode(&raw)?;
-            Ok(if json {
-                serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n"
-            } else if details {
-                bfd_details(&rows, now_ms())
-            } else {
-                bfd_table(&rows, now_ms())
-            })
-        }
-    }
-}
-
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -68,7 +18,7 @@ fn addr(a: Option<std::net::Ipv4Addr>) -> String {
     a.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
 }
 
-fn bfd_table(rows: &[Neighbor], now: u64) -> String {
+pub fn table(rows: &[Neighbor], now: u64) -> String {
     let mut o = format!(
         "{:<16}{:<16}{:<23}{:<10}{:<15}{:<10}{:<12}{:<10}{}\n",
         "OurAddr",
@@ -102,7 +52,7 @@ fn bfd_table(rows: &[Neighbor], now: u64) -> String {
     o
 }
 
-fn bfd_details(rows: &[Neighbor], now: u64) -> String {
+pub fn details(rows: &[Neighbor], now: u64) -> String {
     let mut o = String::new();
     for n in rows {
         let ms = |us: u64| format!("{} ms", us / 1000);

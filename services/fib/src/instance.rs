@@ -1,0 +1,353 @@
+//! The fib instance: one owner of the table and the kernel programmer, fed by one `select!`.
+//!
+//! ```text
+//!   MTS (updates from producers, EoR, shows, clear) ──┐        ┌── PSS shared-global: route/<prefix>
+//!   stale timers (per restarted producer) ────────────┼──▶ Instance ┤   (written before the kernel)
+//!   heartbeat tick, SIGTERM ──────────────────────────┘        └── kernel: nexthops and routes
+//! ```
+//!
+//! Every start, whatever its kind, reads the table from PSS and the kernel's state, and changes
+//! only what differs: the kernel is never flushed. Routes of a producer that announces a restart
+//! are marked stale and swept at its End-of-RIB or when the stale timer runs out.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mts::client::{Client, Incoming};
+use pss::client::Pss;
+use pss::proto::{Durability, Scope};
+
+use crate::FibError;
+use crate::config::{BackendKind, Config};
+use crate::kernel::{Backend, Kernel, Memory, Programmer};
+use crate::proto::{self, BucketRow, Cef, Prefix, RouteRow, Update};
+use crate::table::{Entry, Table};
+
+const KEY_PREFIX: &str = "route/";
+/// Keys per PSS transaction when a large update is checkpointed.
+const TXN_KEYS: usize = 2000;
+
+pub struct Options {
+    pub config: Option<PathBuf>,
+}
+
+pub struct Instance {
+    mts: Client,
+    sap: u32,
+    cfg: Config,
+    table: Table,
+    prog: Programmer,
+    /// Producers that announced a restart, and when their stale routes go regardless.
+    stale_until: HashMap<String, Instant>,
+}
+
+fn key(p: &Prefix) -> String {
+    format!("{KEY_PREFIX}{p}")
+}
+
+impl Instance {
+    pub async fn start(opts: &Options) -> Result<Instance, FibError> {
+        let cfg = crate::config::load(opts.config.as_deref())?;
+        let mts = Client::connect_from_env().await?;
+        let sap = mts.bind(proto::SAP_NAME).await?;
+        let mut table = Table::new(cfg.sticky.clone());
+        for (k, v) in Pss::new(&mts)
+            .scan(None, Scope::SharedGlobal, KEY_PREFIX, u32::MAX)
+            .await?
+        {
+            let k = String::from_utf8_lossy(&k).into_owned();
+            let p = k
+                .strip_prefix(KEY_PREFIX)
+                .and_then(|p| p.parse::<Prefix>().ok());
+            match (p, pss::client::decode::<Entry>(&v)) {
+                (Some(p), Ok(e)) => {
+                    table.routes.insert(p, e);
+                }
+                _ => tracing::warn!(key = %k, "unreadable route checkpoint skipped"),
+            }
+        }
+        let backend: Box<dyn Backend> = match cfg.backend {
+            BackendKind::Kernel => Box::new(Kernel::open().map_err(FibError::Kernel)?),
+            BackendKind::Memory => Box::new(Memory::default()),
+        };
+        let mut prog = Programmer::new(backend, cfg.protocol).map_err(FibError::Kernel)?;
+        let found = prog.mirror.routes.len();
+        let t0 = Instant::now();
+        let rep = prog.sync(&table);
+        tracing::info!(
+            start = %std::env::var("SYSMGR_START").unwrap_or_default(),
+            backend = prog.backend.name(),
+            routes = table.routes.len(),
+            kernel_routes_found = found,
+            added = rep.routes_added,
+            replaced = rep.routes_replaced,
+            deleted = rep.routes_deleted,
+            ops = rep.ops,
+            took_ms = t0.elapsed().as_millis() as u64,
+            "fib reconciled with the kernel"
+        );
+        for e in rep.errors.iter().take(10) {
+            tracing::warn!(error = %e, "reconcile");
+        }
+        let mut stale_until = HashMap::new();
+        for e in table.routes.values().filter(|e| e.stale) {
+            stale_until
+                .entry(e.producer.clone())
+                .or_insert_with(|| Instant::now() + cfg.stale_time);
+        }
+        Ok(Instance {
+            mts,
+            sap,
+            cfg,
+            table,
+            prog,
+            stale_until,
+        })
+    }
+
+    /// Write the entries of `changed` (deleting those no longer in the table), all or nothing
+    /// per transaction.
+    async fn checkpoint(&self, changed: &BTreeSet<Prefix>) -> Result<(), FibError> {
+        let pss = Pss::new(&self.mts);
+        let list: Vec<&Prefix> = changed.iter().collect();
+        for chunk in list.chunks(TXN_KEYS) {
+            let mut txn = pss.txn(Scope::SharedGlobal);
+            for p in chunk {
+                txn = match self.table.routes.get(p) {
+                    Some(e) => txn.put(key(p), e)?,
+                    None => txn.delete(key(p)),
+                };
+            }
+            txn.commit(Durability::Fast).await?;
+        }
+        Ok(())
+    }
+
+    /// Checkpoint, then program the kernel.
+    async fn commit(&mut self, changed: BTreeSet<Prefix>) -> Result<(), String> {
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.checkpoint(&changed).await.map_err(|e| e.to_string())?;
+        let rep = self.prog.sync(&self.table);
+        tracing::debug!(changed = changed.len(), ops = rep.ops, "programmed");
+        if rep.errors.is_empty() {
+            Ok(())
+        } else {
+            for e in rep.errors.iter().take(10) {
+                tracing::warn!(error = %e, "programming");
+            }
+            Err(format!(
+                "{} kernel operations failed, first: {}",
+                rep.errors.len(),
+                rep.errors[0]
+            ))
+        }
+    }
+
+    async fn update(&mut self, u: Update) -> Result<(), String> {
+        let mut changed = BTreeSet::new();
+        for r in u.announce {
+            if r.paths
+                .iter()
+                .any(|p| p.ifname.is_empty() || p.ifname.len() >= 16)
+            {
+                return Err(format!("{}: bad interface name", r.prefix));
+            }
+            if self
+                .table
+                .announce(r.prefix, &u.producer, r.paths, r.sticky)
+            {
+                changed.insert(r.prefix);
+            }
+        }
+        for p in u.withdraw {
+            if self.table.withdraw(&p, &u.producer) {
+                changed.insert(p);
+            }
+        }
+        self.commit(changed).await
+    }
+
+    fn row(&self, p: &Prefix, e: &Entry) -> RouteRow {
+        RouteRow {
+            prefix: *p,
+            producer: e.producer.clone(),
+            paths: e.paths.clone(),
+            sticky: e.sticky,
+            stale: e.stale,
+            nh_id: self.prog.mirror.routes.get(p).and_then(|r| r.nh_id),
+        }
+    }
+
+    fn cef(&self, p: &Prefix) -> Result<Cef, String> {
+        let e = self
+            .table
+            .routes
+            .get(p)
+            .ok_or_else(|| format!("no route {p}"))?;
+        let slots = self.prog.slots_of(p).map(|(_, s)| s).unwrap_or_default();
+        let buckets = e
+            .ldt
+            .as_ref()
+            .map(|l| {
+                (0..l.slots.len())
+                    .map(|i| BucketRow {
+                        index: i,
+                        path: l.slots[i].clone(),
+                        replaced: l.replaced(i),
+                        slot_nh: slots.get(i).copied(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Cef {
+            route: self.row(p, e),
+            buckets,
+            auto_recovery: self.cfg.sticky.auto_recovery,
+        })
+    }
+
+    async fn sweep(&mut self, producer: &str) -> u64 {
+        self.stale_until.remove(producer);
+        let gone: BTreeSet<Prefix> = self.table.sweep(producer).into_iter().collect();
+        let n = gone.len() as u64;
+        tracing::info!(producer, swept = n, "stale routes swept");
+        if let Err(e) = self.commit(gone).await {
+            tracing::warn!(error = %e, "sweep");
+        }
+        n
+    }
+
+    async fn on_message(&mut self, m: Incoming) {
+        if m.needs_ack() {
+            self.mts.ack(&[m.id()]);
+        }
+        if !m.is_request() {
+            return;
+        }
+        let sent = match m.header.opcode {
+            proto::OP_UPDATE => {
+                let r = match m.decode::<Update>() {
+                    Ok(u) => self.update(u).await,
+                    Err(e) => Err(format!("bad update: {e}")),
+                };
+                self.mts.respond(&m, &r)
+            }
+            proto::OP_PRODUCER_START => {
+                let r = match m.decode::<String>() {
+                    Ok(p) => {
+                        let stale: BTreeSet<Prefix> =
+                            self.table.mark_stale(&p).into_iter().collect();
+                        let n = stale.len() as u64;
+                        self.stale_until
+                            .insert(p.clone(), Instant::now() + self.cfg.stale_time);
+                        tracing::info!(producer = %p, stale = n, "producer restarted: routes stale");
+                        self.checkpoint(&stale)
+                            .await
+                            .map(|_| n)
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(format!("bad producer: {e}")),
+                };
+                self.mts.respond(&m, &r)
+            }
+            proto::OP_END_OF_RIB => {
+                let r = match m.decode::<String>() {
+                    Ok(p) => Ok(self.sweep(&p).await),
+                    Err(e) => Err(format!("bad producer: {e}")),
+                };
+                self.mts.respond(&m, &r)
+            }
+            proto::OP_SHOW_ROUTES => {
+                let rows: Vec<RouteRow> = match m.decode::<Option<Prefix>>() {
+                    Ok(Some(p)) => self
+                        .table
+                        .routes
+                        .iter()
+                        .filter(|(q, _)| q.covers(&p) || **q == p)
+                        .map(|(q, e)| self.row(q, e))
+                        .collect(),
+                    _ => self
+                        .table
+                        .routes
+                        .iter()
+                        .map(|(q, e)| self.row(q, e))
+                        .collect(),
+                };
+                self.mts.respond(&m, &rows)
+            }
+            proto::OP_SHOW_CEF => {
+                let r = m
+                    .decode::<Prefix>()
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| self.cef(&p));
+                self.mts.respond(&m, &r)
+            }
+            proto::OP_CLEAR_ROUTE => {
+                let r = match m.decode::<Prefix>() {
+                    Ok(p) => match self.table.clear(&p) {
+                        Ok(()) => self.commit([p].into_iter().collect()).await,
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                self.mts.respond(&m, &r)
+            }
+            op => self
+                .mts
+                .respond(&m, &Err::<(), String>(format!("unknown opcode {op}"))),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "could not answer");
+        }
+    }
+
+    pub async fn run(mut self) -> Result<(), FibError> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| FibError::Kernel(format!("SIGTERM handler: {e}")))?;
+        let hb = mts::notify::watchdog_interval().map(|d| d / 3);
+        let mut heartbeat = tokio::time::interval(hb.unwrap_or(Duration::from_secs(3600)));
+        let _ = mts::notify::notify(&format!(
+            "READY=1\nSTATUS={} routes ({} backend)\n",
+            self.table.routes.len(),
+            self.prog.backend.name()
+        ));
+        let _ = self.sap;
+        loop {
+            let next_stale = self.stale_until.values().min().copied();
+            tokio::select! {
+                m = self.mts.recv() => match m {
+                    Some(m) => self.on_message(m).await,
+                    None => return Err(FibError::Mts(mts::MtsError::Remote("sysmgr closed the connection".into()))),
+                },
+                _ = async {
+                    match next_stale {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now = Instant::now();
+                    let due: Vec<String> = self
+                        .stale_until
+                        .iter()
+                        .filter(|(_, d)| **d <= now)
+                        .map(|(p, _)| p.clone())
+                        .collect();
+                    for p in due {
+                        tracing::warn!(producer = %p, "stale timer expired before End-of-RIB");
+                        self.sweep(&p).await;
+                    }
+                }
+                _ = heartbeat.tick(), if hb.is_some() => {
+                    let _ = mts::notify::notify("WATCHDOG=1\n");
+                }
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: stopping (kernel routes stay)");
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

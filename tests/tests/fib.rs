@@ -1,0 +1,558 @@
+//! The fib service under sysmgr, programming the kernel of a network namespace the test creates
+//! (three veth pairs, e1..e3 with gateways 10.9.N.2). Everything is checked in the kernel with
+//! `ip -j route` / `ip -j nexthop` / `ip -j nexthop bucket`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use fib::proto::{self as fp, Path, Prefix, RouteIn, Update};
+use serde_json::Value;
+use sysmgr_tests::netns::Netns;
+use sysmgr_tests::{Lab, ask, bin, is_root, wait_for};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const PROTO: &str = "199";
+
+struct FibLab {
+    lab: Lab,
+    ns: Netns,
+}
+
+fn gw(n: u8) -> String {
+    format!("10.9.{n}.2")
+}
+
+fn path(n: u8) -> Path {
+    Path {
+        gw: gw(n).parse().expect("gw"),
+        ifname: format!("e{n}"),
+    }
+}
+
+/// `top`: extra top-level keys of fib.conf; `sticky`: extra keys of its [sticky] table.
+fn setup(name: &str, top: &str, sticky: &str) -> FibLab {
+    let ns = Netns::new(name);
+    for i in 1..=3 {
+        ns.ip(&[
+            "link",
+            "add",
+            &format!("e{i}"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("p{i}"),
+        ]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("10.9.{i}.1/24"),
+            "dev",
+            &format!("e{i}"),
+        ]);
+        ns.ip(&["link", "set", &format!("e{i}"), "up"]);
+        ns.ip(&["link", "set", &format!("p{i}"), "up"]);
+    }
+    let mut lab = Lab::new("1s");
+    lab.write(
+        "fib.conf",
+        &format!("backend = \"kernel\"\nprotocol = {PROTO}\n{top}[sticky]\nbuckets = 16\n{sticky}"),
+    );
+    lab.write(
+        "fib.toml",
+        &format!(
+            "command = [{:?}, \"--config\", \"fib.conf\"]\nrestart = [\"stateful\", \"stateless\"]\n\
+             readiness = \"notify\"\n[saps]\nfib = 130\n\
+             [ha.single-sup.primary]\naction = \"stateful\"\nmax-retries = 100\nmin-lifetime = \"1s\"\n",
+            bin("fib").display().to_string()
+        ),
+    );
+    lab.wrapper = ns.wrapper();
+    lab.boot();
+    lab.wait_running("fib", None);
+    FibLab { lab, ns }
+}
+
+impl FibLab {
+    fn update(&self, producer: &str, announce: Vec<RouteIn>, withdraw: Vec<Prefix>) {
+        let u = Update {
+            producer: producer.into(),
+            announce,
+            withdraw,
+        };
+        let r: Result<(), String> = ask(&self.lab, fp::SAP_NAME, fp::OP_UPDATE, &u);
+        r.expect("update accepted");
+    }
+
+    fn announce(&self, prefix: &str, paths: &[u8], sticky: bool) {
+        self.update(
+            "bgp-sim",
+            vec![RouteIn {
+                prefix: prefix.parse().expect("prefix"),
+                paths: paths.iter().map(|n| path(*n)).collect(),
+                sticky,
+            }],
+            vec![],
+        );
+    }
+
+    fn ipj(&self, args: &[&str]) -> Value {
+        let mut a = vec!["-j"];
+        a.extend_from_slice(args);
+        let out = self.ns.ip(&a);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]))
+    }
+
+    /// Our routes in the kernel: prefix → nhid.
+    fn kernel_routes(&self) -> BTreeMap<String, u64> {
+        self.ipj(&["route", "show", "proto", PROTO])
+            .as_array()
+            .expect("routes")
+            .iter()
+            .map(|r| {
+                (
+                    r["dst"].as_str().expect("dst").to_string(),
+                    r["nhid"].as_u64().expect("nhid"),
+                )
+            })
+            .collect()
+    }
+
+    fn nexthops(&self) -> BTreeMap<u64, Value> {
+        self.ipj(&["nexthop", "show", "proto", PROTO])
+            .as_array()
+            .expect("nexthops")
+            .iter()
+            .map(|n| (n["id"].as_u64().expect("id"), n.clone()))
+            .collect()
+    }
+
+    /// bucket index → gateway, for the sticky route `prefix`, as the kernel does it.
+    fn buckets(&self, prefix: &str) -> BTreeMap<u64, String> {
+        let g = self.kernel_routes()[prefix];
+        let nhs = self.nexthops();
+        self.ipj(&["nexthop", "bucket", "show", "id", &g.to_string()])
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .map(|b| {
+                let slot = b["bucket"]["nhid"].as_u64().expect("nhid");
+                (
+                    b["bucket"]["index"].as_u64().expect("index"),
+                    nhs[&slot]["gateway"].as_str().expect("gw").to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for FibLab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let t = std::fs::read_to_string(self.lab.path("data/logs/fib.stderr.log"))
+                .unwrap_or_default();
+            let lines: Vec<&str> = t.lines().collect();
+            eprintln!(
+                "---- fib stderr ----\n{}",
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
+    }
+}
+
+fn skip() -> bool {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
+        return true;
+    }
+    false
+}
+
+fn counts(m: &BTreeMap<u64, String>) -> BTreeMap<String, usize> {
+    let mut c = BTreeMap::new();
+    for g in m.values() {
+        *c.entry(g.clone()).or_default() += 1;
+    }
+    c
+}
+
+#[test]
+fn ecmp_and_sticky_ecmp_in_the_kernel() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let l = setup("fib1", "", "");
+    // ECMP: one hash-threshold group of two path nexthops.
+    l.announce("192.0.2.0/24", &[1, 2], false);
+    let g = l.kernel_routes()["192.0.2.0/24"];
+    let nhs = l.nexthops();
+    let members: Vec<String> = nhs[&g]["group"]
+        .as_array()
+        .expect("group")
+        .iter()
+        .map(|m| {
+            nhs[&m["id"].as_u64().expect("id")]["gateway"]
+                .as_str()
+                .expect("gw")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(members, vec![gw(1), gw(2)]);
+
+    // Sticky: 16 buckets over three paths.
+    let p = "198.51.100.0/24";
+    l.announce(p, &[1, 2, 3], true);
+    let group = l.kernel_routes()[p];
+    let m0 = l.buckets(p);
+    assert_eq!(m0.len(), 16);
+    assert_eq!(counts(&m0).len(), 3);
+
+    // Path 2 goes down: only its buckets move; the route keeps its group.
+    l.announce(p, &[1, 3], true);
+    let m1 = l.buckets(p);
+    for (b, g0) in &m0 {
+        if *g0 == gw(2) {
+            assert_ne!(m1[b], gw(2), "bucket {b} still on the failed path");
+        } else {
+            assert_eq!(&m1[b], g0, "bucket {b} moved although its path is up");
+        }
+    }
+    assert_eq!(l.kernel_routes()[p], group);
+    let cef = l.lab.json(&["show", "cef", p, "detail"]);
+    let starred = cef["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .filter(|b| b["replaced"] == true)
+        .count();
+    assert_eq!(starred, m0.values().filter(|g| **g == gw(2)).count());
+    let text =
+        String::from_utf8_lossy(&l.lab.cli(&["show", "cef", p, "detail"]).stdout).into_owned();
+    assert!(text.contains(" *\n"), "{text}");
+
+    // Path 2 back: by default nothing moves.
+    l.announce(p, &[1, 2, 3], true);
+    assert_eq!(l.buckets(p), m1);
+
+    // clear route: full recompute, balanced again, nothing starred.
+    let out = l.lab.cli(&["clear", "route", p]);
+    assert!(out.status.success(), "{out:?}");
+    let m3 = l.buckets(p);
+    let mut c: Vec<usize> = counts(&m3).into_values().collect();
+    c.sort();
+    assert_eq!(c, vec![5, 5, 6]);
+    let cef = l.lab.json(&["show", "cef", p, "detail"]);
+    assert!(
+        cef["buckets"]
+            .as_array()
+            .expect("b")
+            .iter()
+            .all(|b| b["replaced"] == false)
+    );
+    let routes = l.lab.json(&["show", "ip", "route"]);
+    assert_eq!(routes.as_array().expect("rows").len(), 2);
+}
+
+#[test]
+fn auto_recovery_restores_exactly_the_buckets_that_moved() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let l = setup("fib2", "", "auto-recovery = true\n");
+    let p = "203.0.113.0/24";
+    l.announce(p, &[1, 2, 3], true);
+    let m0 = l.buckets(p);
+    l.announce(p, &[1, 2], true);
+    let m1 = l.buckets(p);
+    assert_ne!(m1, m0);
+    l.announce(p, &[1, 2, 3], true);
+    assert_eq!(l.buckets(p), m0, "exactly the moved buckets return");
+}
+
+fn prefix_n(i: u32) -> Prefix {
+    Prefix::new(std::net::Ipv4Addr::from(0x0a80_0000u32 + (i << 8)), 24).expect("prefix")
+}
+
+#[test]
+fn sigkill_of_fib_with_10k_routes_deletes_no_kernel_route() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let l = setup("fib3", "", "");
+    for chunk in 0..10u32 {
+        let announce = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|i| RouteIn {
+                prefix: prefix_n(i),
+                paths: if i % 3 == 0 {
+                    vec![path(1), path(2), path(3)]
+                } else {
+                    vec![path(1), path(2)]
+                },
+                sticky: i % 10 == 0,
+            })
+            .collect();
+        l.update("bgp-sim", announce, vec![]);
+    }
+    let routes = l.kernel_routes();
+    assert_eq!(routes.len(), 10_000);
+    let nexthops = l.nexthops();
+    // Watch the kernel for deletions while fib dies and comes back.
+    let mut mon = Command::new("ip")
+        .args(["-n", &l.ns.name, "monitor", "route", "nexthop"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ip monitor");
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = l.lab.pid_of("fib").expect("fib running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    l.lab.wait_running("fib", Some(pid));
+    // Converged: a show answers only once the restarted instance has reconciled.
+    let rows: Vec<fp::RouteRow> = ask(&l.lab, fp::SAP_NAME, fp::OP_SHOW_ROUTES, &None::<Prefix>);
+    assert_eq!(rows.len(), 10_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = mon.kill();
+    let mut seen = String::new();
+    mon.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut seen)
+        .expect("read");
+    let _ = mon.wait();
+    let deleted: Vec<&str> = seen.lines().filter(|l| l.starts_with("Deleted")).collect();
+    assert!(
+        deleted.is_empty(),
+        "kernel deletions during the restart: {deleted:?}"
+    );
+    assert_eq!(
+        l.kernel_routes(),
+        routes,
+        "same routes, same nexthop objects"
+    );
+    assert_eq!(l.nexthops(), nexthops);
+    let log = std::fs::read_to_string(l.lab.path("data/logs/fib.stderr.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .filter(|x| x.contains("fib reconciled"))
+            .nth(1)
+            .is_some_and(|x| x.contains("kernel_routes_found=10000") && x.contains(" ops=0 ")),
+        "the restarted fib found everything in place:\n{log}"
+    );
+    // And it is live: a change after the restart reaches the kernel.
+    l.update("bgp-sim", vec![], vec![prefix_n(7)]);
+    assert_eq!(l.kernel_routes().len(), 9_999);
+}
+
+#[test]
+fn stale_routes_are_swept_only_after_end_of_rib() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let l = setup("fib4", "stale-time = \"60s\"\n", "");
+    let all: Vec<RouteIn> = (0..100)
+        .map(|i| RouteIn {
+            prefix: prefix_n(i),
+            paths: vec![path(1)],
+            sticky: false,
+        })
+        .collect();
+    l.update("bgp-sim", all.clone(), vec![]);
+    l.update(
+        "static",
+        vec![RouteIn {
+            prefix: "192.0.2.0/24".parse().expect("p"),
+            paths: vec![path(2)],
+            sticky: false,
+        }],
+        vec![],
+    );
+    // The producer restarts: its routes are stale, still forwarding.
+    let n: Result<u64, String> = ask(
+        &l.lab,
+        fp::SAP_NAME,
+        fp::OP_PRODUCER_START,
+        &"bgp-sim".to_string(),
+    );
+    assert_eq!(n, Ok(100));
+    let rows = l.lab.json(&["show", "ip", "route"]);
+    assert_eq!(
+        rows.as_array()
+            .expect("rows")
+            .iter()
+            .filter(|r| r["stale"] == true)
+            .count(),
+        100
+    );
+    // It re-sends 60 of them: nothing is removed yet.
+    l.update("bgp-sim", all[..60].to_vec(), vec![]);
+    assert_eq!(l.kernel_routes().len(), 101);
+    // A FIB restart in the middle keeps the stale marks (they are in PSS).
+    let pid = l.lab.pid_of("fib").expect("fib");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    l.lab.wait_running("fib", Some(pid));
+    assert_eq!(l.kernel_routes().len(), 101);
+    // End-of-RIB: the 40 it did not re-send go; the other producer's route stays.
+    let swept: Result<u64, String> = ask(
+        &l.lab,
+        fp::SAP_NAME,
+        fp::OP_END_OF_RIB,
+        &"bgp-sim".to_string(),
+    );
+    assert_eq!(swept, Ok(40));
+    let k = l.kernel_routes();
+    assert_eq!(k.len(), 61);
+    assert!(k.contains_key("192.0.2.0/24"));
+    wait_for(Duration::from_secs(1), "no stale rows", || {
+        let rows = l.lab.json(&["show", "ip", "route"]);
+        rows.as_array()?
+            .iter()
+            .all(|r| r["stale"] == false)
+            .then_some(())
+    });
+}
+
+/// Our netlink encoder against iproute2: the same request, byte for byte (except sequence and
+/// port numbers), captured from `ip` with strace.
+#[test]
+fn nexthop_messages_match_what_ip_nexthop_sends() {
+    if skip() {
+        return;
+    }
+    if Command::new("strace").arg("-V").output().is_err() {
+        panic!("strace is missing (scripts/test-all installs it)");
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use fib::netlink::{Nexthop, NhKind, Resilient, Route, RtMsg, encode};
+    let ns = Netns::new("fib5");
+    ns.ip(&["link", "add", "e1", "type", "veth", "peer", "name", "p1"]);
+    ns.ip(&["addr", "add", "10.9.1.1/24", "dev", "e1"]);
+    ns.ip(&["link", "set", "e1", "up"]);
+    ns.ip(&["link", "set", "p1", "up"]);
+    let oif = {
+        let v: Value =
+            serde_json::from_slice(&ns.ip(&["-j", "link", "show", "e1"]).stdout).expect("j");
+        v[0]["ifindex"].as_u64().expect("ifindex") as u32
+    };
+    let gwn = |id: u32, gw: &str| {
+        RtMsg::NewNexthop(Nexthop {
+            id,
+            protocol: 199,
+            kind: NhKind::Gateway {
+                gw: gw.parse().expect("gw"),
+                oif,
+            },
+        })
+    };
+    let cases: Vec<(&str, RtMsg, u16)> = vec![
+        (
+            "nexthop add id 7 via 10.9.1.2 dev e1 proto 199",
+            gwn(7, "10.9.1.2"),
+            0x0600,
+        ),
+        (
+            "nexthop add id 8 via 10.9.1.3 dev e1 proto 199",
+            gwn(8, "10.9.1.3"),
+            0x0600,
+        ),
+        (
+            "nexthop add id 20 group 7/8,3 proto 199",
+            RtMsg::NewNexthop(Nexthop {
+                id: 20,
+                protocol: 199,
+                kind: NhKind::Group {
+                    members: vec![(7, 1), (8, 3)],
+                    resilient: None,
+                },
+            }),
+            0x0600,
+        ),
+        (
+            "nexthop add id 21 group 7/8 type resilient buckets 8 idle_timer 0 unbalanced_timer 0 proto 199",
+            RtMsg::NewNexthop(Nexthop {
+                id: 21,
+                protocol: 199,
+                kind: NhKind::Group {
+                    members: vec![(7, 1), (8, 1)],
+                    resilient: Some(Resilient {
+                        buckets: 8,
+                        idle_timer: 0,
+                        unbalanced_timer: 0,
+                    }),
+                },
+            }),
+            0x0600,
+        ),
+        (
+            "route add 10.50.0.0/24 nhid 21 proto 199",
+            RtMsg::NewRoute(Route::new("10.50.0.0".parse().expect("a"), 24, 199, 21)),
+            0x0600,
+        ),
+        (
+            "nexthop replace id 8 via 10.9.1.4 dev e1 proto 199",
+            gwn(8, "10.9.1.4"),
+            0x0500,
+        ),
+        (
+            "route del 10.50.0.0/24 proto 199",
+            RtMsg::DelRoute(Route::new("10.50.0.0".parse().expect("a"), 24, 199, 21)),
+            0,
+        ),
+        ("nexthop del id 21", RtMsg::DelNexthop(21), 0),
+    ];
+    for (cmd, ours, flags) in cases {
+        let mut args = vec![
+            "netns",
+            "exec",
+            &ns.name,
+            "strace",
+            "-e",
+            "trace=sendmsg",
+            "-e",
+            "write=all",
+            "-o",
+            "/dev/stdout",
+            "ip",
+        ];
+        args.extend(cmd.split_whitespace());
+        let out = Command::new("ip").args(&args).output().expect("strace ip");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        // The hex dump of the last sendmsg (the request itself; earlier ones resolve the device).
+        let dump = text.rsplit(" * ").next().expect("a dump");
+        let theirs: Vec<u8> = dump
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("| "))
+            .flat_map(|l| {
+                l.get(7..55)
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .map(|h| u8::from_str_radix(h, 16).expect("hex"))
+                    .collect::<Vec<u8>>()
+            })
+            .collect();
+        let mut mine = encode(ours, flags | 0x0005, 0);
+        assert_eq!(mine.len(), theirs.len(), "{cmd}: length");
+        // Sequence and port numbers are per-process.
+        mine[8..16].copy_from_slice(&theirs[8..16]);
+        assert_eq!(mine, theirs, "{cmd}: bytes differ");
+    }
+}
