@@ -4,9 +4,12 @@
 //! - `sysmgr-bench mts [--quick]`: MTS round trip and throughput (see `mts.rs`).
 //! - `sysmgr-bench bfd-restart --iface IF --from ADDR`: SIGKILL of bfd → its next packet on
 //!   the wire (see `bfd.rs`; run by `bench/run-bfd-restart.sh`).
+//! - `sysmgr-bench fib-update ...`: one timed route update through fib (see `fib.rs`; run by
+//!   `bench/run-fib.sh`).
 //! - `sysmgr-bench mts-echo`: the receiver service of the MTS benchmark (run by sysmgr).
 
 mod bfd;
+mod fib;
 mod mts;
 mod pss;
 mod restart;
@@ -16,6 +19,7 @@ fn main() -> anyhow::Result<()> {
     match args.next().as_deref() {
         Some("restart") => restart::main(args),
         Some("bfd-restart") => bfd::main(args),
+        Some("fib-update") => fib::update(args),
         Some("mts") => mts::main(args),
         Some("mts-echo") => mts::echo(),
         Some("pss") => pss::main(args),

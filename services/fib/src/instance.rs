@@ -129,9 +129,31 @@ impl Instance {
         if changed.is_empty() {
             return Ok(());
         }
+        let t0 = Instant::now();
         self.checkpoint(&changed).await.map_err(|e| e.to_string())?;
+        let t1 = Instant::now();
         let rep = self.prog.sync(&self.table);
-        tracing::debug!(changed = changed.len(), ops = rep.ops, "programmed");
+        let (ck, k) = (
+            (t1 - t0).as_millis() as u64,
+            t1.elapsed().as_millis() as u64,
+        );
+        if changed.len() >= 1000 {
+            tracing::info!(
+                changed = changed.len(),
+                ops = rep.ops,
+                checkpoint_ms = ck,
+                kernel_ms = k,
+                "programmed"
+            );
+        } else {
+            tracing::debug!(
+                changed = changed.len(),
+                ops = rep.ops,
+                checkpoint_ms = ck,
+                kernel_ms = k,
+                "programmed"
+            );
+        }
         if rep.errors.is_empty() {
             Ok(())
         } else {

@@ -216,7 +216,15 @@ impl Programmer {
         let m = std::mem::take(&mut self.mirror);
         let next = &mut self.next_id;
         let backend = &self.backend;
-        let resolve = |p: &Path| -> Option<Gw> { Some((p.gw, backend.ifindex(&p.ifname)?)) };
+        // One if_nametoindex per interface per sync, not one per path of every route.
+        let ifx: std::cell::RefCell<HashMap<String, Option<u32>>> = Default::default();
+        let resolve = |p: &Path| -> Option<Gw> {
+            let mut c = ifx.borrow_mut();
+            let ix = *c
+                .entry(p.ifname.clone())
+                .or_insert_with(|| backend.ifindex(&p.ifname));
+            Some((p.gw, ix?))
+        };
         let mut alloc = || loop {
             let id = *next;
             *next = next.wrapping_add(1).max(FIRST_ID);
