@@ -556,3 +556,54 @@ fn nexthop_messages_match_what_ip_nexthop_sends() {
         assert_eq!(mine, theirs, "{cmd}: bytes differ");
     }
 }
+
+#[test]
+fn a_link_going_down_moves_only_its_buckets_and_fib_follows_the_kernel() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let l = setup("fib6", "", "");
+    let p = "198.51.100.0/24";
+    l.announce(p, &[1, 2, 3], true);
+    l.announce("192.0.2.0/24", &[1, 2], false);
+    let m0 = l.buckets(p);
+    // The kernel deletes e2's nexthops; fib adopts what it did and rebuilds a full group.
+    l.ns.ip(&["link", "set", "e2", "down"]);
+    let m1 = wait_for(
+        Duration::from_secs(5),
+        "fib to rebuild the sticky group",
+        || {
+            let g = *l.kernel_routes().get(p)?;
+            let members = l.nexthops().get(&g)?["group"].as_array()?.len();
+            (members == 16).then(|| l.buckets(p))
+        },
+    );
+    for (b, g0) in &m0 {
+        if *g0 == gw(2) {
+            assert_ne!(m1[b], gw(2), "bucket {b} still on the down link");
+        } else {
+            assert_eq!(&m1[b], g0, "bucket {b} moved although its path is up");
+        }
+    }
+    let cef = l.lab.json(&["show", "cef", p, "detail"]);
+    let starred = cef["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .filter(|b| b["replaced"] == true)
+        .count();
+    assert_eq!(starred, m0.values().filter(|g| **g == gw(2)).count());
+    // Link back: the ECMP route gets its second path again; the sticky one moves nothing
+    // (no auto-recovery).
+    l.ns.ip(&["link", "set", "e2", "up"]);
+    wait_for(
+        Duration::from_secs(5),
+        "the ECMP route over both paths again",
+        || {
+            let g = *l.kernel_routes().get("192.0.2.0/24")?;
+            (l.nexthops().get(&g)?["group"].as_array()?.len() == 2).then_some(())
+        },
+    );
+    assert_eq!(l.buckets(p), m1);
+}

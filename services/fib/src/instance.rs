@@ -40,10 +40,72 @@ pub struct Instance {
     prog: Programmer,
     /// Producers that announced a restart, and when their stale routes go regardless.
     stale_until: HashMap<String, Instant>,
+    /// Link and nexthop notifications from the kernel (kernel backend only).
+    monitor: Option<tokio::io::unix::AsyncFd<netlink_sys::Socket>>,
+    /// The kernel changed behind our back: look again at this instant (debounced).
+    recheck_at: Option<Instant>,
+}
+
+const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_NEXTHOP: u32 = 32;
+
+fn monitor_socket() -> std::io::Result<tokio::io::unix::AsyncFd<netlink_sys::Socket>> {
+    let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    s.bind_auto()?;
+    s.add_membership(RTNLGRP_LINK)?;
+    s.add_membership(RTNLGRP_NEXTHOP)?;
+    s.set_non_blocking(true)?;
+    // SAFETY: the AsyncFd owns the socket, so its descriptor stays open and refers to the same
+    // socket for as long as it is registered.
+    unsafe { tokio::io::unix::AsyncFd::register(s) }.map_err(|e| e.into())
 }
 
 fn key(p: &Prefix) -> String {
     format!("{KEY_PREFIX}{p}")
+}
+
+/// Take in what the kernel did on its own: sticky groups whose slots it deleted with a link
+/// (adopted bucket by bucket), and which links are down. Returns the routes whose distribution
+/// changed.
+fn adopt_kernel(table: &mut Table, prog: &mut Programmer) -> BTreeSet<Prefix> {
+    let mut changed = BTreeSet::new();
+    let sticky: Vec<Prefix> = table
+        .routes
+        .iter()
+        .filter(|(_, e)| e.ldt.is_some())
+        .map(|(p, _)| *p)
+        .collect();
+    for p in sticky {
+        let Some(now) = prog.kernel_distribution(&p) else {
+            continue;
+        };
+        let paths = &table.routes[&p].paths;
+        let per_bucket: Option<Vec<crate::table::Path>> = now
+            .iter()
+            .map(|(gw, ix)| {
+                paths
+                    .iter()
+                    .find(|x| x.gw == *gw && prog.backend.ifindex(&x.ifname) == Some(*ix))
+                    .cloned()
+            })
+            .collect();
+        if let Some(pb) = per_bucket
+            && table.adopt(&p, pb)
+        {
+            changed.insert(p);
+        }
+    }
+    let names: BTreeSet<String> = table
+        .routes
+        .values()
+        .flat_map(|e| e.paths.iter().map(|x| x.ifname.clone()))
+        .chain(table.down.iter().cloned())
+        .collect();
+    for n in names {
+        let up = prog.backend.link_up(&n);
+        changed.extend(table.set_link(&n, up));
+    }
+    changed
 }
 
 impl Instance {
@@ -71,9 +133,21 @@ impl Instance {
             BackendKind::Kernel => Box::new(Kernel::open().map_err(FibError::Kernel)?),
             BackendKind::Memory => Box::new(Memory::default()),
         };
+        let monitor = match cfg.backend {
+            BackendKind::Kernel => match monitor_socket() {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no link monitoring");
+                    None
+                }
+            },
+            BackendKind::Memory => None,
+        };
         let mut prog = Programmer::new(backend, cfg.protocol).map_err(FibError::Kernel)?;
         let found = prog.mirror.routes.len();
         let t0 = Instant::now();
+        // Links that went down while no fib was running, and what the kernel did about them.
+        adopt_kernel(&mut table, &mut prog);
         let rep = prog.sync(&table);
         tracing::info!(
             start = %std::env::var("SYSMGR_START").unwrap_or_default(),
@@ -103,7 +177,34 @@ impl Instance {
             table,
             prog,
             stale_until,
+            monitor,
+            recheck_at: None,
         })
+    }
+
+    /// A link or nexthop changed in the kernel: adopt what it did, then make it match again.
+    async fn on_kernel_change(&mut self) {
+        if let Err(e) = self.prog.reread() {
+            tracing::warn!(error = %e, "kernel re-read failed");
+            return;
+        }
+        let changed = adopt_kernel(&mut self.table, &mut self.prog);
+        if !changed.is_empty() {
+            tracing::info!(routes = changed.len(), down = ?self.table.down, "links changed: sticky distributions follow");
+            if let Err(e) = self.checkpoint(&changed).await {
+                tracing::warn!(error = %e, "checkpoint");
+            }
+        }
+        let rep = self.prog.sync(&self.table);
+        if rep.ops > 0 || !rep.errors.is_empty() {
+            tracing::info!(
+                ops = rep.ops,
+                groups_created = rep.groups_created,
+                slots_repointed = rep.slots_repointed,
+                errors = rep.errors.len(),
+                "kernel re-synced"
+            );
+        }
     }
 
     /// Write the entries of `changed` (deleting those no longer in the table), all or nothing
@@ -203,7 +304,7 @@ impl Instance {
         }
     }
 
-    fn cef(&self, p: &Prefix) -> Result<Cef, String> {
+    fn cef(&mut self, p: &Prefix) -> Result<Cef, String> {
         let e = self
             .table
             .routes
@@ -339,7 +440,32 @@ impl Instance {
         let _ = self.sap;
         loop {
             let next_stale = self.stale_until.values().min().copied();
+            let recheck = self.recheck_at;
             tokio::select! {
+                r = async {
+                    match &self.monitor {
+                        Some(m) => m.readable().await.map(|mut g| {
+                            // Drain: what changed is re-read from the kernel anyway.
+                            let mut buf = vec![0u8; 65536];
+                            while g.get_inner().recv(&mut &mut buf[..], 0).is_ok() {}
+                            g.clear_ready();
+                        }),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if r.is_ok() && self.recheck_at.is_none() {
+                        self.recheck_at = Some(Instant::now() + Duration::from_millis(20));
+                    }
+                }
+                _ = async {
+                    match recheck {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.recheck_at = None;
+                    self.on_kernel_change().await;
+                }
                 m = self.mts.recv() => match m {
                     Some(m) => self.on_message(m).await,
                     None => return Err(FibError::Mts(mts::MtsError::Remote("sysmgr closed the connection".into()))),

@@ -9,155 +9,27 @@
 //!   route 198.51.100.0/24 ─ nhid E (hash-threshold group) ─ path nexthops P1, P2
 //! ```
 //!
-//! [`Programmer::sync`] reconciles: it reads nothing from the table's history, only compares
-//! what the table wants with what the kernel has (a mirror, read back at start), and sends only
-//! the difference. So a restarted FIB never flushes: it reads the kernel and changes what
-//! differs. Groups the kernel already has are found by content, so their ids survive restarts
-//! without being stored anywhere.
+//! A load distribution table is indexed by the kernel's bucket index: the kernel's bucket → slot
+//! map is read back (`RTM_GETNEXTHOPBUCKET`), and a new group is verified and corrected slot by
+//! slot before any route points to it. [`Programmer::sync`] compares what the table wants with
+//! what the kernel has (a mirror, read back at start) and sends only the difference, in three
+//! phases: nexthops and groups, then slot corrections, then routes and deletions. So a restarted
+//! FIB never flushes, and groups the kernel already has are found by content.
+//!
+//! When a link goes down the kernel deletes the nexthops on it and moves the buckets of a
+//! resilient group's deleted slots to the remaining ones. [`Programmer::kernel_distribution`]
+//! reads that back so the table can adopt it; the next sync rebuilds the group with one slot per
+//! bucket and the same bucket → path map, so no flow moves a second time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 
-use crate::netlink::{Errno, Nexthop, NhKind, Resilient, Route, RtMsg};
+use crate::backend::is_resilient;
+pub use crate::backend::{Backend, KState, Kernel, Memory};
+use crate::netlink::{Nexthop, NhKind, Resilient, Route, RtMsg};
 use crate::table::{Path, Prefix, Table};
-
-/// What the kernel holds of ours (objects with our protocol number).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KState {
-    pub nexthops: BTreeMap<u32, Nexthop>,
-    pub routes: BTreeMap<Prefix, Route>,
-}
-
-/// Where routes go: the Linux kernel over rtnetlink, or memory (unit tests, unprivileged labs).
-pub trait Backend: Send {
-    /// Everything of protocol `proto`; also the highest nexthop id in use by anyone.
-    fn read(&mut self, proto: u8) -> Result<(KState, u32), String>;
-    fn apply(&mut self, ops: Vec<(RtMsg, u16)>) -> Result<Vec<Result<(), Errno>>, String>;
-    fn ifindex(&self, name: &str) -> Option<u32>;
-    fn name(&self) -> &'static str;
-}
-
-/// The kernel of this network namespace.
-pub struct Kernel {
-    nl: crate::netlink::Socket,
-}
-
-impl Kernel {
-    pub fn open() -> Result<Kernel, String> {
-        Ok(Kernel {
-            nl: crate::netlink::Socket::open().map_err(|e| format!("netlink socket: {e}"))?,
-        })
-    }
-
-    /// The buckets of a resilient group (`ip nexthop bucket show id G`).
-    pub fn buckets(&mut self, group: u32) -> Result<Vec<crate::netlink::Bucket>, String> {
-        let mut v: Vec<_> = self
-            .nl
-            .dump(RtMsg::GetBuckets(group))
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter_map(|m| match m {
-                RtMsg::Bucket(b) if b.group == group => Some(b),
-                _ => None,
-            })
-            .collect();
-        v.sort_by_key(|b| b.index);
-        Ok(v)
-    }
-}
-
-impl Backend for Kernel {
-    fn read(&mut self, proto: u8) -> Result<(KState, u32), String> {
-        let mut k = KState::default();
-        let mut max = 0;
-        for m in self
-            .nl
-            .dump(RtMsg::GetNexthops)
-            .map_err(|e| e.to_string())?
-        {
-            if let RtMsg::NewNexthop(nh) = m {
-                max = max.max(nh.id);
-                if nh.protocol == proto {
-                    k.nexthops.insert(nh.id, nh);
-                }
-            }
-        }
-        for m in self.nl.dump(RtMsg::GetRoutes).map_err(|e| e.to_string())? {
-            if let RtMsg::NewRoute(r) = m
-                && r.protocol == proto
-                && let Some(p) = Prefix::new(r.dst, r.dst_len)
-            {
-                k.routes.insert(p, r);
-            }
-        }
-        Ok((k, max))
-    }
-    fn apply(&mut self, ops: Vec<(RtMsg, u16)>) -> Result<Vec<Result<(), Errno>>, String> {
-        self.nl.apply(ops).map_err(|e| e.to_string())
-    }
-    fn ifindex(&self, name: &str) -> Option<u32> {
-        nix::net::if_::if_nametoindex(name).ok()
-    }
-    fn name(&self) -> &'static str {
-        "kernel"
-    }
-}
-
-/// A pretend kernel: applies the same operations to a map.
-#[derive(Default)]
-pub struct Memory {
-    pub state: KState,
-    /// Every operation applied (for tests).
-    pub ops: usize,
-}
-
-impl Backend for Memory {
-    fn read(&mut self, _proto: u8) -> Result<(KState, u32), String> {
-        let max = self.state.nexthops.keys().max().copied().unwrap_or(0);
-        Ok((self.state.clone(), max))
-    }
-    fn apply(&mut self, ops: Vec<(RtMsg, u16)>) -> Result<Vec<Result<(), Errno>>, String> {
-        self.ops += ops.len();
-        Ok(ops
-            .into_iter()
-            .map(|(m, _)| {
-                match m {
-                    RtMsg::NewNexthop(nh) => {
-                        self.state.nexthops.insert(nh.id, nh);
-                    }
-                    RtMsg::DelNexthop(id) if self.state.nexthops.remove(&id).is_none() => {
-                        return Err(Errno(libc::ENOENT));
-                    }
-                    RtMsg::NewRoute(r) => {
-                        if let Some(p) = Prefix::new(r.dst, r.dst_len) {
-                            self.state.routes.insert(p, r);
-                        }
-                    }
-                    RtMsg::DelRoute(r) => {
-                        if let Some(p) = Prefix::new(r.dst, r.dst_len) {
-                            self.state.routes.remove(&p);
-                        }
-                    }
-                    _ => {}
-                }
-                Ok(())
-            })
-            .collect())
-    }
-    fn ifindex(&self, name: &str) -> Option<u32> {
-        // Stable made-up indexes: names are all a memory kernel has.
-        Some(
-            name.bytes()
-                .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-                | 1,
-        )
-    }
-    fn name(&self) -> &'static str {
-        "memory"
-    }
-}
 
 /// What one [`Programmer::sync`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -167,6 +39,7 @@ pub struct SyncReport {
     pub routes_replaced: usize,
     pub routes_deleted: usize,
     pub slots_repointed: usize,
+    pub groups_created: usize,
     pub errors: Vec<String>,
 }
 
@@ -175,6 +48,8 @@ type Gw = (Ipv4Addr, u32);
 pub struct Programmer {
     pub backend: Box<dyn Backend>,
     pub mirror: KState,
+    /// Bucket → slot of the resilient groups we have looked at (read back from the kernel).
+    bmap: HashMap<u32, Vec<u32>>,
     proto: u8,
     next_id: u32,
 }
@@ -189,6 +64,20 @@ fn gw_of(nh: &Nexthop) -> Option<Gw> {
     }
 }
 
+fn new_gw(id: u32, proto: u8, gw: Gw) -> (RtMsg, u16) {
+    (
+        RtMsg::NewNexthop(Nexthop {
+            id,
+            protocol: proto,
+            kind: NhKind::Gateway {
+                gw: gw.0,
+                oif: gw.1,
+            },
+        }),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+}
+
 impl Programmer {
     /// Read what the kernel has of ours.
     pub fn new(mut backend: Box<dyn Backend>, proto: u8) -> Result<Programmer, String> {
@@ -196,6 +85,7 @@ impl Programmer {
         Ok(Programmer {
             backend,
             mirror,
+            bmap: HashMap::new(),
             proto,
             next_id: (max + 1).max(FIRST_ID),
         })
@@ -205,172 +95,216 @@ impl Programmer {
     pub fn reread(&mut self) -> Result<(), String> {
         let (m, max) = self.backend.read(self.proto)?;
         self.mirror = m;
+        self.bmap.clear();
         self.next_id = self.next_id.max(max + 1);
         Ok(())
+    }
+
+    fn alloc(&mut self) -> u32 {
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1).max(FIRST_ID);
+            if !self.mirror.nexthops.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Bucket → slot of a resilient group (cached).
+    fn bucket_map(&mut self, g: u32) -> Option<Vec<u32>> {
+        if !self.mirror.nexthops.get(&g).is_some_and(is_resilient) {
+            return None;
+        }
+        if !self.bmap.contains_key(&g) {
+            let b = self.backend.buckets(g).ok()?;
+            self.bmap.insert(g, b);
+        }
+        self.bmap.get(&g).cloned()
+    }
+
+    /// The gateway of each bucket of group `g`, as the kernel forwards now.
+    fn content(&mut self, g: u32) -> Option<Vec<Gw>> {
+        let map = self.bucket_map(g)?;
+        map.iter()
+            .map(|s| self.mirror.nexthops.get(s).and_then(gw_of))
+            .collect()
+    }
+
+    /// One slot per bucket: the group can be repointed bucket by bucket.
+    fn one_to_one(&mut self, g: u32) -> bool {
+        let Some(map) = self.bucket_map(g) else {
+            return false;
+        };
+        let distinct: BTreeSet<&u32> = map.iter().collect();
+        distinct.len() == map.len()
+    }
+
+    /// The per-bucket (gateway, ifindex) a sticky route's kernel group forwards to now, if that
+    /// group is degraded (the kernel moved buckets itself when a link went down).
+    pub fn kernel_distribution(&mut self, p: &Prefix) -> Option<Vec<Gw>> {
+        let g = self.mirror.routes.get(p)?.nh_id?;
+        if self.one_to_one(g) {
+            return None;
+        }
+        self.content(g)
+    }
+
+    /// (gateway, ifindex) of a path, when its interface exists and is up.
+    fn resolve(&self, cache: &mut HashMap<String, Option<u32>>, p: &Path) -> Option<Gw> {
+        let ix = *cache.entry(p.ifname.clone()).or_insert_with(|| {
+            // One lookup per interface per sync, not one per path of every route.
+            if self.backend.link_up(&p.ifname) {
+                self.backend.ifindex(&p.ifname)
+            } else {
+                None
+            }
+        });
+        Some((p.gw, ix?))
+    }
+
+    fn run(&mut self, ops: Vec<(RtMsg, u16)>, rep: &mut SyncReport) -> bool {
+        if ops.is_empty() {
+            return true;
+        }
+        rep.ops += ops.len();
+        let sent = ops.clone();
+        match self.backend.apply(ops) {
+            Ok(results) => {
+                let mut ok = true;
+                for ((m, _), r) in sent.into_iter().zip(results) {
+                    match r {
+                        Ok(()) => self.record(m),
+                        Err(e) => {
+                            ok = false;
+                            rep.errors.push(format!("{m:?}: {e}"));
+                        }
+                    }
+                }
+                ok
+            }
+            Err(e) => {
+                rep.errors.push(e);
+                false
+            }
+        }
     }
 
     /// Make the kernel match `t`; only differences are sent.
     pub fn sync(&mut self, t: &Table) -> SyncReport {
         let mut rep = SyncReport::default();
         let proto = self.proto;
-        let m = std::mem::take(&mut self.mirror);
-        let next = &mut self.next_id;
-        let backend = &self.backend;
-        // One if_nametoindex per interface per sync, not one per path of every route.
-        let ifx: std::cell::RefCell<HashMap<String, Option<u32>>> = Default::default();
-        let resolve = |p: &Path| -> Option<Gw> {
-            let mut c = ifx.borrow_mut();
-            let ix = *c
-                .entry(p.ifname.clone())
-                .or_insert_with(|| backend.ifindex(&p.ifname));
-            Some((p.gw, ix?))
-        };
-        let mut alloc = || loop {
-            let id = *next;
-            *next = next.wrapping_add(1).max(FIRST_ID);
-            if !m.nexthops.contains_key(&id) {
-                break id;
-            }
-        };
-        // Slots are the members of resilient groups; path nexthops are the other gateways.
+        let mut ifx: HashMap<String, Option<u32>> = HashMap::new();
+
+        // What exists: path nexthops (gateways that are not slots) and ECMP groups by members.
         let mut slot_ids: BTreeSet<u32> = BTreeSet::new();
-        for nh in m.nexthops.values() {
-            if let NhKind::Group {
-                resilient: Some(_),
-                members,
-            } = &nh.kind
-            {
-                slot_ids.extend(members.iter().map(|(id, _)| *id));
+        let mut ecmp_ids: HashMap<Vec<u32>, u32> = HashMap::new();
+        for (id, nh) in &self.mirror.nexthops {
+            if let NhKind::Group { members, resilient } = &nh.kind {
+                let ids: Vec<u32> = members.iter().map(|(i, _)| *i).collect();
+                if resilient.is_some() {
+                    slot_ids.extend(ids);
+                } else {
+                    ecmp_ids.entry(ids).or_insert(*id);
+                }
             }
         }
         let mut path_ids: HashMap<Gw, u32> = HashMap::new();
-        for (id, nh) in &m.nexthops {
+        for (id, nh) in &self.mirror.nexthops {
             if let Some(g) = gw_of(nh)
                 && !slot_ids.contains(id)
             {
                 path_ids.entry(g).or_insert(*id);
             }
         }
-        let mut ecmp_ids: HashMap<Vec<u32>, u32> = HashMap::new();
-        let mut res_ids: HashMap<Vec<Gw>, u32> = HashMap::new();
-        let mut res_content: HashMap<u32, Vec<Gw>> = HashMap::new();
-        let mut res_members: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (id, nh) in &m.nexthops {
-            if let NhKind::Group { members, resilient } = &nh.kind {
-                let ids: Vec<u32> = members.iter().map(|(i, _)| *i).collect();
-                if resilient.is_some() {
-                    let gws: Option<Vec<Gw>> = ids
-                        .iter()
-                        .map(|i| m.nexthops.get(i).and_then(gw_of))
-                        .collect();
-                    if let Some(g) = gws {
-                        res_ids.entry(g.clone()).or_insert(*id);
-                        res_content.insert(*id, g);
-                    }
-                    res_members.insert(*id, ids);
-                } else {
-                    ecmp_ids.entry(ids).or_insert(*id);
-                }
-            }
-        }
 
-        let mut create: Vec<(RtMsg, u16)> = Vec::new();
-        let mut groups: Vec<(RtMsg, u16)> = Vec::new();
+        let mut phase1: Vec<(RtMsg, u16)> = Vec::new();
         let mut want_routes: BTreeMap<Prefix, u32> = BTreeMap::new();
         let mut used: BTreeSet<u32> = BTreeSet::new();
+        // New groups: (group, wanted per-bucket gateways), checked against the kernel's buckets.
+        let mut created: Vec<(u32, Vec<Gw>)> = Vec::new();
 
-        // Sticky routes first: decide, per resilient group in use, which distribution it carries.
+        // Sticky routes: group them by the resilient group they use now and what they want.
         let mut by_group: BTreeMap<u32, BTreeMap<Vec<Gw>, Vec<Prefix>>> = BTreeMap::new();
         let mut fresh: BTreeMap<Vec<Gw>, Vec<Prefix>> = BTreeMap::new();
+        let mut by_content: HashMap<Vec<Gw>, u32> = HashMap::new();
         for (p, e) in &t.routes {
             let Some(ldt) = &e.ldt else { continue };
-            let Some(want): Option<Vec<Gw>> = ldt.slots.iter().map(&resolve).collect() else {
+            let want: Option<Vec<Gw>> = ldt
+                .slots
+                .iter()
+                .map(|s| self.resolve(&mut ifx, s))
+                .collect();
+            let Some(want) = want else {
+                if t.live(e).is_empty() {
+                    continue; // every path is on a down link: nothing can be installed
+                }
                 rep.errors
-                    .push(format!("{p}: an interface of its paths does not exist"));
+                    .push(format!("{p}: a path of its distribution is not usable"));
                 continue;
             };
-            let cur = m.routes.get(p).and_then(|r| r.nh_id);
-            match cur.filter(|g| res_members.get(g).is_some_and(|s| s.len() == want.len())) {
-                Some(g) => by_group
+            let cur = self.mirror.routes.get(p).and_then(|r| r.nh_id);
+            let cur = cur.filter(|g| self.bucket_map(*g).is_some_and(|m| m.len() == want.len()));
+            match cur {
+                Some(g) if self.one_to_one(g) => by_group
                     .entry(g)
                     .or_default()
                     .entry(want)
                     .or_default()
                     .push(*p),
-                None => fresh.entry(want).or_default().push(*p),
+                // A degraded group (or none): build a complete one.
+                _ => fresh.entry(want).or_default().push(*p),
             }
         }
-        let mut repoint: Vec<(RtMsg, u16)> = Vec::new();
         for (g, wants) in by_group {
+            let now = self.content(g).unwrap_or_default();
             // The distribution most of the group's routes want keeps the group (repointed in
             // place: the kernel's bucket → slot map does not change); the others move.
-            let (keep, _) = wants
+            let keep = wants
                 .iter()
-                .max_by_key(|(w, ps)| (ps.len(), res_ids.get(*w) == Some(&g)))
-                .map(|(w, ps)| (w.clone(), ps.len()))
+                .max_by_key(|(w, ps)| (ps.len(), **w == now))
+                .map(|(w, _)| w.clone())
                 .unwrap_or_default();
             for (w, ps) in wants {
-                if w == keep {
-                    let members = res_members.get(&g).cloned().unwrap_or_default();
-                    for (slot, gw) in members.iter().zip(w.iter()) {
-                        if m.nexthops.get(slot).and_then(gw_of) != Some(*gw) {
-                            rep.slots_repointed += 1;
-                            repoint.push((
-                                RtMsg::NewNexthop(Nexthop {
-                                    id: *slot,
-                                    protocol: proto,
-                                    kind: NhKind::Gateway {
-                                        gw: gw.0,
-                                        oif: gw.1,
-                                    },
-                                }),
-                                NLM_F_CREATE | NLM_F_REPLACE,
-                            ));
-                        }
-                        used.insert(*slot);
-                    }
-                    used.insert(g);
-                    if let Some(old) = res_content.insert(g, w.clone())
-                        && res_ids.get(&old) == Some(&g)
-                    {
-                        res_ids.remove(&old);
-                    }
-                    res_ids.insert(w.clone(), g);
-                    for p in ps {
-                        want_routes.insert(p, g);
-                    }
-                } else {
+                if w != keep {
                     fresh.entry(w).or_default().extend(ps);
+                    continue;
+                }
+                let map = self.bucket_map(g).unwrap_or_default();
+                for (b, slot) in map.iter().enumerate() {
+                    if now.get(b) != Some(&w[b]) {
+                        rep.slots_repointed += 1;
+                        phase1.push(new_gw(*slot, proto, w[b]));
+                    }
+                    used.insert(*slot);
+                }
+                used.insert(g);
+                by_content.insert(w.clone(), g);
+                for p in ps {
+                    want_routes.insert(p, g);
                 }
             }
         }
         for (w, ps) in fresh {
-            let g = match res_ids.get(&w).copied() {
-                Some(g) => g,
+            let g = match by_content.get(&w) {
+                Some(g) => *g,
                 None => {
-                    let slots: Vec<u32> = (0..w.len()).map(|_| alloc()).collect();
-                    for (s, gw) in slots.iter().zip(w.iter()) {
-                        create.push((
-                            RtMsg::NewNexthop(Nexthop {
-                                id: *s,
-                                protocol: proto,
-                                kind: NhKind::Gateway {
-                                    gw: gw.0,
-                                    oif: gw.1,
-                                },
-                            }),
-                            NLM_F_CREATE | NLM_F_REPLACE,
-                        ));
+                    let n = w.len();
+                    // Linux gives bucket b to member n-1-b in a new group of n members and n
+                    // buckets; whatever it does, phase 2 checks and corrects.
+                    let slots: Vec<u32> = (0..n).map(|_| self.alloc()).collect();
+                    for (j, s) in slots.iter().enumerate() {
+                        phase1.push(new_gw(*s, proto, w[n - 1 - j]));
+                        used.insert(*s);
                     }
-                    let g = alloc();
-                    groups.push((
+                    let g = self.alloc();
+                    phase1.push((
                         RtMsg::NewNexthop(Nexthop {
                             id: g,
                             protocol: proto,
                             kind: NhKind::Group {
                                 members: slots.iter().map(|s| (*s, 1)).collect(),
                                 resilient: Some(Resilient {
-                                    buckets: w.len() as u16,
+                                    buckets: n as u16,
                                     idle_timer: 0,
                                     unbalanced_timer: 0,
                                 }),
@@ -378,45 +312,68 @@ impl Programmer {
                         }),
                         NLM_F_CREATE | NLM_F_REPLACE,
                     ));
-                    res_members.insert(g, slots);
-                    res_ids.insert(w.clone(), g);
+                    // Reserve the ids before any other allocation.
+                    self.mirror.nexthops.insert(
+                        g,
+                        Nexthop {
+                            id: g,
+                            protocol: proto,
+                            kind: NhKind::Blackhole,
+                        },
+                    );
+                    for s in &slots {
+                        self.mirror.nexthops.insert(
+                            *s,
+                            Nexthop {
+                                id: *s,
+                                protocol: proto,
+                                kind: NhKind::Blackhole,
+                            },
+                        );
+                    }
+                    rep.groups_created += 1;
+                    created.push((g, w.clone()));
+                    by_content.insert(w.clone(), g);
                     g
                 }
             };
             used.insert(g);
-            used.extend(res_members.get(&g).cloned().unwrap_or_default());
             for p in ps {
                 want_routes.insert(p, g);
             }
         }
 
-        // Plain routes: a path nexthop, or a hash-threshold group of them.
+        // Plain routes: a path nexthop, or a hash-threshold group of them (live paths only).
         for (p, e) in &t.routes {
             if e.ldt.is_some() {
                 continue;
             }
-            let Some(gws): Option<Vec<Gw>> = e.paths.iter().map(&resolve).collect() else {
-                rep.errors
-                    .push(format!("{p}: an interface of its paths does not exist"));
+            let gws: Vec<Gw> = t
+                .live(e)
+                .iter()
+                .filter_map(|s| self.resolve(&mut ifx, s))
+                .collect();
+            if gws.is_empty() {
                 continue;
-            };
+            }
             let mut ids = Vec::with_capacity(gws.len());
             for gw in gws {
                 let id = match path_ids.get(&gw) {
                     Some(id) => *id,
                     None => {
-                        let id = alloc();
-                        create.push((
-                            RtMsg::NewNexthop(Nexthop {
+                        let id = self.alloc();
+                        phase1.insert(0, new_gw(id, proto, gw));
+                        self.mirror.nexthops.insert(
+                            id,
+                            Nexthop {
                                 id,
                                 protocol: proto,
                                 kind: NhKind::Gateway {
                                     gw: gw.0,
                                     oif: gw.1,
                                 },
-                            }),
-                            NLM_F_CREATE | NLM_F_REPLACE,
-                        ));
+                            },
+                        );
                         path_ids.insert(gw, id);
                         id
                     }
@@ -430,8 +387,8 @@ impl Programmer {
                 match ecmp_ids.get(&ids) {
                     Some(g) => *g,
                     None => {
-                        let g = alloc();
-                        groups.push((
+                        let g = self.alloc();
+                        phase1.push((
                             RtMsg::NewNexthop(Nexthop {
                                 id: g,
                                 protocol: proto,
@@ -442,6 +399,14 @@ impl Programmer {
                             }),
                             NLM_F_CREATE | NLM_F_REPLACE,
                         ));
+                        self.mirror.nexthops.insert(
+                            g,
+                            Nexthop {
+                                id: g,
+                                protocol: proto,
+                                kind: NhKind::Blackhole,
+                            },
+                        );
                         ecmp_ids.insert(ids.clone(), g);
                         g
                     }
@@ -451,9 +416,32 @@ impl Programmer {
             want_routes.insert(*p, nh);
         }
 
-        let mut routes: Vec<(RtMsg, u16)> = Vec::new();
+        // Phase 1: nexthops, slot repoints, groups.
+        if !self.run(phase1, &mut rep) {
+            return self.after_error(rep);
+        }
+        // Phase 2: every new group forwards bucket b to the path the distribution says.
+        let mut fix = Vec::new();
+        for (g, w) in &created {
+            self.bmap.remove(g);
+            let Some(map) = self.bucket_map(*g) else {
+                rep.errors.push(format!("group {g}: buckets unreadable"));
+                continue;
+            };
+            for (b, slot) in map.iter().enumerate() {
+                if self.mirror.nexthops.get(slot).and_then(gw_of) != Some(w[b]) {
+                    fix.push(new_gw(*slot, proto, w[b]));
+                }
+            }
+        }
+        if !self.run(fix, &mut rep) {
+            return self.after_error(rep);
+        }
+
+        // Phase 3: routes, then what nothing uses any more.
+        let mut ops: Vec<(RtMsg, u16)> = Vec::new();
         for (p, nh) in &want_routes {
-            match m.routes.get(p) {
+            match self.mirror.routes.get(p) {
                 Some(r) if r.nh_id == Some(*nh) => {}
                 have => {
                     if have.is_some() {
@@ -461,22 +449,21 @@ impl Programmer {
                     } else {
                         rep.routes_added += 1;
                     }
-                    routes.push((
+                    ops.push((
                         RtMsg::NewRoute(Route::new(p.addr, p.len, proto, *nh)),
                         NLM_F_CREATE | NLM_F_REPLACE,
                     ));
                 }
             }
         }
-        let mut deletes: Vec<(RtMsg, u16)> = Vec::new();
-        for (p, r) in &m.routes {
+        for (p, r) in &self.mirror.routes {
             if !want_routes.contains_key(p) && !t.routes.contains_key(p) {
                 rep.routes_deleted += 1;
-                deletes.push((RtMsg::DelRoute(r.clone()), 0));
+                ops.push((RtMsg::DelRoute(r.clone()), 0));
             }
         }
-        // Unused groups before the nexthops they contain.
-        let unused: Vec<u32> = m
+        let unused: Vec<u32> = self
+            .mirror
             .nexthops
             .keys()
             .filter(|id| !used.contains(id))
@@ -484,41 +471,19 @@ impl Programmer {
             .collect();
         let (ug, un): (Vec<u32>, Vec<u32>) = unused
             .into_iter()
-            .partition(|id| matches!(m.nexthops[id].kind, NhKind::Group { .. }));
-        deletes.extend(ug.into_iter().map(|id| (RtMsg::DelNexthop(id), 0)));
-        deletes.extend(un.into_iter().map(|id| (RtMsg::DelNexthop(id), 0)));
-
-        let mut all = create;
-        all.extend(repoint);
-        all.extend(groups);
-        all.extend(routes);
-        all.extend(deletes);
-        rep.ops = all.len();
-        self.mirror = m;
-        if all.is_empty() {
-            return rep;
+            .partition(|id| matches!(self.mirror.nexthops[id].kind, NhKind::Group { .. }));
+        ops.extend(ug.into_iter().map(|id| (RtMsg::DelNexthop(id), 0)));
+        ops.extend(un.into_iter().map(|id| (RtMsg::DelNexthop(id), 0)));
+        if !self.run(ops, &mut rep) {
+            return self.after_error(rep);
         }
-        let ops = all.clone();
-        match self.backend.apply(all) {
-            Ok(results) => {
-                let mut failed = false;
-                for ((m, _), r) in ops.into_iter().zip(results) {
-                    match r {
-                        Ok(()) => self.record(m),
-                        Err(e) => {
-                            failed = true;
-                            rep.errors.push(format!("{m:?}: {e}"));
-                        }
-                    }
-                }
-                if failed {
-                    // The kernel and our mirror disagree: believe the kernel.
-                    if let Err(e) = self.reread() {
-                        rep.errors.push(e);
-                    }
-                }
-            }
-            Err(e) => rep.errors.push(e),
+        rep
+    }
+
+    /// The kernel and our mirror disagree: believe the kernel.
+    fn after_error(&mut self, mut rep: SyncReport) -> SyncReport {
+        if let Err(e) = self.reread() {
+            rep.errors.push(e);
         }
         rep
     }
@@ -526,9 +491,13 @@ impl Programmer {
     fn record(&mut self, m: RtMsg) {
         match m {
             RtMsg::NewNexthop(nh) => {
+                if is_resilient(&nh) {
+                    self.bmap.remove(&nh.id);
+                }
                 self.mirror.nexthops.insert(nh.id, nh);
             }
             RtMsg::DelNexthop(id) => {
+                self.bmap.remove(&id);
                 self.mirror.nexthops.remove(&id);
             }
             RtMsg::NewRoute(r) => {
@@ -545,16 +514,10 @@ impl Programmer {
         }
     }
 
-    /// The slot nexthops (bucket order) of the group a sticky route uses.
-    pub fn slots_of(&self, p: &Prefix) -> Option<(u32, Vec<u32>)> {
+    /// The group of a sticky route and its slot nexthop per bucket.
+    pub fn slots_of(&mut self, p: &Prefix) -> Option<(u32, Vec<u32>)> {
         let g = self.mirror.routes.get(p)?.nh_id?;
-        match &self.mirror.nexthops.get(&g)?.kind {
-            NhKind::Group {
-                members,
-                resilient: Some(_),
-            } => Some((g, members.iter().map(|(i, _)| *i).collect())),
-            _ => None,
-        }
+        Some((g, self.bucket_map(g)?))
     }
 }
 
@@ -609,6 +572,55 @@ mod tests {
     }
 
     #[test]
+    fn a_degraded_group_is_adopted_and_rebuilt_without_moving_a_bucket() {
+        let (mut t, mut k) = setup();
+        let p: Prefix = "192.0.2.0/24".parse().expect("p");
+        t.announce(p, "bgp", vec![path(1), path(2), path(3)], true);
+        k.sync(&t);
+        let (g, _) = k.slots_of(&p).expect("group");
+        // What Linux does when eth2 goes down: its slots vanish from the group.
+        let mut state = k.mirror.clone();
+        let gone: Vec<u32> = state
+            .nexthops
+            .iter()
+            .filter(|(_, n)| matches!(&n.kind, NhKind::Gateway { gw, .. } if gw.octets()[3] == 2))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            state.nexthops.remove(id);
+        }
+        if let Some(Nexthop {
+            kind: NhKind::Group { members, .. },
+            ..
+        }) = state.nexthops.get_mut(&g)
+        {
+            members.retain(|(m, _)| !gone.contains(m));
+        }
+        let mut down = BTreeSet::new();
+        down.insert("eth2".to_string());
+        let mut k = Programmer::new(
+            Box::new(Memory {
+                state,
+                down,
+                ops: 0,
+            }),
+            199,
+        )
+        .expect("k");
+        let now = k.kernel_distribution(&p).expect("degraded");
+        let paths: Vec<Path> = now.iter().map(|(gw, _)| path(gw.octets()[3])).collect();
+        assert!(t.adopt(&p, paths));
+        t.set_link("eth2", false);
+        let r = k.sync(&t);
+        assert_eq!(r.groups_created, 1, "{r:?}");
+        let (g2, _) = k.slots_of(&p).expect("new group");
+        assert_ne!(g2, g);
+        assert!(k.one_to_one(g2));
+        assert_eq!(k.content(g2), Some(now), "every bucket kept its path");
+        assert_eq!(k.sync(&t).ops, 0);
+    }
+
+    #[test]
     fn a_restarted_programmer_changes_nothing_that_is_right() {
         let (mut t, mut k) = setup();
         for i in 0..5u8 {
@@ -618,7 +630,7 @@ mod tests {
         k.sync(&t);
         let mem = Memory {
             state: k.mirror.clone(),
-            ops: 0,
+            ..Default::default()
         };
         let mut again = Programmer::new(Box::new(mem), 199).expect("read back");
         assert_eq!(again.sync(&t).ops, 0);

@@ -4,10 +4,12 @@
 //!
 //! - [`netlink`]: RTM_*NEXTHOP / RTM_*ROUTE messages on netlink-packet-core, a pipelining socket;
 //! - [`table`]: routes, path sets, the sticky load distribution tables (pure);
-//! - [`kernel`]: reconcile a table with a kernel (or the memory backend), sending only changes;
+//! - [`backend`]: the kernel (rtnetlink) or memory;
+//! - [`kernel`]: reconcile a table with a backend, sending only changes;
 //! - [`instance`]: the owner loop, PSS checkpoints, stale routes, MTS;
 //! - [`proto`]: the fib SAP's messages; [`config`]: the service's configuration file.
 
+pub mod backend;
 pub mod config;
 pub mod instance;
 pub mod kernel;

@@ -159,6 +159,9 @@ impl Default for StickyConfig {
 pub struct Table {
     pub routes: BTreeMap<Prefix, Entry>,
     pub sticky: StickyConfig,
+    /// Interfaces that are administratively down: their paths are not usable (the kernel
+    /// deleted their nexthops), whatever the producers say.
+    pub down: std::collections::BTreeSet<String>,
 }
 
 fn norm(mut paths: Vec<Path>) -> Vec<Path> {
@@ -172,6 +175,66 @@ impl Table {
         Table {
             routes: BTreeMap::new(),
             sticky,
+            down: Default::default(),
+        }
+    }
+
+    /// The paths of `e` that can carry traffic now.
+    pub fn live(&self, e: &Entry) -> Vec<Path> {
+        e.paths
+            .iter()
+            .filter(|p| !self.down.contains(&p.ifname))
+            .cloned()
+            .collect()
+    }
+
+    /// An interface went down or came back: sticky distributions follow (a path on a down link
+    /// has failed; one coming back is restored only with auto-recovery). Returns the sticky
+    /// routes whose distribution changed.
+    pub fn set_link(&mut self, ifname: &str, up: bool) -> Vec<Prefix> {
+        let changed = if up {
+            self.down.remove(ifname)
+        } else {
+            self.down.insert(ifname.to_string())
+        };
+        if !changed {
+            return Vec::new();
+        }
+        let auto = self.sticky.auto_recovery;
+        let down = self.down.clone();
+        let mut out = Vec::new();
+        for (p, e) in self.routes.iter_mut() {
+            let live: Vec<Path> = e
+                .paths
+                .iter()
+                .filter(|x| !down.contains(&x.ifname))
+                .cloned()
+                .collect();
+            let Some(ldt) = e.ldt.as_mut() else { continue };
+            if live.is_empty() {
+                continue;
+            }
+            let before = ldt.clone();
+            ldt.drop_dead(&live);
+            if auto {
+                ldt.restore(&live);
+            }
+            if *ldt != before {
+                out.push(*p);
+            }
+        }
+        out
+    }
+
+    /// The kernel already moved a sticky route's buckets (a link went down and took its slot
+    /// nexthops): take its per-bucket paths as they are, so nothing moves a second time.
+    pub fn adopt(&mut self, prefix: &Prefix, per_bucket: Vec<Path>) -> bool {
+        match self.routes.get_mut(prefix).and_then(|e| e.ldt.as_mut()) {
+            Some(ldt) if ldt.slots.len() == per_bucket.len() && ldt.slots != per_bucket => {
+                ldt.slots = per_bucket;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -191,6 +254,13 @@ impl Table {
         if paths.is_empty() {
             return self.withdraw(&prefix, producer);
         }
+        let live: Vec<Path> = paths
+            .iter()
+            .filter(|p| !self.down.contains(&p.ifname))
+            .cloned()
+            .collect();
+        // With every path on a down link the distribution is kept for when they return.
+        let live = if live.is_empty() { paths.clone() } else { live };
         let sticky = self.is_sticky(&prefix, sticky);
         let buckets = self.sticky.buckets.max(1);
         let auto = self.sticky.auto_recovery;
@@ -202,16 +272,20 @@ impl Table {
                 e.sticky = sticky;
                 e.ldt = match (sticky, old.ldt.clone()) {
                     (false, _) => None,
-                    (true, None) => Some(Ldt::compute(&paths, buckets)),
+                    (true, None) => Some(Ldt::compute(&live, buckets)),
                     (true, Some(mut ldt)) => {
-                        let known = |p: &Path| ldt.original.contains(p) || ldt.slots.contains(p);
+                        let known = |p: &Path| {
+                            ldt.original.contains(p)
+                                || ldt.slots.contains(p)
+                                || old.paths.contains(p)
+                        };
                         if paths.iter().any(|p| !known(p)) {
                             // A new path: full recompute.
-                            Some(Ldt::compute(&paths, buckets))
+                            Some(Ldt::compute(&live, buckets))
                         } else {
-                            ldt.drop_dead(&paths);
+                            ldt.drop_dead(&live);
                             if auto {
-                                ldt.restore(&paths);
+                                ldt.restore(&live);
                             }
                             Some(ldt)
                         }
@@ -222,7 +296,7 @@ impl Table {
             }
             None => Entry {
                 producer: producer.to_string(),
-                ldt: sticky.then(|| Ldt::compute(&paths, buckets)),
+                ldt: sticky.then(|| Ldt::compute(&live, buckets)),
                 paths,
                 sticky,
                 stale: false,
@@ -253,8 +327,15 @@ impl Table {
             .routes
             .get_mut(prefix)
             .ok_or_else(|| format!("no route {prefix}"))?;
-        if e.sticky {
-            e.ldt = Some(Ldt::compute(&e.paths, buckets));
+        let e: &mut Entry = e;
+        let live: Vec<Path> = e
+            .paths
+            .iter()
+            .filter(|p| !self.down.contains(&p.ifname))
+            .cloned()
+            .collect();
+        if e.sticky && !live.is_empty() {
+            e.ldt = Some(Ldt::compute(&live, buckets));
         }
         Ok(())
     }
