@@ -351,6 +351,15 @@ fn sigkill_of_fib_with_10k_routes_deletes_no_kernel_route() {
     // And it is live: a change after the restart reaches the kernel.
     l.update("bgp-sim", vec![], vec![prefix_n(7)]);
     assert_eq!(l.kernel_routes().len(), 9_999);
+    // A stateless restart does not flush either: the table is shared-global in PSS.
+    let before = l.kernel_routes();
+    let pid = l.lab.pid_of("fib").expect("fib");
+    let out = l.lab.cli(&["restart", "service", "fib", "--stateless"]);
+    assert!(out.status.success(), "{out:?}");
+    l.lab.wait_running("fib", Some(pid));
+    let rows: Vec<fp::RouteRow> = ask(&l.lab, fp::SAP_NAME, fp::OP_SHOW_ROUTES, &None::<Prefix>);
+    assert_eq!(rows.len(), 9_999);
+    assert_eq!(l.kernel_routes(), before);
 }
 
 #[test]
@@ -606,4 +615,32 @@ fn a_link_going_down_moves_only_its_buckets_and_fib_follows_the_kernel() {
         },
     );
     assert_eq!(l.buckets(p), m1);
+}
+
+#[test]
+fn a_producer_that_never_sends_end_of_rib_loses_its_stale_routes_at_the_stale_timer() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let l = setup("fib7", "stale-time = \"1s\"\n", "");
+    let some: Vec<RouteIn> = (0..5)
+        .map(|i| RouteIn {
+            prefix: prefix_n(i),
+            paths: vec![path(1)],
+            sticky: false,
+        })
+        .collect();
+    l.update("bgp-sim", some, vec![]);
+    let n: Result<u64, String> = ask(
+        &l.lab,
+        fp::SAP_NAME,
+        fp::OP_PRODUCER_START,
+        &"bgp-sim".to_string(),
+    );
+    assert_eq!(n, Ok(5));
+    assert_eq!(l.kernel_routes().len(), 5, "stale routes keep forwarding");
+    wait_for(Duration::from_secs(5), "the stale timer to sweep", || {
+        l.kernel_routes().is_empty().then_some(())
+    });
 }
