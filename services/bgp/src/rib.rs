@@ -1,0 +1,239 @@
+//! Adj-RIB-In per peer and the Loc-RIB with best-path selection (RFC 4271 §9.1.2.2 order) and
+//! `maximum-paths` multipath. Pure: no I/O.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use fib::proto::Prefix;
+use serde::{Deserialize, Serialize};
+
+/// The attributes best-path selection and the FIB need.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Attrs {
+    /// 0 IGP, 1 EGP, 2 INCOMPLETE.
+    pub origin: u8,
+    /// AS_PATH flattened (an AS_SET counts once, RFC 4271 §9.1.2.2).
+    pub as_path: Vec<u32>,
+    pub as_path_len: usize,
+    pub next_hop: Ipv4Addr,
+    pub local_pref: Option<u32>,
+    pub med: Option<u32>,
+    pub communities: Vec<u32>,
+}
+
+/// What selection needs to know about a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub addr: Ipv4Addr,
+    pub router_id: Ipv4Addr,
+    pub remote_as: u32,
+    pub ebgp: bool,
+}
+
+/// The selected path(s) of a prefix: the best first, then its equals for multipath.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected {
+    pub paths: Vec<(Ipv4Addr, Arc<Attrs>)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Rib {
+    pub adj_in: HashMap<Ipv4Addr, BTreeMap<Prefix, Arc<Attrs>>>,
+    pub loc: BTreeMap<Prefix, Selected>,
+    pub peers: HashMap<Ipv4Addr, PeerInfo>,
+    pub max_paths: usize,
+}
+
+const DEFAULT_LOCAL_PREF: u32 = 100;
+
+impl Rib {
+    pub fn new(max_paths: usize) -> Rib {
+        Rib {
+            max_paths: max_paths.max(1),
+            ..Default::default()
+        }
+    }
+
+    /// Steps 1–5 of the decision: what must be equal for multipath.
+    fn cmp_multipath(&self, a: (&Ipv4Addr, &Attrs), b: (&Ipv4Addr, &Attrs)) -> Ordering {
+        let (pa, aa) = a;
+        let (pb, ab) = b;
+        let lp = |x: &Attrs| x.local_pref.unwrap_or(DEFAULT_LOCAL_PREF);
+        let ebgp = |p: &Ipv4Addr| self.peers.get(p).is_some_and(|i| i.ebgp);
+        lp(ab)
+            .cmp(&lp(aa))
+            .then(aa.as_path_len.cmp(&ab.as_path_len))
+            .then(aa.origin.cmp(&ab.origin))
+            .then_with(|| {
+                // MED only between paths from the same neighbouring AS.
+                if aa.as_path.first() == ab.as_path.first() {
+                    aa.med.unwrap_or(0).cmp(&ab.med.unwrap_or(0))
+                } else {
+                    Ordering::Equal
+                }
+            })
+            .then(ebgp(pb).cmp(&ebgp(pa)))
+    }
+
+    /// The full decision: then lowest router id, then lowest peer address.
+    fn cmp(&self, a: (&Ipv4Addr, &Attrs), b: (&Ipv4Addr, &Attrs)) -> Ordering {
+        let rid = |p: &Ipv4Addr| self.peers.get(p).map(|i| i.router_id).unwrap_or(*p);
+        self.cmp_multipath(a, b)
+            .then(rid(a.0).cmp(&rid(b.0)))
+            .then(a.0.cmp(b.0))
+    }
+
+    fn select(&self, p: &Prefix) -> Option<Selected> {
+        let mut cands: Vec<(Ipv4Addr, Arc<Attrs>)> = self
+            .adj_in
+            .iter()
+            .filter_map(|(peer, t)| t.get(p).map(|a| (*peer, a.clone())))
+            .collect();
+        if cands.is_empty() {
+            return None;
+        }
+        cands.sort_by(|x, y| self.cmp((&x.0, &x.1), (&y.0, &y.1)));
+        let best = cands[0].clone();
+        let mut paths = vec![best.clone()];
+        for c in cands.iter().skip(1) {
+            if paths.len() >= self.max_paths {
+                break;
+            }
+            if self.cmp_multipath((&best.0, &best.1), (&c.0, &c.1)) == Ordering::Equal
+                && c.1.as_path == best.1.as_path
+                && !paths.iter().any(|(_, a)| a.next_hop == c.1.next_hop)
+            {
+                paths.push(c.clone());
+            }
+        }
+        Some(Selected { paths })
+    }
+
+    fn reselect(&mut self, touched: BTreeSet<Prefix>) -> Vec<Prefix> {
+        let mut changed = Vec::new();
+        for p in touched {
+            let new = self.select(&p);
+            if self.loc.get(&p) != new.as_ref() {
+                match new {
+                    Some(s) => self.loc.insert(p, s),
+                    None => self.loc.remove(&p),
+                };
+                changed.push(p);
+            }
+        }
+        changed
+    }
+
+    /// Apply one UPDATE from `peer`; returns the prefixes whose selection changed.
+    pub fn update(
+        &mut self,
+        peer: Ipv4Addr,
+        announce: Vec<(Prefix, Arc<Attrs>)>,
+        withdraw: Vec<Prefix>,
+    ) -> Vec<Prefix> {
+        let t = self.adj_in.entry(peer).or_default();
+        let mut touched = BTreeSet::new();
+        for p in withdraw {
+            if t.remove(&p).is_some() {
+                touched.insert(p);
+            }
+        }
+        for (p, a) in announce {
+            t.insert(p, a);
+            touched.insert(p);
+        }
+        self.reselect(touched)
+    }
+
+    /// The session with `peer` went down: its routes go.
+    pub fn peer_down(&mut self, peer: Ipv4Addr) -> Vec<Prefix> {
+        let touched: BTreeSet<Prefix> = self
+            .adj_in
+            .remove(&peer)
+            .map(|t| t.into_keys().collect())
+            .unwrap_or_default();
+        self.reselect(touched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(path: &[u32], nh: u8) -> Arc<Attrs> {
+        Arc::new(Attrs {
+            origin: 0,
+            as_path: path.to_vec(),
+            as_path_len: path.len(),
+            next_hop: Ipv4Addr::new(10, 0, 0, nh),
+            local_pref: None,
+            med: None,
+            communities: vec![],
+        })
+    }
+    fn peer(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, n)
+    }
+    fn rib(max: usize) -> Rib {
+        let mut r = Rib::new(max);
+        for n in 1..=3 {
+            r.peers.insert(
+                peer(n),
+                PeerInfo {
+                    addr: peer(n),
+                    router_id: Ipv4Addr::new(1, 1, 1, n),
+                    remote_as: 65000 + u32::from(n),
+                    ebgp: true,
+                },
+            );
+        }
+        r
+    }
+    fn pfx() -> Prefix {
+        "192.0.2.0/24".parse().expect("p")
+    }
+
+    #[test]
+    fn shorter_as_path_wins_and_withdrawal_falls_back() {
+        let mut r = rib(1);
+        r.update(peer(1), vec![(pfx(), attrs(&[65001, 1, 2], 1))], vec![]);
+        r.update(peer(2), vec![(pfx(), attrs(&[65002, 2], 2))], vec![]);
+        assert_eq!(r.loc[&pfx()].paths[0].0, peer(2));
+        assert_eq!(r.update(peer(2), vec![], vec![pfx()]), vec![pfx()]);
+        assert_eq!(r.loc[&pfx()].paths[0].0, peer(1));
+        r.peer_down(peer(1));
+        assert!(!r.loc.contains_key(&pfx()));
+    }
+
+    #[test]
+    fn local_pref_beats_as_path_and_router_id_breaks_ties() {
+        let mut r = rib(1);
+        let mut a = (*attrs(&[65001, 1, 2, 3], 1)).clone();
+        a.local_pref = Some(200);
+        r.update(peer(1), vec![(pfx(), Arc::new(a))], vec![]);
+        r.update(peer(2), vec![(pfx(), attrs(&[65002], 2))], vec![]);
+        assert_eq!(r.loc[&pfx()].paths[0].0, peer(1));
+        let mut r = rib(1);
+        r.update(peer(3), vec![(pfx(), attrs(&[65000], 3))], vec![]);
+        r.update(peer(2), vec![(pfx(), attrs(&[65000], 2))], vec![]);
+        assert_eq!(r.loc[&pfx()].paths[0].0, peer(2), "lower router id");
+    }
+
+    #[test]
+    fn maximum_paths_gives_ecmp_over_equal_paths() {
+        let mut r = rib(4);
+        r.update(peer(1), vec![(pfx(), attrs(&[65000, 7], 1))], vec![]);
+        r.update(peer(2), vec![(pfx(), attrs(&[65000, 7], 2))], vec![]);
+        r.update(peer(3), vec![(pfx(), attrs(&[65000, 7, 7], 3))], vec![]);
+        assert_eq!(r.loc[&pfx()].paths.len(), 2);
+    }
+
+    #[test]
+    fn unchanged_selection_reports_nothing() {
+        let mut r = rib(1);
+        r.update(peer(1), vec![(pfx(), attrs(&[65001], 1))], vec![]);
+        assert!(r.update(peer(1), vec![(pfx(), attrs(&[65001], 1))], vec![]).is_empty());
+    }
+}

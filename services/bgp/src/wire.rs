@@ -1,0 +1,274 @@
+//! The one module that knows the BGP codec crate (`rustbgpd-wire`: encode/decode of OPEN,
+//! UPDATE, KEEPALIVE, NOTIFICATION, ROUTE-REFRESH, never a panic on input). Everything else in the
+//! speaker sees [`Msg`] and [`Routes`].
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fib::proto::Prefix;
+use rustbgpd_wire as w;
+
+use crate::rib::Attrs;
+
+pub const MAX_LEN: u16 = 4096;
+pub const AS_TRANS: u16 = 23456;
+
+/// A decoded message, as the speaker needs it.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    Open {
+        asn: u32,
+        hold: u16,
+        router_id: Ipv4Addr,
+        four_octet: bool,
+        route_refresh: bool,
+        graceful_restart: bool,
+    },
+    Update(w::UpdateMessage),
+    Notification { code: u8, subcode: u8 },
+    Keepalive,
+    RouteRefresh,
+}
+
+/// A message that could not be decoded: the NOTIFICATION (code, subcode) to answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed {
+    pub code: u8,
+    pub subcode: u8,
+    pub why: String,
+}
+
+/// Length of the complete message at the head of `buf`, if it is all there.
+pub fn complete_len(buf: &[u8]) -> Result<Option<usize>, Malformed> {
+    w::peek_message_length(buf, MAX_LEN)
+        .map(|o| o.map(usize::from))
+        .map_err(malformed)
+}
+
+fn malformed(e: w::DecodeError) -> Malformed {
+    let (code, subcode, _) = e.to_notification();
+    Malformed {
+        code: code.as_u8(),
+        subcode,
+        why: e.to_string(),
+    }
+}
+
+/// Decode one complete message.
+pub fn decode(bytes: &[u8]) -> Result<Msg, Malformed> {
+    let mut b = Bytes::copy_from_slice(bytes);
+    Ok(match w::decode_message(&mut b, MAX_LEN).map_err(malformed)? {
+        w::Message::Open(o) => {
+            let mut m = Msg::Open {
+                asn: u32::from(o.my_as),
+                hold: o.hold_time,
+                router_id: o.bgp_identifier,
+                four_octet: false,
+                route_refresh: false,
+                graceful_restart: false,
+            };
+            if let Msg::Open {
+                asn,
+                four_octet,
+                route_refresh,
+                graceful_restart,
+                ..
+            } = &mut m
+            {
+                for c in &o.capabilities {
+                    match c {
+                        w::Capability::FourOctetAs { asn: a } => {
+                            *asn = *a;
+                            *four_octet = true;
+                        }
+                        w::Capability::RouteRefresh => *route_refresh = true,
+                        w::Capability::GracefulRestart { .. } => *graceful_restart = true,
+                        _ => {}
+                    }
+                }
+            }
+            m
+        }
+        w::Message::Update(u) => Msg::Update(u),
+        w::Message::Notification(n) => Msg::Notification {
+            code: n.code.as_u8(),
+            subcode: n.subcode,
+        },
+        w::Message::Keepalive => Msg::Keepalive,
+        w::Message::RouteRefresh(_) => Msg::RouteRefresh,
+    })
+}
+
+fn enc(m: &w::Message) -> Vec<u8> {
+    w::encode_message(m).map(|b| b.to_vec()).unwrap_or_default()
+}
+
+/// Our OPEN: 4-octet AS, IPv4 unicast, route refresh.
+pub fn open(asn: u32, hold: u16, router_id: Ipv4Addr) -> Vec<u8> {
+    enc(&w::Message::Open(w::OpenMessage {
+        version: 4,
+        my_as: u16::try_from(asn).unwrap_or(AS_TRANS),
+        hold_time: hold,
+        bgp_identifier: router_id,
+        capabilities: vec![
+            w::Capability::MultiProtocol {
+                afi: w::Afi::Ipv4,
+                safi: w::Safi::Unicast,
+            },
+            w::Capability::RouteRefresh,
+            w::Capability::FourOctetAs { asn },
+        ],
+    }))
+}
+
+pub fn keepalive() -> Vec<u8> {
+    enc(&w::Message::Keepalive)
+}
+
+pub fn notification(code: u8, subcode: u8) -> Vec<u8> {
+    enc(&w::Message::Notification(w::NotificationMessage {
+        code: w::NotificationCode::from_u8(code),
+        subcode,
+        data: Bytes::new(),
+    }))
+}
+
+/// End-of-RIB for IPv4 unicast (RFC 4724): an UPDATE with nothing in it.
+pub fn end_of_rib() -> Vec<u8> {
+    enc(&w::Message::Update(w::UpdateMessage::build(
+        &[],
+        &[],
+        &[],
+        true,
+        false,
+        w::Ipv4UnicastMode::Body,
+    )))
+}
+
+/// What one UPDATE means for the RIB.
+#[derive(Debug, Default)]
+pub struct Routes {
+    pub announce: Vec<(Prefix, Arc<Attrs>)>,
+    pub withdraw: Vec<Prefix>,
+    /// An empty UPDATE: the peer's End-of-RIB.
+    pub end_of_rib: bool,
+}
+
+fn prefix(p: &w::Ipv4Prefix) -> Option<Prefix> {
+    Prefix::new(p.addr, p.len)
+}
+
+/// Decode an UPDATE's routes. RFC 7606: attribute errors become treat-as-withdraw for the
+/// UPDATE's prefixes (returned as withdrawals) rather than a session reset; NLRI that cannot
+/// be parsed is an error.
+pub fn routes(u: &w::UpdateMessage, four_octet: bool) -> Result<Routes, Malformed> {
+    if u.withdrawn_routes.is_empty() && u.path_attributes.is_empty() && u.nlri.is_empty() {
+        return Ok(Routes {
+            end_of_rib: true,
+            ..Default::default()
+        });
+    }
+    let parsed = match u.parse(four_octet, false, &[]) {
+        Ok(p) => p,
+        Err(e) => {
+            // Treat-as-withdraw when the NLRI itself is readable.
+            let mut r = Routes::default();
+            for raw in [&u.withdrawn_routes, &u.nlri] {
+                match w::nlri::decode_nlri(raw) {
+                    Ok(v) => r.withdraw.extend(v.iter().filter_map(prefix)),
+                    Err(_) => return Err(malformed(e)),
+                }
+            }
+            tracing::warn!(error = %e, prefixes = r.withdraw.len(), "malformed attributes: treat-as-withdraw");
+            return Ok(r);
+        }
+    };
+    let mut a = Attrs {
+        origin: 2,
+        as_path: Vec::new(),
+        as_path_len: 0,
+        next_hop: Ipv4Addr::UNSPECIFIED,
+        local_pref: None,
+        med: None,
+        communities: Vec::new(),
+    };
+    let mut has_nh = false;
+    for at in &parsed.attributes {
+        match at {
+            w::PathAttribute::Origin(o) => a.origin = *o as u8,
+            w::PathAttribute::AsPath(p) => {
+                for s in &p.segments {
+                    match s {
+                        w::AsPathSegment::AsSequence(v) => {
+                            a.as_path.extend(v);
+                            a.as_path_len += v.len();
+                        }
+                        w::AsPathSegment::AsSet(v) => {
+                            a.as_path.extend(v);
+                            a.as_path_len += usize::from(!v.is_empty());
+                        }
+                    }
+                }
+            }
+            w::PathAttribute::NextHop(n) => {
+                a.next_hop = *n;
+                has_nh = true;
+            }
+            w::PathAttribute::LocalPref(l) => a.local_pref = Some(*l),
+            w::PathAttribute::Med(m) => a.med = Some(*m),
+            w::PathAttribute::Communities(c) => a.communities = c.clone(),
+            _ => {}
+        }
+    }
+    let mut r = Routes {
+        withdraw: parsed.withdrawn.iter().filter_map(|e| prefix(&e.prefix)).collect(),
+        ..Default::default()
+    };
+    let announced: Vec<Prefix> = parsed.announced.iter().filter_map(|e| prefix(&e.prefix)).collect();
+    if !announced.is_empty() && !has_nh {
+        // A missing mandatory attribute: treat-as-withdraw (RFC 7606 §3 d).
+        r.withdraw.extend(announced);
+        return Ok(r);
+    }
+    let a = Arc::new(a);
+    r.announce = announced.into_iter().map(|p| (p, a.clone())).collect();
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_open_decodes_with_its_capabilities() {
+        let b = open(4_200_000_000, 90, Ipv4Addr::new(1, 2, 3, 4));
+        assert_eq!(complete_len(&b), Ok(Some(b.len())));
+        match decode(&b).expect("open") {
+            Msg::Open {
+                asn,
+                hold,
+                four_octet,
+                ..
+            } => assert_eq!((asn, hold, four_octet), (4_200_000_000, 90, true)),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
+    fn end_of_rib_is_recognised_and_garbage_is_an_error_not_a_panic() {
+        let eor = end_of_rib();
+        match decode(&eor).expect("update") {
+            Msg::Update(u) => assert!(routes(&u, true).expect("r").end_of_rib),
+            m => panic!("{m:?}"),
+        }
+        let mut bad = keepalive();
+        bad[0] = 0;
+        assert!(decode(&bad).is_err());
+        assert!(complete_len(&[0xff; 10]).expect("short").is_none());
+        for n in 0..64usize {
+            let junk: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8).collect();
+            let _ = decode(&junk);
+        }
+    }
+}
