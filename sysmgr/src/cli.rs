@@ -135,11 +135,30 @@ pub enum ShowCmd {
         #[command(subcommand)]
         cmd: ShowIpCmd,
     },
+    /// show bgp summary | neighbors [ADDR] | ipv4 unicast [PREFIX] (answered by bgp)
+    Bgp {
+        #[command(subcommand)]
+        cmd: ShowBgpCmd,
+    },
     /// show cef PREFIX detail: path list and load distribution table (answered by fib)
     Cef {
         prefix: String,
         #[arg(value_parser = ["detail"])]
         detail: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShowBgpCmd {
+    /// Neighbours: AS, messages, up/down time, state or prefixes received.
+    Summary,
+    /// One neighbour (or all) in full.
+    Neighbors { addr: Option<String> },
+    /// The BGP table: show bgp ipv4 unicast [PREFIX]
+    Ipv4 {
+        #[arg(value_parser = ["unicast"])]
+        safi: String,
+        prefix: Option<String>,
     },
 }
 
@@ -308,7 +327,10 @@ pub fn request_for(cmd: &Cmd) -> Option<(Request, View)> {
                             },
                     },
             } => (Request::ShowService { name: name.clone() }, View::Plain),
-            ShowCmd::Bfd { .. } | ShowCmd::Ip { .. } | ShowCmd::Cef { .. } => return None,
+            ShowCmd::Bfd { .. }
+            | ShowCmd::Ip { .. }
+            | ShowCmd::Cef { .. }
+            | ShowCmd::Bgp { .. } => return None,
         },
         Cmd::Restart {
             cmd: RestartCmd::Service { name, stateless },

@@ -68,7 +68,10 @@ pub enum Action {
     Disconnect,
     SendOpen,
     SendKeepalive,
-    SendNotification { code: u8, subcode: u8 },
+    SendNotification {
+        code: u8,
+        subcode: u8,
+    },
     /// The session reached Established: send the Adj-RIB-Out.
     Established,
     /// The session left Established: the peer's routes go (or go stale under GR).
@@ -153,7 +156,7 @@ impl Fsm {
     }
 
     /// Back to Idle after an error; the owner restarts the session after the retry time.
-    fn to_idle(&mut self, now: Instant, out: &mut Vec<Action>) {
+    fn go_idle(&mut self, now: Instant, out: &mut Vec<Action>) {
         if self.state == State::Established {
             self.flaps += 1;
             out.push(Action::Down);
@@ -184,7 +187,7 @@ impl Fsm {
                     code: CEASE,
                     subcode: 2,
                 });
-                self.to_idle(now, &mut out);
+                self.go_idle(now, &mut out);
                 self.connect_retry_at = None;
             }
             (S::Connect | S::Active, E::TcpConnectionConfirmed) => {
@@ -246,13 +249,13 @@ impl Fsm {
                     code: HOLD_TIMER_EXPIRED,
                     subcode: 0,
                 });
-                self.to_idle(now, &mut out);
+                self.go_idle(now, &mut out);
             }
             (_, E::BgpOpenMsgErr { code, subcode } | E::UpdateMsgErr { code, subcode }) => {
                 out.push(Action::SendNotification { code, subcode });
-                self.to_idle(now, &mut out);
+                self.go_idle(now, &mut out);
             }
-            (_, E::NotifMsg | E::TcpConnectionFails) => self.to_idle(now, &mut out),
+            (_, E::NotifMsg | E::TcpConnectionFails) => self.go_idle(now, &mut out),
             (_, E::KeepaliveTimerExpires) => self.keepalive_at = None,
             (_, E::ConnectRetryTimerExpires) => self.connect_retry_at = None,
             // Anything else in a state that does not expect it: FSM error (RFC 4271 §6.6).
@@ -261,7 +264,7 @@ impl Fsm {
                     code: FSM_ERROR,
                     subcode: 0,
                 });
-                self.to_idle(now, &mut out);
+                self.go_idle(now, &mut out);
             }
         }
         out
@@ -284,8 +287,14 @@ mod tests {
 
     fn established(t0: Instant) -> Fsm {
         let mut f = Fsm::new(90, Duration::from_secs(5));
-        assert_eq!(f.handle(t0, Event::ManualStart { passive: false }), vec![Action::Connect]);
-        assert_eq!(f.handle(t0, Event::TcpConnectionConfirmed), vec![Action::SendOpen]);
+        assert_eq!(
+            f.handle(t0, Event::ManualStart { passive: false }),
+            vec![Action::Connect]
+        );
+        assert_eq!(
+            f.handle(t0, Event::TcpConnectionConfirmed),
+            vec![Action::SendOpen]
+        );
         assert_eq!(
             f.handle(t0, Event::BgpOpen { hold: 9 }),
             vec![Action::SendKeepalive]
@@ -309,7 +318,10 @@ mod tests {
         let mut f = established(t0);
         let t3 = t0 + Duration::from_secs(3);
         assert_eq!(f.expired(t3), vec![Event::KeepaliveTimerExpires]);
-        assert_eq!(f.handle(t3, Event::KeepaliveTimerExpires), vec![Action::SendKeepalive]);
+        assert_eq!(
+            f.handle(t3, Event::KeepaliveTimerExpires),
+            vec![Action::SendKeepalive]
+        );
         let t9 = t0 + Duration::from_secs(9);
         assert!(f.expired(t9).contains(&Event::HoldTimerExpires));
         let a = f.handle(t9, Event::HoldTimerExpires);
@@ -328,7 +340,10 @@ mod tests {
         // Automatic restart after the connect-retry time.
         let t14 = t9 + Duration::from_secs(5);
         assert_eq!(f.expired(t14), vec![Event::ConnectRetryTimerExpires]);
-        assert_eq!(f.handle(t14, Event::ConnectRetryTimerExpires), vec![Action::Connect]);
+        assert_eq!(
+            f.handle(t14, Event::ConnectRetryTimerExpires),
+            vec![Action::Connect]
+        );
     }
 
     #[test]
@@ -337,7 +352,10 @@ mod tests {
         let mut f = established(t0);
         let t8 = t0 + Duration::from_secs(8);
         assert_eq!(f.handle(t8, Event::UpdateMsg), vec![Action::ProcessUpdate]);
-        assert!(!f.expired(t0 + Duration::from_secs(10)).contains(&Event::HoldTimerExpires));
+        assert!(
+            !f.expired(t0 + Duration::from_secs(10))
+                .contains(&Event::HoldTimerExpires)
+        );
     }
 
     #[test]
@@ -359,9 +377,15 @@ mod tests {
     fn passive_peers_wait_in_active() {
         let t0 = Instant::now();
         let mut f = Fsm::new(90, Duration::from_secs(5));
-        assert!(f.handle(t0, Event::ManualStart { passive: true }).is_empty());
+        assert!(
+            f.handle(t0, Event::ManualStart { passive: true })
+                .is_empty()
+        );
         assert_eq!(f.state, State::Active);
-        assert_eq!(f.handle(t0, Event::TcpConnectionConfirmed), vec![Action::SendOpen]);
+        assert_eq!(
+            f.handle(t0, Event::TcpConnectionConfirmed),
+            vec![Action::SendOpen]
+        );
     }
 
     #[test]
@@ -393,6 +417,10 @@ mod tests {
                 subcode: 2
             }
         );
-        assert_eq!(f.deadline(), None, "no automatic restart after a manual stop");
+        assert_eq!(
+            f.deadline(),
+            None,
+            "no automatic restart after a manual stop"
+        );
     }
 }

@@ -234,6 +234,9 @@ mod tests {
     fn unchanged_selection_reports_nothing() {
         let mut r = rib(1);
         r.update(peer(1), vec![(pfx(), attrs(&[65001], 1))], vec![]);
-        assert!(r.update(peer(1), vec![(pfx(), attrs(&[65001], 1))], vec![]).is_empty());
+        assert!(
+            r.update(peer(1), vec![(pfx(), attrs(&[65001], 1))], vec![])
+                .is_empty()
+        );
     }
 }

@@ -26,7 +26,10 @@ pub enum Msg {
         graceful_restart: bool,
     },
     Update(w::UpdateMessage),
-    Notification { code: u8, subcode: u8 },
+    Notification {
+        code: u8,
+        subcode: u8,
+    },
     Keepalive,
     RouteRefresh,
 }
@@ -58,46 +61,48 @@ fn malformed(e: w::DecodeError) -> Malformed {
 /// Decode one complete message.
 pub fn decode(bytes: &[u8]) -> Result<Msg, Malformed> {
     let mut b = Bytes::copy_from_slice(bytes);
-    Ok(match w::decode_message(&mut b, MAX_LEN).map_err(malformed)? {
-        w::Message::Open(o) => {
-            let mut m = Msg::Open {
-                asn: u32::from(o.my_as),
-                hold: o.hold_time,
-                router_id: o.bgp_identifier,
-                four_octet: false,
-                route_refresh: false,
-                graceful_restart: false,
-            };
-            if let Msg::Open {
-                asn,
-                four_octet,
-                route_refresh,
-                graceful_restart,
-                ..
-            } = &mut m
-            {
-                for c in &o.capabilities {
-                    match c {
-                        w::Capability::FourOctetAs { asn: a } => {
-                            *asn = *a;
-                            *four_octet = true;
+    Ok(
+        match w::decode_message(&mut b, MAX_LEN).map_err(malformed)? {
+            w::Message::Open(o) => {
+                let mut m = Msg::Open {
+                    asn: u32::from(o.my_as),
+                    hold: o.hold_time,
+                    router_id: o.bgp_identifier,
+                    four_octet: false,
+                    route_refresh: false,
+                    graceful_restart: false,
+                };
+                if let Msg::Open {
+                    asn,
+                    four_octet,
+                    route_refresh,
+                    graceful_restart,
+                    ..
+                } = &mut m
+                {
+                    for c in &o.capabilities {
+                        match c {
+                            w::Capability::FourOctetAs { asn: a } => {
+                                *asn = *a;
+                                *four_octet = true;
+                            }
+                            w::Capability::RouteRefresh => *route_refresh = true,
+                            w::Capability::GracefulRestart { .. } => *graceful_restart = true,
+                            _ => {}
                         }
-                        w::Capability::RouteRefresh => *route_refresh = true,
-                        w::Capability::GracefulRestart { .. } => *graceful_restart = true,
-                        _ => {}
                     }
                 }
+                m
             }
-            m
-        }
-        w::Message::Update(u) => Msg::Update(u),
-        w::Message::Notification(n) => Msg::Notification {
-            code: n.code.as_u8(),
-            subcode: n.subcode,
+            w::Message::Update(u) => Msg::Update(u),
+            w::Message::Notification(n) => Msg::Notification {
+                code: n.code.as_u8(),
+                subcode: n.subcode,
+            },
+            w::Message::Keepalive => Msg::Keepalive,
+            w::Message::RouteRefresh(_) => Msg::RouteRefresh,
         },
-        w::Message::Keepalive => Msg::Keepalive,
-        w::Message::RouteRefresh(_) => Msg::RouteRefresh,
-    })
+    )
 }
 
 fn enc(m: &w::Message) -> Vec<u8> {
@@ -222,10 +227,18 @@ pub fn routes(u: &w::UpdateMessage, four_octet: bool) -> Result<Routes, Malforme
         }
     }
     let mut r = Routes {
-        withdraw: parsed.withdrawn.iter().filter_map(|e| prefix(&e.prefix)).collect(),
+        withdraw: parsed
+            .withdrawn
+            .iter()
+            .filter_map(|e| prefix(&e.prefix))
+            .collect(),
         ..Default::default()
     };
-    let announced: Vec<Prefix> = parsed.announced.iter().filter_map(|e| prefix(&e.prefix)).collect();
+    let announced: Vec<Prefix> = parsed
+        .announced
+        .iter()
+        .filter_map(|e| prefix(&e.prefix))
+        .collect();
     if !announced.is_empty() && !has_nh {
         // A missing mandatory attribute: treat-as-withdraw (RFC 7606 §3 d).
         r.withdraw.extend(announced);

@@ -2,6 +2,7 @@
 //! answer; sysmgr itself holds none of the service's state (DESIGN.md §6).
 
 mod bfd;
+mod bgp;
 mod fib;
 
 use std::path::Path;
@@ -11,7 +12,9 @@ use mts::{MtsError, codec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cli::{BfdCmd, ClearCmd, Cmd, IpCmd, IpRouteCmd, NeighborsCmd, ShowCmd, ShowIpCmd};
+use crate::cli::{
+    BfdCmd, ClearCmd, Cmd, IpCmd, IpRouteCmd, NeighborsCmd, ShowBgpCmd, ShowCmd, ShowIpCmd,
+};
 
 /// How long a command waits for a service (it may be restarting: MTS queues the request).
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -19,6 +22,13 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// A command answered by a service rather than by sysmgr.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceCmd {
+    BgpSummary,
+    BgpNeighbors {
+        addr: Option<String>,
+    },
+    BgpRoutes {
+        prefix: Option<String>,
+    },
     BfdNeighbors {
         details: bool,
     },
@@ -61,6 +71,15 @@ pub fn for_cmd(cmd: &Cmd) -> Option<ServiceCmd> {
             cmd: ShowCmd::Cef { prefix, .. },
         } => ServiceCmd::Cef {
             prefix: prefix.clone(),
+        },
+        Cmd::Show {
+            cmd: ShowCmd::Bgp { cmd },
+        } => match cmd {
+            ShowBgpCmd::Summary => ServiceCmd::BgpSummary,
+            ShowBgpCmd::Neighbors { addr } => ServiceCmd::BgpNeighbors { addr: addr.clone() },
+            ShowBgpCmd::Ipv4 { prefix, .. } => ServiceCmd::BgpRoutes {
+                prefix: prefix.clone(),
+            },
         },
         Cmd::Clear {
             cmd: ClearCmd::Route { prefix },
@@ -177,6 +196,45 @@ pub fn run(socket: &Path, cmd: ServiceCmd, as_json: bool) -> Result<String, MtsE
             };
             let r: Result<(), String> = ask(socket, fp::SAP_NAME, fp::OP_UPDATE, &u)?;
             done(r, format!("static route {p} installed"))
+        }
+        ServiceCmd::BgpSummary | ServiceCmd::BgpNeighbors { .. } => {
+            let s: ::bgp::proto::Summary = ask(
+                socket,
+                ::bgp::proto::SAP_NAME,
+                ::bgp::proto::OP_SHOW_SUMMARY,
+                &(),
+            )?;
+            Ok(match cmd {
+                ServiceCmd::BgpNeighbors { addr } => {
+                    let rows: Vec<_> = s
+                        .neighbors
+                        .iter()
+                        .filter(|n| addr.as_deref().is_none_or(|a| n.addr.to_string() == a))
+                        .cloned()
+                        .collect();
+                    if as_json {
+                        json(&rows)
+                    } else {
+                        bgp::neighbors(&rows)
+                    }
+                }
+                _ if as_json => json(&s),
+                _ => bgp::summary(&s),
+            })
+        }
+        ServiceCmd::BgpRoutes { prefix: p } => {
+            let p = p.as_deref().map(prefix).transpose()?;
+            let rows: Vec<::bgp::proto::RouteRow> = ask(
+                socket,
+                ::bgp::proto::SAP_NAME,
+                ::bgp::proto::OP_SHOW_ROUTES,
+                &p,
+            )?;
+            Ok(if as_json {
+                json(&rows)
+            } else {
+                bgp::routes(&rows)
+            })
         }
         ServiceCmd::StaticDel { prefix: p } => {
             let u = fp::Update {

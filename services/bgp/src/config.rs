@@ -1,0 +1,122 @@
+//! The bgp service's configuration file (TOML, kebab-case).
+//!
+//! ```toml
+//! router-id = "10.70.1.1"
+//! local-as = 65001
+//! hold-time = 90             # seconds; 0 or ≥ 3
+//! connect-retry = "5s"
+//! maximum-paths = 1
+//! [[neighbor]]
+//! address = "10.70.1.2"
+//! remote-as = 65002
+//! local-address = "10.70.1.1"   # optional
+//! passive = false               # wait for the peer to connect
+//! ```
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::BgpError;
+
+#[derive(Debug, Clone)]
+pub struct Neighbor {
+    pub address: Ipv4Addr,
+    pub remote_as: u32,
+    pub local_address: Option<Ipv4Addr>,
+    pub passive: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub router_id: Ipv4Addr,
+    pub local_as: u32,
+    pub hold_time: u16,
+    pub connect_retry: Duration,
+    pub maximum_paths: usize,
+    pub neighbors: Vec<Neighbor>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct File {
+    router_id: Ipv4Addr,
+    local_as: u32,
+    hold_time: Option<u16>,
+    connect_retry: Option<String>,
+    maximum_paths: Option<usize>,
+    #[serde(default)]
+    neighbor: Vec<NeighborFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct NeighborFile {
+    address: Ipv4Addr,
+    remote_as: u32,
+    local_address: Option<Ipv4Addr>,
+    #[serde(default)]
+    passive: bool,
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Config, BgpError> {
+    let at = |off: usize| {
+        let before = &text[..off.min(text.len())];
+        (
+            before.matches('\n').count() + 1,
+            before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+        )
+    };
+    let f: File = toml::from_str(text).map_err(|e| {
+        let (l, c) = e.span().map(|s| at(s.start)).unwrap_or((1, 1));
+        BgpError::Config(format!("{}:{l}:{c}: {}", path.display(), e.message()))
+    })?;
+    let mut errs = Vec::new();
+    let hold = f.hold_time.unwrap_or(90);
+    if hold == 1 || hold == 2 {
+        let (l, c) = at(text.find("hold-time").unwrap_or(0));
+        errs.push(format!(
+            "{}:{l}:{c}: hold-time must be 0 or at least 3",
+            path.display()
+        ));
+    }
+    let retry = match f.connect_retry.as_deref().map(humantime::parse_duration) {
+        None => Duration::from_secs(5),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            let (l, c) = at(text.find("connect-retry").unwrap_or(0));
+            errs.push(format!("{}:{l}:{c}: connect-retry: {e}", path.display()));
+            Duration::from_secs(5)
+        }
+    };
+    if !errs.is_empty() {
+        return Err(BgpError::Config(errs.join("\n")));
+    }
+    Ok(Config {
+        router_id: f.router_id,
+        local_as: f.local_as,
+        hold_time: hold,
+        connect_retry: retry,
+        maximum_paths: f.maximum_paths.unwrap_or(1).max(1),
+        neighbors: f
+            .neighbor
+            .into_iter()
+            .map(|n| Neighbor {
+                address: n.address,
+                remote_as: n.remote_as,
+                local_address: n.local_address,
+                passive: n.passive,
+            })
+            .collect(),
+    })
+}
+
+pub fn load(path: &Path) -> Result<Config, BgpError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BgpError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}

@@ -1,0 +1,732 @@
+//! The bgp instance: one owner of every session FSM and the RIBs, fed by one `select!`.
+//!
+//! ```text
+//!   TCP 179 listener ────────┐
+//!   connect tasks ───────────┤                ┌── writer task per connection ──▶ peers
+//!   reader task per conn ────┼──▶ Instance ───┼── fib (MTS): best paths, End-of-RIB
+//!   FSM timers ──────────────┤   (FSMs, RIB)  └── shows (MTS)
+//!   MTS, SIGTERM ────────────┘
+//! ```
+//!
+//! First slice: sessions, Adj-RIB-In, Loc-RIB and the FIB. Not yet: advertising routes,
+//! Graceful Restart, BFD, PSS checkpoints, route refresh, IPv6 (issue 7 lists them).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use fib::proto::{self as fp, Prefix};
+use mts::client::{Client, Incoming};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::BgpError;
+use crate::config::{Config, Neighbor};
+use crate::fsm::{Action, Event, Fsm};
+use crate::proto::{self, NeighborRow, PathRow, RouteRow, Summary};
+use crate::rib::{PeerInfo, Rib};
+use crate::wire::{self, Msg};
+
+pub struct Options {
+    pub config: PathBuf,
+}
+
+enum ConnEv {
+    Up(Ipv4Addr, u64, TcpStream),
+    ConnectFailed(Ipv4Addr, u64),
+    Message(Ipv4Addr, u64, Result<Msg, wire::Malformed>),
+    Closed(Ipv4Addr, u64),
+}
+
+struct Conn {
+    id: u64,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Peer {
+    cfg: Neighbor,
+    fsm: Fsm,
+    conn: Option<Conn>,
+    /// A connect attempt in flight (its id).
+    connecting: Option<u64>,
+    four_octet: bool,
+    router_id: Option<Ipv4Addr>,
+    msgs_in: u64,
+    msgs_out: u64,
+    eor: bool,
+    changed_at: Instant,
+}
+
+pub struct Instance {
+    cfg: Config,
+    mts: Client,
+    fib_sap: Option<u32>,
+    peers: HashMap<Ipv4Addr, Peer>,
+    rib: Rib,
+    listener: Option<TcpListener>,
+    ev_tx: mpsc::UnboundedSender<ConnEv>,
+    ev_rx: mpsc::UnboundedReceiver<ConnEv>,
+    next_conn: u64,
+    /// Loc-RIB prefixes not yet sent to the FIB.
+    dirty: BTreeSet<Prefix>,
+    fib_eor_sent: bool,
+    fib_eor_at: Instant,
+    /// Next-hop → interface (the connected subnet that contains it).
+    ifaces: Vec<(Ipv4Addr, u8, String)>,
+}
+
+fn reader(
+    peer: Ipv4Addr,
+    id: u64,
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    tx: mpsc::UnboundedSender<ConnEv>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf: Vec<u8> = Vec::with_capacity(65536);
+        let mut chunk = vec![0u8; 65536];
+        loop {
+            loop {
+                match wire::complete_len(&buf) {
+                    Ok(Some(n)) if buf.len() >= n => {
+                        let m = wire::decode(&buf[..n]);
+                        buf.drain(..n);
+                        if tx.send(ConnEv::Message(peer, id, m)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        let _ = tx.send(ConnEv::Message(peer, id, Err(e)));
+                        return;
+                    }
+                }
+            }
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(ConnEv::Closed(peer, id));
+                    return;
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+}
+
+fn local_ifaces() -> Vec<(Ipv4Addr, u8, String)> {
+    let mut v = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            let (Some(addr), Some(mask)) = (a.address, a.netmask) else {
+                continue;
+            };
+            if let (Some(ad), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+                let len = u32::from(m.ip()).count_ones() as u8;
+                v.push((m.ip() & ad.ip(), len, a.interface_name.clone()));
+            }
+        }
+    }
+    v
+}
+
+impl Instance {
+    pub async fn start(opts: &Options) -> Result<Instance, BgpError> {
+        let cfg = crate::config::load(&opts.config)?;
+        let mts = Client::connect_from_env().await?;
+        mts.bind(proto::SAP_NAME).await?;
+        let fib_sap = mts.lookup(fp::SAP_NAME).await.ok();
+        // Listen only when there is someone to listen for.
+        let listener = if cfg.neighbors.is_empty() {
+            None
+        } else {
+            match TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 179)).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen on TCP 179: active sessions only");
+                    None
+                }
+            }
+        };
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let mut rib = Rib::new(cfg.maximum_paths);
+        let mut peers = HashMap::new();
+        for n in &cfg.neighbors {
+            rib.peers.insert(
+                n.address,
+                PeerInfo {
+                    addr: n.address,
+                    router_id: n.address,
+                    remote_as: n.remote_as,
+                    ebgp: n.remote_as != cfg.local_as,
+                },
+            );
+            peers.insert(
+                n.address,
+                Peer {
+                    cfg: n.clone(),
+                    fsm: Fsm::new(cfg.hold_time, cfg.connect_retry),
+                    conn: None,
+                    connecting: None,
+                    four_octet: false,
+                    router_id: None,
+                    msgs_in: 0,
+                    msgs_out: 0,
+                    eor: false,
+                    changed_at: now,
+                },
+            );
+        }
+        let mut me = Instance {
+            cfg,
+            mts,
+            fib_sap,
+            peers,
+            rib,
+            listener,
+            ev_tx,
+            ev_rx,
+            next_conn: 1,
+            dirty: BTreeSet::new(),
+            fib_eor_sent: false,
+            fib_eor_at: now + Duration::from_secs(60),
+            ifaces: local_ifaces(),
+        };
+        // Our routes in the FIB from a previous life are stale until we have re-learnt them.
+        if let Some(f) = me.fib_sap {
+            let r: Result<Result<u64, String>, _> = me
+                .mts
+                .request(
+                    0,
+                    f,
+                    fp::OP_PRODUCER_START,
+                    &"bgp".to_string(),
+                    Duration::from_secs(10),
+                )
+                .await;
+            tracing::info!(?r, "fib: bgp routes marked stale until End-of-RIB");
+        }
+        let addrs: Vec<Ipv4Addr> = me.peers.keys().copied().collect();
+        for a in addrs {
+            let passive = me.peers[&a].cfg.passive;
+            me.event(a, Event::ManualStart { passive }).await;
+        }
+        Ok(me)
+    }
+
+    fn connect(&mut self, addr: Ipv4Addr) {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let local = self.peers.get(&addr).and_then(|p| p.cfg.local_address);
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.connecting = Some(id);
+        }
+        let tx = self.ev_tx.clone();
+        tokio::spawn(async move {
+            let r = async {
+                let s = TcpSocket::new_v4()?;
+                if let Some(l) = local {
+                    s.bind(SocketAddrV4::new(l, 0).into())?;
+                }
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    s.connect(SocketAddrV4::new(addr, 179).into()),
+                )
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+            }
+            .await;
+            let _ = tx.send(match r {
+                Ok(st) => ConnEv::Up(addr, id, st),
+                Err(_) => ConnEv::ConnectFailed(addr, id),
+            });
+        });
+    }
+
+    fn attach(&mut self, addr: Ipv4Addr, id: u64, st: TcpStream) {
+        let _ = st.set_nodelay(true);
+        let (rd, mut wr) = st.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let w = tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if wr.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let r = reader(addr, id, rd, self.ev_tx.clone());
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.conn = Some(Conn {
+                id,
+                tx,
+                tasks: vec![r, w],
+            });
+        }
+    }
+
+    fn send(&mut self, addr: Ipv4Addr, bytes: Vec<u8>) {
+        if let Some(p) = self.peers.get_mut(&addr)
+            && let Some(c) = &p.conn
+        {
+            p.msgs_out += 1;
+            let _ = c.tx.send(bytes);
+        }
+    }
+
+    /// Feed one event to a peer's FSM and carry out what it says.
+    async fn event(&mut self, addr: Ipv4Addr, ev: Event) {
+        let now = Instant::now();
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        let before = p.fsm.state;
+        let actions = p.fsm.handle(now, ev);
+        if p.fsm.state != before {
+            p.changed_at = now;
+            tracing::info!(peer = %addr, from = before.word(), to = p.fsm.state.word(), "%BGP-5-ADJCHANGE");
+        }
+        for a in actions {
+            match a {
+                Action::Connect => self.connect(addr),
+                Action::Disconnect => {
+                    if let Some(p) = self.peers.get_mut(&addr) {
+                        p.conn = None;
+                        p.connecting = None;
+                        p.eor = false;
+                    }
+                }
+                Action::SendOpen => {
+                    let b = wire::open(self.cfg.local_as, self.cfg.hold_time, self.cfg.router_id);
+                    self.send(addr, b);
+                }
+                Action::SendKeepalive => self.send(addr, wire::keepalive()),
+                Action::SendNotification { code, subcode } => {
+                    self.send(addr, wire::notification(code, subcode))
+                }
+                Action::Established => {
+                    // Nothing of ours to advertise yet: End-of-RIB at once.
+                    self.send(addr, wire::end_of_rib());
+                }
+                Action::Down => {
+                    let gone = self.rib.peer_down(addr);
+                    self.dirty.extend(gone);
+                }
+                Action::ProcessUpdate => {}
+            }
+        }
+    }
+
+    async fn on_message(&mut self, addr: Ipv4Addr, m: Result<Msg, wire::Malformed>) {
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.msgs_in += 1;
+        }
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(peer = %addr, why = %e.why, "malformed message");
+                self.event(
+                    addr,
+                    Event::BgpOpenMsgErr {
+                        code: e.code,
+                        subcode: e.subcode,
+                    },
+                )
+                .await;
+                return;
+            }
+        };
+        match m {
+            Msg::Open {
+                asn,
+                hold,
+                router_id,
+                four_octet,
+                ..
+            } => {
+                let want = self.peers.get(&addr).map(|p| p.cfg.remote_as);
+                if want != Some(asn) {
+                    tracing::warn!(peer = %addr, asn, "bad peer AS");
+                    self.event(
+                        addr,
+                        Event::BgpOpenMsgErr {
+                            code: 2,
+                            subcode: 2,
+                        },
+                    )
+                    .await;
+                    return;
+                }
+                if hold == 1 || hold == 2 {
+                    self.event(
+                        addr,
+                        Event::BgpOpenMsgErr {
+                            code: 2,
+                            subcode: 6,
+                        },
+                    )
+                    .await;
+                    return;
+                }
+                if let Some(p) = self.peers.get_mut(&addr) {
+                    p.four_octet = four_octet;
+                    p.router_id = Some(router_id);
+                }
+                if let Some(i) = self.rib.peers.get_mut(&addr) {
+                    i.router_id = router_id;
+                }
+                self.event(addr, Event::BgpOpen { hold }).await;
+            }
+            Msg::Keepalive => self.event(addr, Event::KeepAliveMsg).await,
+            Msg::Notification { code, subcode } => {
+                tracing::warn!(peer = %addr, code, subcode, "NOTIFICATION received");
+                self.event(addr, Event::NotifMsg).await;
+            }
+            Msg::RouteRefresh => {}
+            Msg::Update(u) => {
+                let four = self.peers.get(&addr).is_some_and(|p| p.four_octet);
+                match wire::routes(&u, four) {
+                    Ok(r) => {
+                        self.event(addr, Event::UpdateMsg).await;
+                        if self.peers.get(&addr).map(|p| p.fsm.state)
+                            != Some(crate::fsm::State::Established)
+                        {
+                            return;
+                        }
+                        if r.end_of_rib {
+                            if let Some(p) = self.peers.get_mut(&addr) {
+                                p.eor = true;
+                            }
+                        } else {
+                            let ch = self.rib.update(addr, r.announce, r.withdraw);
+                            self.dirty.extend(ch);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %addr, why = %e.why, "UPDATE error");
+                        self.event(
+                            addr,
+                            Event::UpdateMsgErr {
+                                code: e.code,
+                                subcode: e.subcode,
+                            },
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn ifname_for(&mut self, nh: Ipv4Addr) -> Option<String> {
+        let find = |v: &[(Ipv4Addr, u8, String)]| {
+            v.iter()
+                .filter(|(net, len, _)| {
+                    fib::proto::Prefix::new(nh, *len).is_some_and(|p| p.addr == *net)
+                })
+                .max_by_key(|(_, len, _)| *len)
+                .map(|(_, _, n)| n.clone())
+        };
+        find(&self.ifaces).or_else(|| {
+            self.ifaces = local_ifaces();
+            find(&self.ifaces)
+        })
+    }
+
+    /// Send the changed part of the Loc-RIB to the FIB.
+    async fn flush_fib(&mut self) {
+        let Some(f) = self.fib_sap else {
+            self.dirty.clear();
+            return;
+        };
+        if self.dirty.is_empty() {
+            return;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut u = fp::Update {
+            producer: "bgp".into(),
+            announce: Vec::new(),
+            withdraw: Vec::new(),
+        };
+        for p in dirty {
+            let paths: Vec<fp::Path> = match self.rib.loc.get(&p).cloned() {
+                Some(sel) => sel
+                    .paths
+                    .iter()
+                    .filter_map(|(_, a)| {
+                        self.ifname_for(a.next_hop).map(|ifname| fp::Path {
+                            gw: a.next_hop,
+                            ifname,
+                        })
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            if paths.is_empty() {
+                u.withdraw.push(p);
+            } else {
+                u.announce.push(fp::RouteIn {
+                    prefix: p,
+                    paths,
+                    sticky: false,
+                });
+            }
+        }
+        let r: Result<Result<(), String>, _> = self
+            .mts
+            .request(0, f, fp::OP_UPDATE, &u, Duration::from_secs(60))
+            .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "fib refused routes"),
+            Err(e) => tracing::warn!(error = %e, "fib unreachable"),
+        }
+    }
+
+    async fn maybe_fib_eor(&mut self) {
+        if self.fib_eor_sent {
+            return;
+        }
+        let all = self.peers.values().all(|p| p.eor);
+        if (all || Instant::now() >= self.fib_eor_at)
+            && let Some(f) = self.fib_sap
+        {
+            self.fib_eor_sent = true;
+            let r: Result<Result<u64, String>, _> = self
+                .mts
+                .request(
+                    0,
+                    f,
+                    fp::OP_END_OF_RIB,
+                    &"bgp".to_string(),
+                    Duration::from_secs(30),
+                )
+                .await;
+            tracing::info!(?r, "fib: End-of-RIB");
+        }
+    }
+
+    fn summary(&self) -> Summary {
+        let now = Instant::now();
+        let mut neighbors: Vec<NeighborRow> = self
+            .peers
+            .iter()
+            .map(|(a, p)| NeighborRow {
+                addr: *a,
+                remote_as: p.cfg.remote_as,
+                state: p.fsm.state.word().to_string(),
+                up_secs: now.duration_since(p.changed_at).as_secs(),
+                prefixes_received: self.rib.adj_in.get(a).map_or(0, |t| t.len()),
+                msgs_in: p.msgs_in,
+                msgs_out: p.msgs_out,
+                flaps: p.fsm.flaps,
+                router_id: p.router_id,
+                hold_time: p.fsm.negotiated_hold,
+                end_of_rib_received: p.eor,
+            })
+            .collect();
+        neighbors.sort_by_key(|n| n.addr);
+        Summary {
+            router_id: self.cfg.router_id,
+            local_as: self.cfg.local_as,
+            loc_rib_prefixes: self.rib.loc.len(),
+            neighbors,
+        }
+    }
+
+    fn routes(&self, only: Option<Prefix>) -> Vec<RouteRow> {
+        let mut all: BTreeSet<Prefix> = BTreeSet::new();
+        for t in self.rib.adj_in.values() {
+            all.extend(
+                t.keys()
+                    .filter(|p| only.is_none_or(|o| o.covers(p) || **p == o)),
+            );
+        }
+        all.into_iter()
+            .map(|p| {
+                let sel = self.rib.loc.get(&p);
+                let mut paths: Vec<PathRow> = self
+                    .rib
+                    .adj_in
+                    .iter()
+                    .filter_map(|(peer, t)| {
+                        t.get(&p).map(|a| PathRow {
+                            peer: *peer,
+                            next_hop: a.next_hop,
+                            as_path: a.as_path.clone(),
+                            origin: a.origin,
+                            local_pref: a.local_pref,
+                            med: a.med,
+                            selected: sel.is_some_and(|s| s.paths.iter().any(|(x, _)| x == peer)),
+                        })
+                    })
+                    .collect();
+                paths.sort_by_key(|r| (!r.selected, r.peer));
+                RouteRow { prefix: p, paths }
+            })
+            .collect()
+    }
+
+    async fn on_request(&mut self, m: Incoming) {
+        if m.needs_ack() {
+            self.mts.ack(&[m.id()]);
+        }
+        if !m.is_request() {
+            return;
+        }
+        let r = match m.header.opcode {
+            proto::OP_SHOW_SUMMARY => self.mts.respond(&m, &self.summary()),
+            proto::OP_SHOW_ROUTES => {
+                let only = m.decode::<Option<Prefix>>().ok().flatten();
+                self.mts.respond(&m, &self.routes(only))
+            }
+            op => self
+                .mts
+                .respond(&m, &Err::<(), String>(format!("unknown opcode {op}"))),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not answer");
+        }
+    }
+
+    pub async fn run(mut self) -> Result<(), BgpError> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| BgpError::Io(e.to_string()))?;
+        let hb = mts::notify::watchdog_interval().map(|d| d / 3);
+        let mut heartbeat = tokio::time::interval(hb.unwrap_or(Duration::from_secs(3600)));
+        let _ = mts::notify::notify("READY=1\n");
+        loop {
+            let deadline = self
+                .peers
+                .values()
+                .filter_map(|p| p.fsm.deadline())
+                .chain((!self.fib_eor_sent).then_some(self.fib_eor_at))
+                .min();
+            tokio::select! {
+                a = async {
+                    match &self.listener {
+                        Some(l) => l.accept().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Ok((st, from)) = a {
+                        let std::net::SocketAddr::V4(f) = from else { continue };
+                        let ip = *f.ip();
+                        let ok = self.peers.get(&ip).is_some_and(|p| {
+                            p.conn.is_none()
+                                && matches!(p.fsm.state, crate::fsm::State::Connect | crate::fsm::State::Active)
+                        });
+                        if ok {
+                            let id = self.next_conn;
+                            self.next_conn += 1;
+                            self.attach(ip, id, st);
+                            self.event(ip, Event::TcpConnectionConfirmed).await;
+                        }
+                    }
+                }
+                Some(ev) = self.ev_rx.recv() => {
+                    self.on_conn(ev).await;
+                    // Drain what else is ready, then program the FIB once.
+                    while let Ok(ev) = self.ev_rx.try_recv() {
+                        self.on_conn(ev).await;
+                    }
+                    self.flush_fib().await;
+                    self.maybe_fib_eor().await;
+                }
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now = Instant::now();
+                    let due: Vec<(Ipv4Addr, Vec<Event>)> = self
+                        .peers
+                        .iter()
+                        .map(|(a, p)| (*a, p.fsm.expired(now)))
+                        .filter(|(_, e)| !e.is_empty())
+                        .collect();
+                    for (a, evs) in due {
+                        for e in evs {
+                            self.event(a, e).await;
+                        }
+                    }
+                    self.flush_fib().await;
+                    self.maybe_fib_eor().await;
+                }
+                m = self.mts.recv() => match m {
+                    Some(m) => self.on_request(m).await,
+                    None => return Err(BgpError::Io("sysmgr closed the connection".into())),
+                },
+                _ = heartbeat.tick(), if hb.is_some() => {
+                    let _ = mts::notify::notify("WATCHDOG=1\n");
+                }
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: stopping");
+                    let addrs: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
+                    for a in addrs {
+                        self.event(a, Event::ManualStop).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn on_conn(&mut self, ev: ConnEv) {
+        match ev {
+            ConnEv::Up(addr, id, st) => {
+                let ours = self
+                    .peers
+                    .get(&addr)
+                    .is_some_and(|p| p.connecting == Some(id) && p.conn.is_none());
+                if ours {
+                    self.attach(addr, id, st);
+                    self.event(addr, Event::TcpConnectionConfirmed).await;
+                }
+            }
+            ConnEv::ConnectFailed(addr, id) => {
+                if self
+                    .peers
+                    .get(&addr)
+                    .is_some_and(|p| p.connecting == Some(id))
+                {
+                    if let Some(p) = self.peers.get_mut(&addr) {
+                        p.connecting = None;
+                    }
+                    self.event(addr, Event::TcpConnectionFails).await;
+                }
+            }
+            ConnEv::Message(addr, id, m) => {
+                if self
+                    .peers
+                    .get(&addr)
+                    .and_then(|p| p.conn.as_ref())
+                    .is_some_and(|c| c.id == id)
+                {
+                    self.on_message(addr, m).await;
+                }
+            }
+            ConnEv::Closed(addr, id) => {
+                if self
+                    .peers
+                    .get(&addr)
+                    .and_then(|p| p.conn.as_ref())
+                    .is_some_and(|c| c.id == id)
+                {
+                    self.event(addr, Event::TcpConnectionFails).await;
+                }
+            }
+        }
+    }
+}

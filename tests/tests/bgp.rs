@@ -1,0 +1,94 @@
+//! bgp under sysmgr against BIRD (first slice of issue 7): the session comes up, the peer's
+//! routes reach the kernel through fib, and leave it when the session goes down.
+//!
+//! ```text
+//!   ns bgp1-bird  vb0 10.70.1.2 (AS 65002, 100 static routes) ──veth── vs0 10.70.1.1  ns bgp1-sut
+//!                                                                      (sysmgr → fib, bgp AS 65001)
+//! ```
+
+use std::time::Duration;
+
+use sysmgr_tests::netns::{Bird, Netns, veth};
+use sysmgr_tests::{Lab, bin, is_root, wait_for};
+
+#[test]
+fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
+        return;
+    }
+    let sut = Netns::new("bgp1-sut");
+    let bird_ns = Netns::new("bgp1-bird");
+    veth(&sut, "vs0", "10.70.1.1/24", &bird_ns, "vb0", "10.70.1.2/24");
+    let mut lab = Lab::new("1s");
+    let statics: String = (0..100)
+        .map(|i| format!("  route 10.100.{i}.0/24 blackhole;\n"))
+        .collect();
+    let bird = Bird::start(
+        &bird_ns,
+        &lab.path("bird"),
+        &format!(
+            "router id 10.70.1.2;\nprotocol device {{}}\nprotocol static st {{\n  ipv4;\n{statics}}}\n\
+             protocol bgp peer1 {{\n  local 10.70.1.2 as 65002;\n  neighbor 10.70.1.1 as 65001;\n  \
+             hold time 9;\n  error wait time 1, 10;\n  ipv4 {{ import all; export all; next hop self; }};\n}}\n"
+        ),
+    );
+    lab.write(
+        "fib.toml",
+        &format!(
+            "command = [{:?}, \"--config\", \"fib.conf\"]\nrestart = [\"stateful\", \"stateless\"]\n\
+             readiness = \"notify\"\n[saps]\nfib = 130\n",
+            bin("fib").display().to_string()
+        ),
+    );
+    lab.write("fib.conf", "backend = \"kernel\"\n");
+    lab.write(
+        "bgp.toml",
+        &format!(
+            "command = [{:?}, \"--config\", \"bgp.conf\"]\nrestart = [\"stateless\"]\n\
+             readiness = \"notify\"\ndepends-on = [\"fib\"]\n[saps]\nbgp = 179\n",
+            bin("bgp").display().to_string()
+        ),
+    );
+    lab.write(
+        "bgp.conf",
+        "router-id = \"10.70.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
+         [[neighbor]]\naddress = \"10.70.1.2\"\nremote-as = 65002\nlocal-address = \"10.70.1.1\"\n",
+    );
+    lab.wrapper = sut.wrapper();
+    lab.boot();
+    let kernel = || {
+        let out = sut.ip(&["-j", "route", "show", "proto", "199"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(|a| a.len()))
+            .unwrap_or(0)
+    };
+    wait_for(Duration::from_secs(20), "100 routes in the kernel", || {
+        (kernel() == 100).then_some(())
+    });
+    let s = lab.json(&["show", "bgp", "summary"]);
+    let n = &s["neighbors"][0];
+    assert_eq!(n["state"], "Established", "{s}");
+    assert_eq!(n["prefixes_received"], 100, "{s}");
+    assert_eq!(n["hold_time"], 9, "negotiated the smaller hold time: {s}");
+    let r = lab.json(&["show", "bgp", "ipv4", "unicast", "10.100.7.0/24"]);
+    assert_eq!(r[0]["paths"][0]["next_hop"], "10.70.1.2", "{r}");
+    assert_eq!(r[0]["paths"][0]["as_path"][0], 65002, "{r}");
+    let text = String::from_utf8_lossy(&lab.cli(&["show", "bgp", "summary"]).stdout).into_owned();
+    assert!(
+        text.contains("10.70.1.2") && text.contains("65002"),
+        "{text}"
+    );
+    // The peer stops the session (Cease): its routes leave the kernel.
+    bird.birdc("disable peer1");
+    wait_for(Duration::from_secs(10), "routes withdrawn", || {
+        (kernel() == 0).then_some(())
+    });
+    bird.birdc("enable peer1");
+    wait_for(Duration::from_secs(20), "routes back", || {
+        (kernel() == 100).then_some(())
+    });
+    let s = lab.json(&["show", "bgp", "summary"]);
+    assert_eq!(s["neighbors"][0]["flaps"], 1, "{s}");
+}
