@@ -116,19 +116,29 @@ pub struct Frr {
 impl Frr {
     /// Start zebra and bfdd with `bfdd_conf` and wait until vtysh answers.
     pub fn start(ns: &Netns, dir: &Path, bfdd_conf: &str) -> Frr {
+        Frr::start_daemons(ns, dir, &[("bfdd", bfdd_conf)])
+    }
+
+    /// Start zebra, then each (daemon, configuration) given, and wait until vtysh answers.
+    pub fn start_daemons(ns: &Netns, dir: &Path, daemons: &[(&str, &str)]) -> Frr {
         std::fs::create_dir_all(dir).expect("frr dir");
         std::fs::write(dir.join("zebra.conf"), "hostname peer-frr\n").expect("zebra.conf");
-        std::fs::write(
-            dir.join("bfdd.conf"),
-            format!(
-                "hostname peer-frr\nlog file {}/bfdd.log\n!\n{bfdd_conf}",
-                dir.display()
-            ),
-        )
-        .expect("bfdd.conf");
+        for (daemon, conf) in daemons {
+            std::fs::write(
+                dir.join(format!("{daemon}.conf")),
+                format!(
+                    "hostname peer-frr\nlog file {}/{daemon}.log\n!\n{conf}",
+                    dir.display()
+                ),
+            )
+            .expect("daemon conf");
+        }
         run("chown", &["-R", "frr:frr", &dir.display().to_string()]);
         let d = dir.display().to_string();
-        for daemon in ["zebra", "bfdd"] {
+        let names: Vec<&str> = std::iter::once("zebra")
+            .chain(daemons.iter().map(|(n, _)| *n))
+            .collect();
+        for daemon in names {
             let mut a: Vec<String> = vec![
                 format!("/usr/lib/frr/{daemon}"),
                 "-d".into(),
@@ -164,8 +174,8 @@ impl Frr {
         let frr = Frr {
             dir: dir.to_path_buf(),
         };
-        wait_for(Duration::from_secs(10), "FRR bfdd to answer", || {
-            frr.try_vtysh("show bfd peers json").map(|_| ())
+        wait_for(Duration::from_secs(10), "FRR to answer", || {
+            frr.try_vtysh("show version").map(|_| ())
         });
         frr
     }

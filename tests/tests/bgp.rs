@@ -1,14 +1,15 @@
-//! bgp under sysmgr against BIRD (first slice of issue 7): the session comes up, the peer's
+//! bgp under sysmgr against BIRD and FRR (first slice of issue 7): the session comes up, the peer's
 //! routes reach the kernel through fib, and leave it when the session goes down.
 //!
 //! ```text
 //!   ns bgp1-bird  vb0 10.70.1.2 (AS 65002, 100 static routes) ──veth── vs0 10.70.1.1  ns bgp1-sut
-//!                                                                      (sysmgr → fib, bgp AS 65001)
+//!   ns bgp1-frr   vf0 10.70.2.2 (AS 65003, 50 networks)       ──veth── vs1 10.70.2.1  (sysmgr →
+//!                                                                      fib, bgp AS 65001)
 //! ```
 
 use std::time::Duration;
 
-use sysmgr_tests::netns::{Bird, Netns, veth};
+use sysmgr_tests::netns::{Bird, Frr, Netns, veth};
 use sysmgr_tests::{Lab, bin, is_root, wait_for};
 
 #[test]
@@ -19,8 +20,32 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
     }
     let sut = Netns::new("bgp1-sut");
     let bird_ns = Netns::new("bgp1-bird");
+    let frr_ns = Netns::new("bgp1-frr");
     veth(&sut, "vs0", "10.70.1.1/24", &bird_ns, "vb0", "10.70.1.2/24");
+    veth(&sut, "vs1", "10.70.2.1/24", &frr_ns, "vf0", "10.70.2.2/24");
     let mut lab = Lab::new("1s");
+    // FRR (AS 65003): 10 prefixes BIRD also sends, and 40 of its own.
+    let networks: String = (0..10)
+        .map(|i| format!("  network 10.100.{i}.0/24\n"))
+        .chain((0..40).map(|i| format!("  network 10.110.{i}.0/24\n")))
+        .collect();
+    let statics: String = (0..10)
+        .map(|i| format!("ip route 10.100.{i}.0/24 blackhole\n"))
+        .chain((0..40).map(|i| format!("ip route 10.110.{i}.0/24 blackhole\n")))
+        .collect();
+    let _frr = Frr::start_daemons(
+        &frr_ns,
+        &lab.path("frr"),
+        &[
+            ("staticd", statics.as_str()),
+            (
+                "bgpd",
+                &format!(
+                    "router bgp 65003\n bgp router-id 10.70.2.2\n no bgp ebgp-requires-policy\n                      no bgp network import-check\n neighbor 10.70.2.1 remote-as 65001\n                      neighbor 10.70.2.1 timers 3 9\n neighbor 10.70.2.1 timers connect 1\n                      address-family ipv4 unicast\n{networks} exit-address-family\n!\n"
+                ),
+            ),
+        ],
+    );
     let statics: String = (0..100)
         .map(|i| format!("  route 10.100.{i}.0/24 blackhole;\n"))
         .collect();
@@ -53,7 +78,8 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
     lab.write(
         "bgp.conf",
         "router-id = \"10.70.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
-         [[neighbor]]\naddress = \"10.70.1.2\"\nremote-as = 65002\nlocal-address = \"10.70.1.1\"\n",
+         [[neighbor]]\naddress = \"10.70.1.2\"\nremote-as = 65002\nlocal-address = \"10.70.1.1\"\n\
+         [[neighbor]]\naddress = \"10.70.2.2\"\nremote-as = 65003\nlocal-address = \"10.70.2.1\"\n",
     );
     lab.wrapper = sut.wrapper();
     lab.boot();
@@ -64,14 +90,25 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
             .and_then(|v| v.as_array().map(|a| a.len()))
             .unwrap_or(0)
     };
-    wait_for(Duration::from_secs(20), "100 routes in the kernel", || {
-        (kernel() == 100).then_some(())
+    wait_for(Duration::from_secs(30), "140 routes in the kernel", || {
+        (kernel() == 140).then_some(())
     });
     let s = lab.json(&["show", "bgp", "summary"]);
     let n = &s["neighbors"][0];
     assert_eq!(n["state"], "Established", "{s}");
     assert_eq!(n["prefixes_received"], 100, "{s}");
     assert_eq!(n["hold_time"], 9, "negotiated the smaller hold time: {s}");
+    let f = &s["neighbors"][1];
+    assert_eq!(f["state"], "Established", "{s}");
+    assert_eq!(f["prefixes_received"], 50, "{s}");
+    assert_eq!(f["hold_time"], 9, "{s}");
+    // A prefix from both: equal AS path length, the lower router id (BIRD) is best.
+    let both = lab.json(&["show", "bgp", "ipv4", "unicast", "10.100.3.0/24"]);
+    let paths = both[0]["paths"].as_array().expect("paths");
+    assert_eq!(paths.len(), 2, "{both}");
+    assert_eq!(paths[0]["peer"], "10.70.1.2", "{both}");
+    assert_eq!(paths[0]["selected"], true, "{both}");
+    assert_eq!(paths[1]["selected"], false, "{both}");
     let r = lab.json(&["show", "bgp", "ipv4", "unicast", "10.100.7.0/24"]);
     assert_eq!(r[0]["paths"][0]["next_hop"], "10.70.1.2", "{r}");
     assert_eq!(r[0]["paths"][0]["as_path"][0], 65002, "{r}");
@@ -80,14 +117,17 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
         text.contains("10.70.1.2") && text.contains("65002"),
         "{text}"
     );
-    // The peer stops the session (Cease): its routes leave the kernel.
+    // BIRD stops the session (Cease): its routes leave the kernel, FRR's stay, and the shared
+    // prefixes fall back to FRR's path.
     bird.birdc("disable peer1");
-    wait_for(Duration::from_secs(10), "routes withdrawn", || {
-        (kernel() == 0).then_some(())
+    wait_for(Duration::from_secs(10), "BIRD's routes withdrawn", || {
+        (kernel() == 50).then_some(())
     });
+    let both = lab.json(&["show", "bgp", "ipv4", "unicast", "10.100.3.0/24"]);
+    assert_eq!(both[0]["paths"][0]["peer"], "10.70.2.2", "{both}");
     bird.birdc("enable peer1");
     wait_for(Duration::from_secs(20), "routes back", || {
-        (kernel() == 100).then_some(())
+        (kernel() == 140).then_some(())
     });
     let s = lab.json(&["show", "bgp", "summary"]);
     assert_eq!(s["neighbors"][0]["flaps"], 1, "{s}");
