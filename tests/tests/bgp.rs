@@ -78,6 +78,7 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
     lab.write(
         "bgp.conf",
         "router-id = \"10.70.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
+         networks = [\"203.0.113.0/24\"]\n\
          [[neighbor]]\naddress = \"10.70.1.2\"\nremote-as = 65002\nlocal-address = \"10.70.1.1\"\n\
          [[neighbor]]\naddress = \"10.70.2.2\"\nremote-as = 65003\nlocal-address = \"10.70.2.1\"\n",
     );
@@ -90,9 +91,18 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
             .and_then(|v| v.as_array().map(|a| a.len()))
             .unwrap_or(0)
     };
-    wait_for(Duration::from_secs(30), "140 routes in the kernel", || {
-        (kernel() == 140).then_some(())
-    });
+    let t0 = std::time::Instant::now();
+    while kernel() != 140 {
+        if t0.elapsed() > Duration::from_secs(30) {
+            panic!(
+                "timed out waiting for 140 kernel routes (have {}):\n{}\n{}",
+                kernel(),
+                String::from_utf8_lossy(&lab.cli(&["show", "bgp", "summary"]).stdout),
+                std::fs::read_to_string(lab.path("data/logs/bgp.stderr.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let s = lab.json(&["show", "bgp", "summary"]);
     let n = &s["neighbors"][0];
     assert_eq!(n["state"], "Established", "{s}");
@@ -116,6 +126,24 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
     assert!(
         text.contains("10.70.1.2") && text.contains("65002"),
         "{text}"
+    );
+    // What we advertise: our network to both, FRR's own prefixes to BIRD (AS path 65001
+    // 65003, packed: far fewer UPDATEs than prefixes), never a peer's routes back to it.
+    wait_for(Duration::from_secs(10), "BIRD to learn our routes", || {
+        bird.birdc("show route 10.110.39.0/24 all")
+            .contains("65001 65003")
+            .then_some(())
+    });
+    assert!(
+        bird.birdc("show route 203.0.113.0/24 all")
+            .contains("BGP.as_path: 65001")
+    );
+    let s = lab.json(&["show", "bgp", "summary"]);
+    assert_eq!(s["neighbors"][0]["prefixes_sent"], 41, "{s}");
+    assert_eq!(s["neighbors"][1]["prefixes_sent"], 101, "{s}");
+    assert!(
+        s["neighbors"][0]["msgs_out"].as_u64().expect("n") < 15,
+        "41 prefixes packed into a few UPDATEs: {s}"
     );
     // BIRD stops the session (Cease): its routes leave the kernel, FRR's stay, and the shared
     // prefixes fall back to FRR's path.

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use fib::proto::Prefix;
+
 use crate::BgpError;
 
 #[derive(Debug, Clone)]
@@ -27,6 +29,10 @@ pub struct Neighbor {
     pub remote_as: u32,
     pub local_address: Option<Ipv4Addr>,
     pub passive: bool,
+    /// Accept only prefixes inside these (empty: all).
+    pub import: Vec<Prefix>,
+    /// Advertise only prefixes inside these (empty: all).
+    pub export: Vec<Prefix>,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +42,8 @@ pub struct Config {
     pub hold_time: u16,
     pub connect_retry: Duration,
     pub maximum_paths: usize,
+    /// Our own prefixes, originated to every neighbour.
+    pub networks: Vec<Prefix>,
     pub neighbors: Vec<Neighbor>,
 }
 
@@ -48,6 +56,8 @@ struct File {
     connect_retry: Option<String>,
     maximum_paths: Option<usize>,
     #[serde(default)]
+    networks: Vec<String>,
+    #[serde(default)]
     neighbor: Vec<NeighborFile>,
 }
 
@@ -59,6 +69,10 @@ struct NeighborFile {
     local_address: Option<Ipv4Addr>,
     #[serde(default)]
     passive: bool,
+    #[serde(default)]
+    import: Vec<String>,
+    #[serde(default)]
+    export: Vec<String>,
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Config, BgpError> {
@@ -91,6 +105,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, BgpError> {
             Duration::from_secs(5)
         }
     };
+    let mut prefixes = |list: &[String]| -> Vec<Prefix> {
+        let mut v = Vec::new();
+        for x in list {
+            match x.parse::<Prefix>() {
+                Ok(p) => v.push(p),
+                Err(e) => {
+                    let (l, c) = at(text.find(&format!("\"{x}\"")).unwrap_or(0));
+                    errs.push(format!("{}:{l}:{c}: {e}", path.display()));
+                }
+            }
+        }
+        v
+    };
+    let networks = prefixes(&f.networks);
+    let lists: Vec<(Vec<Prefix>, Vec<Prefix>)> = f
+        .neighbor
+        .iter()
+        .map(|n| (prefixes(&n.import), prefixes(&n.export)))
+        .collect();
     if !errs.is_empty() {
         return Err(BgpError::Config(errs.join("\n")));
     }
@@ -100,14 +133,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, BgpError> {
         hold_time: hold,
         connect_retry: retry,
         maximum_paths: f.maximum_paths.unwrap_or(1).max(1),
+        networks,
         neighbors: f
             .neighbor
             .into_iter()
-            .map(|n| Neighbor {
+            .zip(lists)
+            .map(|(n, (import, export))| Neighbor {
                 address: n.address,
                 remote_as: n.remote_as,
                 local_address: n.local_address,
                 passive: n.passive,
+                import,
+                export,
             })
             .collect(),
     })

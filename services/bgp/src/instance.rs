@@ -11,9 +11,10 @@
 //! First slice: sessions, Adj-RIB-In, Loc-RIB and the FIB. Not yet: advertising routes,
 //! Graceful Restart, BFD, PSS checkpoints, route refresh, IPv6 (issue 7 lists them).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fib::proto::{self as fp, Prefix};
@@ -24,6 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::BgpError;
 use crate::config::{Config, Neighbor};
+use crate::export::{self, OutAttrs, Target};
 use crate::fsm::{Action, Event, Fsm};
 use crate::proto::{self, NeighborRow, PathRow, RouteRow, Summary};
 use crate::rib::{PeerInfo, Rib};
@@ -66,6 +68,10 @@ struct Peer {
     msgs_out: u64,
     eor: bool,
     changed_at: Instant,
+    /// Our address on the current connection (next hop self).
+    local_addr: Option<Ipv4Addr>,
+    /// What this neighbour has from us.
+    adj_out: BTreeMap<Prefix, Arc<OutAttrs>>,
 }
 
 pub struct Instance {
@@ -184,6 +190,8 @@ impl Instance {
                     msgs_out: 0,
                     eor: false,
                     changed_at: now,
+                    local_addr: None,
+                    adj_out: BTreeMap::new(),
                 },
             );
         }
@@ -255,6 +263,13 @@ impl Instance {
 
     fn attach(&mut self, addr: Ipv4Addr, id: u64, st: TcpStream) {
         let _ = st.set_nodelay(true);
+        let local = match st.local_addr() {
+            Ok(std::net::SocketAddr::V4(a)) => Some(*a.ip()),
+            _ => None,
+        };
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.local_addr = local;
+        }
         let (rd, mut wr) = st.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let w = tokio::spawn(async move {
@@ -314,10 +329,20 @@ impl Instance {
                     self.send(addr, wire::notification(code, subcode))
                 }
                 Action::Established => {
-                    // Nothing of ours to advertise yet: End-of-RIB at once.
+                    let all: BTreeSet<Prefix> = self
+                        .rib
+                        .loc
+                        .keys()
+                        .chain(self.cfg.networks.iter())
+                        .copied()
+                        .collect();
+                    self.advertise(addr, &all);
                     self.send(addr, wire::end_of_rib());
                 }
                 Action::Down => {
+                    if let Some(p) = self.peers.get_mut(&addr) {
+                        p.adj_out.clear();
+                    }
                     let gone = self.rib.peer_down(addr);
                     self.dirty.extend(gone);
                 }
@@ -407,7 +432,21 @@ impl Instance {
                                 p.eor = true;
                             }
                         } else {
-                            let ch = self.rib.update(addr, r.announce, r.withdraw);
+                            let import = self
+                                .peers
+                                .get(&addr)
+                                .map(|p| p.cfg.import.clone())
+                                .unwrap_or_default();
+                            // Our own AS in the path: a loop (RFC 4271 §9.1.2), dropped like
+                            // what the import list refuses, and withdrawn if we had it.
+                            let local_as = self.cfg.local_as;
+                            let (announce, refused): (Vec<_>, Vec<_>) =
+                                r.announce.into_iter().partition(|(p, a)| {
+                                    export::passes(&import, p) && !a.as_path.contains(&local_as)
+                                });
+                            let mut withdraw = r.withdraw;
+                            withdraw.extend(refused.into_iter().map(|(p, _)| p));
+                            let ch = self.rib.update(addr, announce, withdraw);
                             self.dirty.extend(ch);
                         }
                     }
@@ -442,16 +481,63 @@ impl Instance {
         })
     }
 
-    /// Send the changed part of the Loc-RIB to the FIB.
-    async fn flush_fib(&mut self) {
-        let Some(f) = self.fib_sap else {
-            self.dirty.clear();
+    /// Bring a neighbour's Adj-RIB-Out up to date for `prefixes`, packed into UPDATEs.
+    fn advertise(&mut self, addr: Ipv4Addr, prefixes: &BTreeSet<Prefix>) {
+        let Some(p) = self.peers.get(&addr) else {
             return;
         };
+        if p.fsm.state != crate::fsm::State::Established {
+            return;
+        }
+        let Some(local_addr) = p.local_addr else {
+            return;
+        };
+        let t = Target {
+            addr,
+            ebgp: p.cfg.remote_as != self.cfg.local_as,
+            local_as: self.cfg.local_as,
+            local_addr,
+            export: &p.cfg.export,
+        };
+        let mut changes: BTreeMap<Prefix, Option<Arc<OutAttrs>>> = BTreeMap::new();
+        for x in prefixes {
+            let own = self.cfg.networks.contains(x);
+            let new =
+                export::export(&t, x, self.rib.loc.get(x), own, &self.rib.peers).map(Arc::new);
+            if p.adj_out.get(x) != new.as_ref() {
+                changes.insert(*x, new);
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let msgs = export::pack(&changes, p.four_octet);
+        if let Some(p) = self.peers.get_mut(&addr) {
+            for (x, a) in changes {
+                match a {
+                    Some(a) => p.adj_out.insert(x, a),
+                    None => p.adj_out.remove(&x),
+                };
+            }
+        }
+        for m in msgs {
+            self.send(addr, m);
+        }
+    }
+
+    /// Send the changed part of the Loc-RIB to the FIB and to every neighbour.
+    async fn flush_fib(&mut self) {
         if self.dirty.is_empty() {
             return;
         }
         let dirty = std::mem::take(&mut self.dirty);
+        let addrs: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
+        for a in addrs {
+            self.advertise(a, &dirty);
+        }
+        let Some(f) = self.fib_sap else {
+            return;
+        };
         let mut u = fp::Update {
             producer: "bgp".into(),
             announce: Vec::new(),
@@ -526,6 +612,7 @@ impl Instance {
                 state: p.fsm.state.word().to_string(),
                 up_secs: now.duration_since(p.changed_at).as_secs(),
                 prefixes_received: self.rib.adj_in.get(a).map_or(0, |t| t.len()),
+                prefixes_sent: p.adj_out.len(),
                 msgs_in: p.msgs_in,
                 msgs_out: p.msgs_out,
                 flaps: p.fsm.flaps,

@@ -9,6 +9,7 @@
 //! - [`instance`]: the owner loop, TCP, the FIB; [`proto`]: the bgp SAP; [`config`].
 
 pub mod config;
+pub mod export;
 pub mod fsm;
 pub mod instance;
 pub mod proto;

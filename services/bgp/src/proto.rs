@@ -22,6 +22,8 @@ pub struct NeighborRow {
     /// Seconds in the current state (Established) or since the last change.
     pub up_secs: u64,
     pub prefixes_received: usize,
+    /// Prefixes in this neighbour's Adj-RIB-Out.
+    pub prefixes_sent: usize,
     pub msgs_in: u64,
     pub msgs_out: u64,
     pub flaps: u32,
