@@ -6,9 +6,12 @@
 //!   the wire (see `bfd.rs`; run by `bench/run-bfd-restart.sh`).
 //! - `sysmgr-bench fib-update ...`: one timed route update through fib (see `fib.rs`; run by
 //!   `bench/run-fib.sh`).
+//! - `sysmgr-bench bgp-decode [--prefixes N]`: 1M-prefix decode through `bgp::wire` (see
+//!   `bgp.rs`).
 //! - `sysmgr-bench mts-echo`: the receiver service of the MTS benchmark (run by sysmgr).
 
 mod bfd;
+mod bgp;
 mod fib;
 mod mts;
 mod pss;
@@ -20,6 +23,7 @@ fn main() -> anyhow::Result<()> {
         Some("restart") => restart::main(args),
         Some("bfd-restart") => bfd::main(args),
         Some("fib-update") => fib::update(args),
+        Some("bgp-decode") => bgp::decode(args),
         Some("mts") => mts::main(args),
         Some("mts-echo") => mts::echo(),
         Some("pss") => pss::main(args),
