@@ -34,7 +34,9 @@ fn raw_walk(stream: &[u8]) -> usize {
     n
 }
 
-fn decode_all(stream: &[u8]) -> Result<(usize, Vec<(Prefix, Arc<bgp::rib::Attrs>)>)> {
+type Routes = Vec<(Prefix, Arc<bgp::rib::Attrs>)>;
+
+fn decode_all(stream: &[u8]) -> Result<(usize, Routes)> {
     let mut at = 0;
     let mut out = Vec::new();
     let mut msgs = 0;
