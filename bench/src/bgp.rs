@@ -124,8 +124,20 @@ pub fn decode(mut args: impl Iterator<Item = String>) -> Result<()> {
             med / w
         )
     };
-    row("raw walk over the bytes (floor: counts prefixes)", w, walk[walk.len() - 1]);
-    row("bgp::wire decode (rustbgpd-wire) into routes", d, dec[dec.len() - 1]);
-    row("Adj-RIB-In + Loc-RIB best path of the decoded routes", r, rib[rib.len() - 1]);
+    row(
+        "raw walk over the bytes (floor: counts prefixes)",
+        w,
+        walk[walk.len() - 1],
+    );
+    row(
+        "bgp::wire decode (rustbgpd-wire) into routes",
+        d,
+        dec[dec.len() - 1],
+    );
+    row(
+        "Adj-RIB-In + Loc-RIB best path of the decoded routes",
+        r,
+        rib[rib.len() - 1],
+    );
     Ok(())
 }

@@ -160,3 +160,125 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
     let s = lab.json(&["show", "bgp", "summary"]);
     assert_eq!(s["neighbors"][0]["flaps"], 1, "{s}");
 }
+
+/// Graceful Restart both ways around a SIGKILL of bgp: BIRD (helper) keeps our route while we
+/// restart (its route log shows no removal), and the kernel keeps BIRD's routes (fib holds them
+/// stale until our End-of-RIB; `ip monitor` shows no deletion).
+#[test]
+fn a_sigkill_of_bgp_loses_no_route_on_either_side() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
+        return;
+    }
+    let sut = Netns::new("bgp2-sut");
+    let bird_ns = Netns::new("bgp2-bird");
+    veth(&sut, "vs0", "10.71.1.1/24", &bird_ns, "vb0", "10.71.1.2/24");
+    let mut lab = Lab::new("1s");
+    let statics: String = (0..100)
+        .map(|i| format!("  route 10.120.{i}.0/24 blackhole;\n"))
+        .collect();
+    let bird = Bird::start(
+        &bird_ns,
+        &lab.path("bird"),
+        &format!(
+            "router id 10.71.1.2;\nprotocol device {{}}\nprotocol static st {{\n  ipv4;\n{statics}}}\n\
+             protocol bgp peer1 {{\n  local 10.71.1.2 as 65002;\n  neighbor 10.71.1.1 as 65001;\n  \
+             hold time 9;\n  graceful restart on;\n  error wait time 1, 10;\n  debug {{ states, routes }};\n  \
+             ipv4 {{ import all; export all; next hop self; }};\n}}\n"
+        ),
+    );
+    lab.write(
+        "fib.toml",
+        &format!(
+            "command = [{:?}, \"--config\", \"fib.conf\"]\nrestart = [\"stateful\", \"stateless\"]\n\
+             readiness = \"notify\"\n[saps]\nfib = 130\n",
+            bin("fib").display().to_string()
+        ),
+    );
+    lab.write("fib.conf", "backend = \"kernel\"\n");
+    lab.write(
+        "bgp.toml",
+        &format!(
+            "command = [{:?}, \"--config\", \"bgp.conf\"]\nrestart = [\"stateless\"]\n\
+             readiness = \"notify\"\ndepends-on = [\"fib\"]\n[saps]\nbgp = 179\n\
+             [ha.single-sup.primary]\naction = \"stateless\"\nmax-retries = 10\nmin-lifetime = \"1s\"\n",
+            bin("bgp").display().to_string()
+        ),
+    );
+    lab.write(
+        "bgp.conf",
+        "router-id = \"10.71.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
+         networks = [\"203.0.113.0/24\"]\n\
+         [[neighbor]]\naddress = \"10.71.1.2\"\nremote-as = 65002\nlocal-address = \"10.71.1.1\"\n",
+    );
+    lab.wrapper = sut.wrapper();
+    lab.boot();
+    let kernel = || {
+        let out = sut.ip(&["-j", "route", "show", "proto", "199"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(|a| a.len()))
+            .unwrap_or(0)
+    };
+    wait_for(Duration::from_secs(20), "100 routes in the kernel", || {
+        (kernel() == 100).then_some(())
+    });
+    wait_for(Duration::from_secs(10), "BIRD has our network", || {
+        bird.birdc("show route 203.0.113.0/24")
+            .contains("203.0.113.0/24")
+            .then_some(())
+    });
+    let mut mon = std::process::Command::new("ip")
+        .args(["-n", &sut.name, "monitor", "route"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip monitor");
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = lab.pid_of("bgp").expect("bgp");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    lab.wait_running("bgp", Some(pid));
+    wait_for(
+        Duration::from_secs(20),
+        "the session back with End-of-RIB",
+        || {
+            let s = lab.json(&["show", "bgp", "summary"]);
+            let n = &s["neighbors"][0];
+            (n["state"] == "Established" && n["end_of_rib_received"] == true).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = mon.kill();
+    let mut seen = String::new();
+    use std::io::Read;
+    mon.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut seen)
+        .expect("read");
+    let _ = mon.wait();
+    // BIRD logs every change of its table (debug routes): our route was never removed, and the
+    // session did go down and up (BIRD kept the route stale meanwhile).
+    let log = std::fs::read_to_string(bird.dir.join("bird.log")).unwrap_or_default();
+    let ours: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("203.0.113.0/24"))
+        .collect();
+    assert!(
+        !ours.iter().any(|l| l.contains("removed")),
+        "BIRD removed our route: {ours:?}"
+    );
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("peer1: State changed to up"))
+            .count()
+            >= 2,
+        "the session restarted:\n{log}"
+    );
+    let deleted: Vec<&str> = seen.lines().filter(|l| l.starts_with("Deleted")).collect();
+    assert!(deleted.is_empty(), "kernel routes deleted: {deleted:?}");
+    assert_eq!(kernel(), 100);
+}

@@ -44,6 +44,8 @@ pub struct Config {
     pub maximum_paths: usize,
     /// Our own prefixes, originated to every neighbour.
     pub networks: Vec<Prefix>,
+    /// Graceful Restart (RFC 4724): advertise it, and keep restarting peers' routes. Seconds.
+    pub graceful_restart: Option<u16>,
     pub neighbors: Vec<Neighbor>,
 }
 
@@ -57,6 +59,8 @@ struct File {
     maximum_paths: Option<usize>,
     #[serde(default)]
     networks: Vec<String>,
+    graceful_restart: Option<bool>,
+    restart_time: Option<u16>,
     #[serde(default)]
     neighbor: Vec<NeighborFile>,
 }
@@ -134,6 +138,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, BgpError> {
         connect_retry: retry,
         maximum_paths: f.maximum_paths.unwrap_or(1).max(1),
         networks,
+        graceful_restart: f
+            .graceful_restart
+            .unwrap_or(true)
+            .then(|| f.restart_time.unwrap_or(120).min(4095)),
         neighbors: f
             .neighbor
             .into_iter()

@@ -72,6 +72,12 @@ struct Peer {
     local_addr: Option<Ipv4Addr>,
     /// What this neighbour has from us.
     adj_out: BTreeMap<Prefix, Arc<OutAttrs>>,
+    /// Its Graceful Restart capability, from its last OPEN.
+    gr: Option<wire::Gr>,
+    /// Its routes are stale (it is restarting) until End-of-RIB or this instant.
+    stale_until: Option<Instant>,
+    /// Our OPENs carry the R bit until this session is up (we restarted).
+    send_restarted: bool,
 }
 
 pub struct Instance {
@@ -165,6 +171,8 @@ impl Instance {
         };
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let now = Instant::now();
+        // Any start but the first is a restart our peers should hear about (R bit).
+        let restarted = std::env::var("SYSMGR_START").is_ok_and(|s| s != "fresh");
         let mut rib = Rib::new(cfg.maximum_paths);
         let mut peers = HashMap::new();
         for n in &cfg.neighbors {
@@ -192,6 +200,9 @@ impl Instance {
                     changed_at: now,
                     local_addr: None,
                     adj_out: BTreeMap::new(),
+                    gr: None,
+                    stale_until: None,
+                    send_restarted: restarted,
                 },
             );
         }
@@ -305,6 +316,11 @@ impl Instance {
             return;
         };
         let before = p.fsm.state;
+        // RFC 4724: a session that ends without a NOTIFICATION (the TCP connection failed)
+        // is a restart the helper waits for.
+        let restarting = matches!(ev, Event::TcpConnectionFails)
+            && self.cfg.graceful_restart.is_some()
+            && p.gr.is_some();
         let actions = p.fsm.handle(now, ev);
         if p.fsm.state != before {
             p.changed_at = now;
@@ -321,7 +337,18 @@ impl Instance {
                     }
                 }
                 Action::SendOpen => {
-                    let b = wire::open(self.cfg.local_as, self.cfg.hold_time, self.cfg.router_id);
+                    let r = self.peers.get(&addr).is_some_and(|p| p.send_restarted);
+                    let gr = self.cfg.graceful_restart.map(|t| wire::Gr {
+                        restarted: r,
+                        restart_time: t,
+                        ipv4_forwarding: true,
+                    });
+                    let b = wire::open(
+                        self.cfg.local_as,
+                        self.cfg.hold_time,
+                        self.cfg.router_id,
+                        gr,
+                    );
                     self.send(addr, b);
                 }
                 Action::SendKeepalive => self.send(addr, wire::keepalive()),
@@ -329,6 +356,15 @@ impl Instance {
                     self.send(addr, wire::notification(code, subcode))
                 }
                 Action::Established => {
+                    if let Some(p) = self.peers.get_mut(&addr) {
+                        p.send_restarted = false;
+                        // Back without forwarding preserved: its stale routes cannot be trusted.
+                        if p.stale_until.is_some() && !p.gr.is_some_and(|g| g.ipv4_forwarding) {
+                            p.stale_until = None;
+                            let gone = self.rib.sweep_stale(addr);
+                            self.dirty.extend(gone);
+                        }
+                    }
                     let all: BTreeSet<Prefix> = self
                         .rib
                         .loc
@@ -340,11 +376,21 @@ impl Instance {
                     self.send(addr, wire::end_of_rib());
                 }
                 Action::Down => {
+                    let mut keep = None;
                     if let Some(p) = self.peers.get_mut(&addr) {
                         p.adj_out.clear();
+                        if restarting && let Some(g) = p.gr {
+                            keep = Some(now + Duration::from_secs(u64::from(g.restart_time)));
+                            p.stale_until = keep;
+                        }
                     }
-                    let gone = self.rib.peer_down(addr);
-                    self.dirty.extend(gone);
+                    if keep.is_some() {
+                        tracing::info!(peer = %addr, "peer restarting: its routes are kept stale (Graceful Restart helper)");
+                        self.rib.peer_stale(addr);
+                    } else {
+                        let gone = self.rib.peer_down(addr);
+                        self.dirty.extend(gone);
+                    }
                 }
                 Action::ProcessUpdate => {}
             }
@@ -376,6 +422,7 @@ impl Instance {
                 hold,
                 router_id,
                 four_octet,
+                gr,
                 ..
             } => {
                 let want = self.peers.get(&addr).map(|p| p.cfg.remote_as);
@@ -405,6 +452,7 @@ impl Instance {
                 if let Some(p) = self.peers.get_mut(&addr) {
                     p.four_octet = four_octet;
                     p.router_id = Some(router_id);
+                    p.gr = gr;
                 }
                 if let Some(i) = self.rib.peers.get_mut(&addr) {
                     i.router_id = router_id;
@@ -428,8 +476,15 @@ impl Instance {
                             return;
                         }
                         if r.end_of_rib {
+                            let mut sweep = false;
                             if let Some(p) = self.peers.get_mut(&addr) {
                                 p.eor = true;
+                                sweep = p.stale_until.take().is_some();
+                            }
+                            if sweep {
+                                let gone = self.rib.sweep_stale(addr);
+                                tracing::info!(peer = %addr, swept = gone.len(), "End-of-RIB: stale routes swept");
+                                self.dirty.extend(gone);
                             }
                         } else {
                             let import = self
@@ -696,6 +751,7 @@ impl Instance {
                 .peers
                 .values()
                 .filter_map(|p| p.fsm.deadline())
+                .chain(self.peers.values().filter_map(|p| p.stale_until))
                 .chain((!self.fib_eor_sent).then_some(self.fib_eor_at))
                 .min();
             tokio::select! {
@@ -746,6 +802,20 @@ impl Instance {
                         for e in evs {
                             self.event(a, e).await;
                         }
+                    }
+                    let expired: Vec<Ipv4Addr> = self
+                        .peers
+                        .iter()
+                        .filter(|(_, p)| p.stale_until.is_some_and(|t| t <= now))
+                        .map(|(a, _)| *a)
+                        .collect();
+                    for a in expired {
+                        if let Some(p) = self.peers.get_mut(&a) {
+                            p.stale_until = None;
+                        }
+                        let gone = self.rib.sweep_stale(a);
+                        tracing::warn!(peer = %a, swept = gone.len(), "restart time ran out: stale routes swept");
+                        self.dirty.extend(gone);
                     }
                     self.flush_fib().await;
                     self.maybe_fib_eor().await;

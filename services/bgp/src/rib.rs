@@ -44,6 +44,8 @@ pub struct Rib {
     pub loc: BTreeMap<Prefix, Selected>,
     pub peers: HashMap<Ipv4Addr, PeerInfo>,
     pub max_paths: usize,
+    /// Routes kept from a restarting peer (Graceful Restart helper) until it re-sends them.
+    pub stale: HashMap<Ipv4Addr, BTreeSet<Prefix>>,
 }
 
 const DEFAULT_LOCAL_PREF: u32 = 100;
@@ -134,7 +136,16 @@ impl Rib {
         withdraw: Vec<Prefix>,
     ) -> Vec<Prefix> {
         let t = self.adj_in.entry(peer).or_default();
+        let stale = self.stale.get_mut(&peer);
         let mut touched = BTreeSet::new();
+        if let Some(st) = stale {
+            for (p, _) in &announce {
+                st.remove(p);
+            }
+            for p in &withdraw {
+                st.remove(p);
+            }
+        }
         for p in withdraw {
             if t.remove(&p).is_some() {
                 touched.insert(p);
@@ -147,8 +158,31 @@ impl Rib {
         self.reselect(touched)
     }
 
+    /// The peer is restarting (RFC 4724 helper): keep its routes, marked stale.
+    pub fn peer_stale(&mut self, peer: Ipv4Addr) {
+        let all: BTreeSet<Prefix> = self
+            .adj_in
+            .get(&peer)
+            .map(|t| t.keys().copied().collect())
+            .unwrap_or_default();
+        self.stale.insert(peer, all);
+    }
+
+    /// End-of-RIB from a restarted peer, or its restart time ran out: what it did not re-send
+    /// goes.
+    pub fn sweep_stale(&mut self, peer: Ipv4Addr) -> Vec<Prefix> {
+        let gone = self.stale.remove(&peer).unwrap_or_default();
+        if let Some(t) = self.adj_in.get_mut(&peer) {
+            for p in &gone {
+                t.remove(p);
+            }
+        }
+        self.reselect(gone)
+    }
+
     /// The session with `peer` went down: its routes go.
     pub fn peer_down(&mut self, peer: Ipv4Addr) -> Vec<Prefix> {
+        self.stale.remove(&peer);
         let touched: BTreeSet<Prefix> = self
             .adj_in
             .remove(&peer)
@@ -228,6 +262,22 @@ mod tests {
         r.update(peer(2), vec![(pfx(), attrs(&[65000, 7], 2))], vec![]);
         r.update(peer(3), vec![(pfx(), attrs(&[65000, 7, 7], 3))], vec![]);
         assert_eq!(r.loc[&pfx()].paths.len(), 2);
+    }
+
+    #[test]
+    fn stale_routes_stay_until_end_of_rib_and_only_unrefreshed_ones_go() {
+        let mut r = rib(1);
+        let other: Prefix = "198.51.100.0/24".parse().expect("p");
+        r.update(
+            peer(1),
+            vec![(pfx(), attrs(&[65001], 1)), (other, attrs(&[65001], 1))],
+            vec![],
+        );
+        r.peer_stale(peer(1));
+        assert_eq!(r.loc.len(), 2, "still forwarding");
+        r.update(peer(1), vec![(pfx(), attrs(&[65001], 1))], vec![]);
+        assert_eq!(r.sweep_stale(peer(1)), vec![other]);
+        assert!(r.loc.contains_key(&pfx()));
     }
 
     #[test]

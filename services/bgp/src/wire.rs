@@ -23,7 +23,8 @@ pub enum Msg {
         router_id: Ipv4Addr,
         four_octet: bool,
         route_refresh: bool,
-        graceful_restart: bool,
+        /// The peer's Graceful Restart capability (RFC 4724), if any.
+        gr: Option<Gr>,
     },
     Update(w::UpdateMessage),
     Notification {
@@ -32,6 +33,17 @@ pub enum Msg {
     },
     Keepalive,
     RouteRefresh,
+}
+
+/// A Graceful Restart capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gr {
+    /// R bit: the sender has just restarted.
+    pub restarted: bool,
+    /// Seconds the sender wants its routes kept while it restarts.
+    pub restart_time: u16,
+    /// F bit for IPv4 unicast: the sender kept forwarding across its restart.
+    pub ipv4_forwarding: bool,
 }
 
 /// A message that could not be decoded: the NOTIFICATION (code, subcode) to answer with.
@@ -70,13 +82,13 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, Malformed> {
                     router_id: o.bgp_identifier,
                     four_octet: false,
                     route_refresh: false,
-                    graceful_restart: false,
+                    gr: None,
                 };
                 if let Msg::Open {
                     asn,
                     four_octet,
                     route_refresh,
-                    graceful_restart,
+                    gr,
                     ..
                 } = &mut m
                 {
@@ -87,7 +99,22 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, Malformed> {
                                 *four_octet = true;
                             }
                             w::Capability::RouteRefresh => *route_refresh = true,
-                            w::Capability::GracefulRestart { .. } => *graceful_restart = true,
+                            w::Capability::GracefulRestart {
+                                restart_state,
+                                restart_time,
+                                families,
+                                ..
+                            } => {
+                                *gr = Some(Gr {
+                                    restarted: *restart_state,
+                                    restart_time: *restart_time,
+                                    ipv4_forwarding: families.iter().any(|f| {
+                                        f.afi == w::Afi::Ipv4
+                                            && f.safi == w::Safi::Unicast
+                                            && f.forwarding_preserved
+                                    }),
+                                })
+                            }
                             _ => {}
                         }
                     }
@@ -109,21 +136,35 @@ fn enc(m: &w::Message) -> Vec<u8> {
     w::encode_message(m).map(|b| b.to_vec()).unwrap_or_default()
 }
 
-/// Our OPEN: 4-octet AS, IPv4 unicast, route refresh.
-pub fn open(asn: u32, hold: u16, router_id: Ipv4Addr) -> Vec<u8> {
+/// Our OPEN: 4-octet AS, IPv4 unicast, route refresh, and Graceful Restart when configured
+/// (forwarding preserved: the FIB keeps the kernel's routes across our restarts).
+pub fn open(asn: u32, hold: u16, router_id: Ipv4Addr, gr: Option<Gr>) -> Vec<u8> {
+    let mut capabilities = vec![
+        w::Capability::MultiProtocol {
+            afi: w::Afi::Ipv4,
+            safi: w::Safi::Unicast,
+        },
+        w::Capability::RouteRefresh,
+        w::Capability::FourOctetAs { asn },
+    ];
+    if let Some(g) = gr {
+        capabilities.push(w::Capability::GracefulRestart {
+            restart_state: g.restarted,
+            notification: false,
+            restart_time: g.restart_time.min(4095),
+            families: vec![w::GracefulRestartFamily {
+                afi: w::Afi::Ipv4,
+                safi: w::Safi::Unicast,
+                forwarding_preserved: g.ipv4_forwarding,
+            }],
+        });
+    }
     enc(&w::Message::Open(w::OpenMessage {
         version: 4,
         my_as: u16::try_from(asn).unwrap_or(AS_TRANS),
         hold_time: hold,
         bgp_identifier: router_id,
-        capabilities: vec![
-            w::Capability::MultiProtocol {
-                afi: w::Afi::Ipv4,
-                safi: w::Safi::Unicast,
-            },
-            w::Capability::RouteRefresh,
-            w::Capability::FourOctetAs { asn },
-        ],
+        capabilities,
     }))
 }
 
@@ -255,15 +296,24 @@ mod tests {
 
     #[test]
     fn our_open_decodes_with_its_capabilities() {
-        let b = open(4_200_000_000, 90, Ipv4Addr::new(1, 2, 3, 4));
+        let gr = Gr {
+            restarted: true,
+            restart_time: 120,
+            ipv4_forwarding: true,
+        };
+        let b = open(4_200_000_000, 90, Ipv4Addr::new(1, 2, 3, 4), Some(gr));
         assert_eq!(complete_len(&b), Ok(Some(b.len())));
         match decode(&b).expect("open") {
             Msg::Open {
                 asn,
                 hold,
                 four_octet,
+                gr: got,
                 ..
-            } => assert_eq!((asn, hold, four_octet), (4_200_000_000, 90, true)),
+            } => {
+                assert_eq!((asn, hold, four_octet), (4_200_000_000, 90, true));
+                assert_eq!(got, Some(gr));
+            }
             m => panic!("{m:?}"),
         }
     }
