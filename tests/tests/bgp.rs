@@ -282,3 +282,97 @@ fn a_sigkill_of_bgp_loses_no_route_on_either_side() {
     assert!(deleted.is_empty(), "kernel routes deleted: {deleted:?}");
     assert_eq!(kernel(), 100);
 }
+
+/// A neighbour configured with `bfd`: bgp asks the bfd service for the session over MTS, and
+/// when BFD says the peer is gone the BGP session is reset at once, long before its hold timer.
+#[test]
+fn bfd_down_resets_the_bgp_session_long_before_the_hold_timer() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
+        return;
+    }
+    let sut = Netns::new("bgp3-sut");
+    let bird_ns = Netns::new("bgp3-bird");
+    veth(&sut, "vs0", "10.72.1.1/24", &bird_ns, "vb0", "10.72.1.2/24");
+    let mut lab = Lab::new("1s");
+    let statics: String = (0..20)
+        .map(|i| format!("  route 10.130.{i}.0/24 blackhole;\n"))
+        .collect();
+    let _bird = Bird::start(
+        &bird_ns,
+        &lab.path("bird"),
+        &format!(
+            "router id 10.72.1.2;\nprotocol device {{}}\nprotocol static st {{\n  ipv4;\n{statics}}}\n\
+             protocol bfd {{\n  interface \"vb0\" {{ min rx interval 50 ms; min tx interval 50 ms; multiplier 3; }};\n}}\n\
+             protocol bgp peer1 {{\n  local 10.72.1.2 as 65002;\n  neighbor 10.72.1.1 as 65001;\n  \
+             hold time 9;\n  bfd on;\n  error wait time 1, 10;\n  \
+             ipv4 {{ import all; export all; next hop self; }};\n}}\n"
+        ),
+    );
+    let svc = |name: &str, extra: &str| {
+        format!(
+            "command = [{:?}{extra}]\nrestart = [\"stateful\", \"stateless\"]\nreadiness = \"notify\"\n",
+            bin(name).display().to_string()
+        )
+    };
+    lab.write("bfd.toml", &(svc("bfd", "") + "[saps]\nbfd = 110\n"));
+    lab.write(
+        "fib.toml",
+        &(svc("fib", ", \"--config\", \"fib.conf\"") + "[saps]\nfib = 130\n"),
+    );
+    lab.write("fib.conf", "backend = \"kernel\"\n");
+    lab.write(
+        "bgp.toml",
+        &(svc("bgp", ", \"--config\", \"bgp.conf\"")
+            + "depends-on = [\"fib\", \"bfd\"]\n[saps]\nbgp = 179\n"),
+    );
+    lab.write(
+        "bgp.conf",
+        "router-id = \"10.72.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
+         [[neighbor]]\naddress = \"10.72.1.2\"\nremote-as = 65002\nlocal-address = \"10.72.1.1\"\n\
+         bfd = true\nbfd-interval = \"50ms\"\n",
+    );
+    lab.wrapper = sut.wrapper();
+    lab.boot();
+    let kernel = || {
+        let out = sut.ip(&["-j", "route", "show", "proto", "199"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(|a| a.len()))
+            .unwrap_or(0)
+    };
+    wait_for(Duration::from_secs(20), "20 routes in the kernel", || {
+        (kernel() == 20).then_some(())
+    });
+    let n = wait_for(
+        Duration::from_secs(10),
+        "the BFD session bgp asked for, Up",
+        || {
+            let v = lab.json(&["show", "bfd", "neighbors"]);
+            v.as_array()?
+                .iter()
+                .find(|n| n["peer"] == "10.72.1.2" && n["state"] == "Up")
+                .cloned()
+        },
+    );
+    assert_eq!(n["owner"], "bgp", "{n}");
+    assert_eq!(n["detect_time_us"], 150_000, "{n}");
+    // The peer's link goes away: TCP cannot tell for 9 s (the hold time), BFD in 150 ms.
+    let t0 = std::time::Instant::now();
+    bird_ns.ip(&["link", "set", "vb0", "down"]);
+    wait_for(
+        Duration::from_secs(3),
+        "the BGP session reset by BFD",
+        || {
+            let s = lab.json(&["show", "bgp", "summary"]);
+            (s["neighbors"][0]["state"] != "Established").then_some(())
+        },
+    );
+    let took = t0.elapsed();
+    eprintln!("BGP session reset {took:?} after the link went down (hold time 9 s)");
+    wait_for(Duration::from_secs(3), "the peer's routes gone", || {
+        (kernel() == 0).then_some(())
+    });
+    let log = std::fs::read_to_string(lab.path("data/logs/bgp.stderr.log")).unwrap_or_default();
+    assert!(log.contains("BFD down: resetting the BGP session"), "{log}");
+}

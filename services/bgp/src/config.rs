@@ -33,6 +33,8 @@ pub struct Neighbor {
     pub import: Vec<Prefix>,
     /// Advertise only prefixes inside these (empty: all).
     pub export: Vec<Prefix>,
+    /// Follow a BFD session to this neighbour (asked of the bfd service): (interval µs, mult).
+    pub bfd: Option<(u32, u8)>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +79,10 @@ struct NeighborFile {
     import: Vec<String>,
     #[serde(default)]
     export: Vec<String>,
+    #[serde(default)]
+    bfd: bool,
+    bfd_interval: Option<String>,
+    bfd_multiplier: Option<u8>,
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Config, BgpError> {
@@ -128,6 +134,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, BgpError> {
         .iter()
         .map(|n| (prefixes(&n.import), prefixes(&n.export)))
         .collect();
+    let mut bfds = Vec::new();
+    for n in &f.neighbor {
+        let iv = match n.bfd_interval.as_deref().map(humantime::parse_duration) {
+            None => 300_000,
+            Some(Ok(d)) if d >= Duration::from_millis(1) => d.as_micros() as u32,
+            Some(_) => {
+                let (l, c) = at(text.find("bfd-interval").unwrap_or(0));
+                errs.push(format!(
+                    "{}:{l}:{c}: bfd-interval is not a duration of 1ms or more",
+                    path.display()
+                ));
+                300_000
+            }
+        };
+        bfds.push(n.bfd.then_some((iv, n.bfd_multiplier.unwrap_or(3).max(1))));
+    }
     if !errs.is_empty() {
         return Err(BgpError::Config(errs.join("\n")));
     }
@@ -146,13 +168,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, BgpError> {
             .neighbor
             .into_iter()
             .zip(lists)
-            .map(|(n, (import, export))| Neighbor {
+            .zip(bfds)
+            .map(|((n, (import, export)), bfd)| Neighbor {
                 address: n.address,
                 remote_as: n.remote_as,
                 local_address: n.local_address,
                 passive: n.passive,
                 import,
                 export,
+                bfd,
             })
             .collect(),
     })

@@ -58,6 +58,9 @@ pub enum Event {
     UpdateMsg,
     /// 28: an UPDATE error that resets the session (RFC 7606 says which ones).
     UpdateMsgErr { code: u8, subcode: u8 },
+    /// RFC 5882 §10.2: the BFD session to the peer went down; the session is reset at once
+    /// (NOTIFICATION Cease / BFD Down, RFC 9384), without Graceful Restart.
+    BfdDown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +259,14 @@ impl Fsm {
                 self.go_idle(now, &mut out);
             }
             (_, E::NotifMsg | E::TcpConnectionFails) => self.go_idle(now, &mut out),
+            (S::Connect | S::Active, E::BfdDown) => {}
+            (_, E::BfdDown) => {
+                out.push(Action::SendNotification {
+                    code: CEASE,
+                    subcode: 10,
+                });
+                self.go_idle(now, &mut out);
+            }
             (_, E::KeepaliveTimerExpires) => self.keepalive_at = None,
             (_, E::ConnectRetryTimerExpires) => self.connect_retry_at = None,
             // Anything else in a state that does not expect it: FSM error (RFC 4271 §6.6).

@@ -83,6 +83,8 @@ struct Peer {
 pub struct Instance {
     cfg: Config,
     mts: Client,
+    /// Our SAP (notifications from bfd arrive on it).
+    sap: u32,
     fib_sap: Option<u32>,
     peers: HashMap<Ipv4Addr, Peer>,
     rib: Rib,
@@ -155,7 +157,10 @@ impl Instance {
     pub async fn start(opts: &Options) -> Result<Instance, BgpError> {
         let cfg = crate::config::load(&opts.config)?;
         let mts = Client::connect_from_env().await?;
-        mts.bind(proto::SAP_NAME).await?;
+        let sap = mts.bind(proto::SAP_NAME).await?;
+        if cfg.neighbors.iter().any(|n| n.bfd.is_some()) {
+            mts.subscribe(sap, bfd::proto::OP_EVENT).await?;
+        }
         let fib_sap = mts.lookup(fp::SAP_NAME).await.ok();
         // Listen only when there is someone to listen for.
         let listener = if cfg.neighbors.is_empty() {
@@ -209,6 +214,7 @@ impl Instance {
         let mut me = Instance {
             cfg,
             mts,
+            sap,
             fib_sap,
             peers,
             rib,
@@ -235,6 +241,7 @@ impl Instance {
                 .await;
             tracing::info!(?r, "fib: bgp routes marked stale until End-of-RIB");
         }
+        me.ask_bfd().await;
         let addrs: Vec<Ipv4Addr> = me.peers.keys().copied().collect();
         for a in addrs {
             let passive = me.peers[&a].cfg.passive;
@@ -718,11 +725,78 @@ impl Instance {
             .collect()
     }
 
+    /// Ask the bfd service for a session to every neighbour configured with `bfd` (again
+    /// whenever bfd starts without its state).
+    async fn ask_bfd(&mut self) {
+        let wanted: Vec<(Ipv4Addr, Option<Ipv4Addr>, (u32, u8))> = self
+            .peers
+            .values()
+            .filter_map(|p| p.cfg.bfd.map(|b| (p.cfg.address, p.cfg.local_address, b)))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let Ok(dst) = self.mts.lookup(bfd::proto::SAP_NAME).await else {
+            tracing::warn!("no bfd service: BFD for BGP neighbours is off");
+            return;
+        };
+        for (peer, local, (iv, mult)) in wanted {
+            let spec = bfd::proto::SessionSpec {
+                key: bfd::proto::SessionKey {
+                    peer,
+                    interface: self.ifname_for(peer),
+                },
+                local,
+                timers: bfd::fsm::Timers {
+                    desired_min_tx: iv,
+                    required_min_rx: iv,
+                    detect_mult: mult,
+                },
+                owner: proto::SAP_NAME.into(),
+            };
+            let r: Result<Result<u32, String>, _> = self
+                .mts
+                .request(
+                    self.sap,
+                    dst,
+                    bfd::proto::OP_SESSION_ADD,
+                    &spec,
+                    Duration::from_secs(10),
+                )
+                .await;
+            tracing::info!(peer = %peer, ?r, "BFD session requested");
+        }
+    }
+
+    async fn on_notification(&mut self, m: &Incoming) {
+        if m.header.opcode != bfd::proto::OP_EVENT {
+            return;
+        }
+        match m.decode::<bfd::proto::Event>() {
+            Ok(bfd::proto::Event::StateChange { key, from, to, .. })
+                if from == bfd::packet::State::Up && to != bfd::packet::State::Up =>
+            {
+                if self
+                    .peers
+                    .get(&key.peer)
+                    .is_some_and(|p| p.cfg.bfd.is_some())
+                {
+                    tracing::warn!(peer = %key.peer, "BFD down: resetting the BGP session");
+                    self.event(key.peer, Event::BfdDown).await;
+                    self.flush_fib().await;
+                }
+            }
+            Ok(bfd::proto::Event::Started { start }) if start != "stateful" => self.ask_bfd().await,
+            _ => {}
+        }
+    }
+
     async fn on_request(&mut self, m: Incoming) {
         if m.needs_ack() {
             self.mts.ack(&[m.id()]);
         }
         if !m.is_request() {
+            self.on_notification(&m).await;
             return;
         }
         let r = match m.header.opcode {
