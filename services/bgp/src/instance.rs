@@ -774,17 +774,16 @@ impl Instance {
         }
         match m.decode::<bfd::proto::Event>() {
             Ok(bfd::proto::Event::StateChange { key, from, to, .. })
-                if from == bfd::packet::State::Up && to != bfd::packet::State::Up =>
+                if from == bfd::packet::State::Up
+                    && to != bfd::packet::State::Up
+                    && self
+                        .peers
+                        .get(&key.peer)
+                        .is_some_and(|p| p.cfg.bfd.is_some()) =>
             {
-                if self
-                    .peers
-                    .get(&key.peer)
-                    .is_some_and(|p| p.cfg.bfd.is_some())
-                {
-                    tracing::warn!(peer = %key.peer, "BFD down: resetting the BGP session");
-                    self.event(key.peer, Event::BfdDown).await;
-                    self.flush_fib().await;
-                }
+                tracing::warn!(peer = %key.peer, "BFD down: resetting the BGP session");
+                self.event(key.peer, Event::BfdDown).await;
+                self.flush_fib().await;
             }
             Ok(bfd::proto::Event::Started { start }) if start != "stateful" => self.ask_bfd().await,
             _ => {}
