@@ -7,10 +7,14 @@
 //!                                                                      fib, bgp AS 65001)
 //! ```
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use sysmgr_tests::netns::{Bird, Frr, Netns, veth};
 use sysmgr_tests::{Lab, bin, is_root, wait_for};
+
+/// One topology at a time: BFD at 50 ms and the routing daemons share two CPUs.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 #[test]
 fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
@@ -18,6 +22,7 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
         eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
         return;
     }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sut = Netns::new("bgp1-sut");
     let bird_ns = Netns::new("bgp1-bird");
     let frr_ns = Netns::new("bgp1-frr");
@@ -170,6 +175,7 @@ fn a_sigkill_of_bgp_loses_no_route_on_either_side() {
         eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
         return;
     }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sut = Netns::new("bgp2-sut");
     let bird_ns = Netns::new("bgp2-bird");
     veth(&sut, "vs0", "10.71.1.1/24", &bird_ns, "vb0", "10.71.1.2/24");
@@ -291,6 +297,7 @@ fn bfd_down_resets_the_bgp_session_long_before_the_hold_timer() {
         eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
         return;
     }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sut = Netns::new("bgp3-sut");
     let bird_ns = Netns::new("bgp3-bird");
     veth(&sut, "vs0", "10.72.1.1/24", &bird_ns, "vb0", "10.72.1.2/24");
