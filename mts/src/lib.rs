@@ -16,6 +16,7 @@ pub mod io;
 pub mod notify;
 pub mod proto;
 pub mod sap;
+pub mod service;
 
 pub use error::MtsError;
 pub use frame::{Flags, Frame, Header};

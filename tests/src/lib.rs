@@ -208,6 +208,20 @@ impl Lab {
         )
     }
 
+    /// SIGKILL the running instance of `service` and wait for sysmgr to run the next one;
+    /// returns the new pid.
+    pub fn kill9(&self, service: &str) -> i32 {
+        let pid = self
+            .pid_of(service)
+            .unwrap_or_else(|| panic!("{service} is not running"));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill");
+        self.wait_running(service, Some(pid))
+    }
+
     /// Send a signal to the daemon.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.daemon_pid()), sig);

@@ -16,6 +16,50 @@ use sysmgr_tests::{Lab, bin, is_root, wait_for};
 /// One topology at a time: BFD at 50 ms and the routing daemons share two CPUs.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+fn kernel_routes(sut: &Netns) -> usize {
+    let out = sut.ip(&["-j", "route", "show", "proto", "199"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().map(|a| a.len()))
+        .unwrap_or(0)
+}
+
+/// fib (kernel backend) and bgp (stateless restarts, `bgp.conf` written by the test), and
+/// with `bfd` the bfd service too.
+fn services(lab: &Lab, bfd: bool) {
+    let cmd = |name: &str, conf: bool| {
+        let mut c = format!("command = [{:?}", bin(name).display().to_string());
+        if conf {
+            c += &format!(", \"--config\", \"{name}.conf\"");
+        }
+        c + "]\nreadiness = \"notify\"\n"
+    };
+    lab.write(
+        "fib.toml",
+        &(cmd("fib", true) + "restart = [\"stateful\", \"stateless\"]\n[saps]\nfib = 130\n"),
+    );
+    lab.write("fib.conf", "backend = \"kernel\"\n");
+    let deps = if bfd {
+        "[\"fib\", \"bfd\"]"
+    } else {
+        "[\"fib\"]"
+    };
+    lab.write(
+        "bgp.toml",
+        &(cmd("bgp", true)
+            + &format!(
+                "restart = [\"stateless\"]\ndepends-on = {deps}\n[saps]\nbgp = 179\n\
+                 [ha.single-sup.primary]\naction = \"stateless\"\nmax-retries = 10\nmin-lifetime = \"1s\"\n"
+            )),
+    );
+    if bfd {
+        lab.write(
+            "bfd.toml",
+            &(cmd("bfd", false) + "restart = [\"stateful\", \"stateless\"]\n[saps]\nbfd = 110\n"),
+        );
+    }
+}
+
 #[test]
 fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
     if !is_root() {
@@ -63,23 +107,7 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
              hold time 9;\n  error wait time 1, 10;\n  ipv4 {{ import all; export all; next hop self; }};\n}}\n"
         ),
     );
-    lab.write(
-        "fib.toml",
-        &format!(
-            "command = [{:?}, \"--config\", \"fib.conf\"]\nrestart = [\"stateful\", \"stateless\"]\n\
-             readiness = \"notify\"\n[saps]\nfib = 130\n",
-            bin("fib").display().to_string()
-        ),
-    );
-    lab.write("fib.conf", "backend = \"kernel\"\n");
-    lab.write(
-        "bgp.toml",
-        &format!(
-            "command = [{:?}, \"--config\", \"bgp.conf\"]\nrestart = [\"stateless\"]\n\
-             readiness = \"notify\"\ndepends-on = [\"fib\"]\n[saps]\nbgp = 179\n",
-            bin("bgp").display().to_string()
-        ),
-    );
+    services(&lab, false);
     lab.write(
         "bgp.conf",
         "router-id = \"10.70.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
@@ -89,13 +117,7 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
     );
     lab.wrapper = sut.wrapper();
     lab.boot();
-    let kernel = || {
-        let out = sut.ip(&["-j", "route", "show", "proto", "199"]);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.as_array().map(|a| a.len()))
-            .unwrap_or(0)
-    };
+    let kernel = || kernel_routes(&sut);
     let t0 = std::time::Instant::now();
     while kernel() != 140 {
         if t0.elapsed() > Duration::from_secs(30) {
@@ -193,24 +215,7 @@ fn a_sigkill_of_bgp_loses_no_route_on_either_side() {
              ipv4 {{ import all; export all; next hop self; }};\n}}\n"
         ),
     );
-    lab.write(
-        "fib.toml",
-        &format!(
-            "command = [{:?}, \"--config\", \"fib.conf\"]\nrestart = [\"stateful\", \"stateless\"]\n\
-             readiness = \"notify\"\n[saps]\nfib = 130\n",
-            bin("fib").display().to_string()
-        ),
-    );
-    lab.write("fib.conf", "backend = \"kernel\"\n");
-    lab.write(
-        "bgp.toml",
-        &format!(
-            "command = [{:?}, \"--config\", \"bgp.conf\"]\nrestart = [\"stateless\"]\n\
-             readiness = \"notify\"\ndepends-on = [\"fib\"]\n[saps]\nbgp = 179\n\
-             [ha.single-sup.primary]\naction = \"stateless\"\nmax-retries = 10\nmin-lifetime = \"1s\"\n",
-            bin("bgp").display().to_string()
-        ),
-    );
+    services(&lab, false);
     lab.write(
         "bgp.conf",
         "router-id = \"10.71.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
@@ -219,13 +224,7 @@ fn a_sigkill_of_bgp_loses_no_route_on_either_side() {
     );
     lab.wrapper = sut.wrapper();
     lab.boot();
-    let kernel = || {
-        let out = sut.ip(&["-j", "route", "show", "proto", "199"]);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.as_array().map(|a| a.len()))
-            .unwrap_or(0)
-    };
+    let kernel = || kernel_routes(&sut);
     wait_for(Duration::from_secs(20), "100 routes in the kernel", || {
         (kernel() == 100).then_some(())
     });
@@ -240,13 +239,7 @@ fn a_sigkill_of_bgp_loses_no_route_on_either_side() {
         .spawn()
         .expect("ip monitor");
     std::thread::sleep(Duration::from_millis(200));
-    let pid = lab.pid_of("bgp").expect("bgp");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill");
-    lab.wait_running("bgp", Some(pid));
+    lab.kill9("bgp");
     wait_for(
         Duration::from_secs(20),
         "the session back with End-of-RIB",
@@ -316,23 +309,7 @@ fn bfd_down_resets_the_bgp_session_long_before_the_hold_timer() {
              ipv4 {{ import all; export all; next hop self; }};\n}}\n"
         ),
     );
-    let svc = |name: &str, extra: &str| {
-        format!(
-            "command = [{:?}{extra}]\nrestart = [\"stateful\", \"stateless\"]\nreadiness = \"notify\"\n",
-            bin(name).display().to_string()
-        )
-    };
-    lab.write("bfd.toml", &(svc("bfd", "") + "[saps]\nbfd = 110\n"));
-    lab.write(
-        "fib.toml",
-        &(svc("fib", ", \"--config\", \"fib.conf\"") + "[saps]\nfib = 130\n"),
-    );
-    lab.write("fib.conf", "backend = \"kernel\"\n");
-    lab.write(
-        "bgp.toml",
-        &(svc("bgp", ", \"--config\", \"bgp.conf\"")
-            + "depends-on = [\"fib\", \"bfd\"]\n[saps]\nbgp = 179\n"),
-    );
+    services(&lab, true);
     lab.write(
         "bgp.conf",
         "router-id = \"10.72.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
@@ -341,13 +318,7 @@ fn bfd_down_resets_the_bgp_session_long_before_the_hold_timer() {
     );
     lab.wrapper = sut.wrapper();
     lab.boot();
-    let kernel = || {
-        let out = sut.ip(&["-j", "route", "show", "proto", "199"]);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.as_array().map(|a| a.len()))
-            .unwrap_or(0)
-    };
+    let kernel = || kernel_routes(&sut);
     wait_for(Duration::from_secs(20), "20 routes in the kernel", || {
         (kernel() == 20).then_some(())
     });

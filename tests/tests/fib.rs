@@ -310,13 +310,7 @@ fn sigkill_of_fib_with_10k_routes_deletes_no_kernel_route() {
         .spawn()
         .expect("ip monitor");
     std::thread::sleep(Duration::from_millis(200));
-    let pid = l.lab.pid_of("fib").expect("fib running");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill");
-    l.lab.wait_running("fib", Some(pid));
+    l.lab.kill9("fib");
     // Converged: a show answers only once the restarted instance has reconciled.
     let rows: Vec<fp::RouteRow> = ask(&l.lab, fp::SAP_NAME, fp::OP_SHOW_ROUTES, &None::<Prefix>);
     assert_eq!(rows.len(), 10_000);
@@ -407,13 +401,7 @@ fn stale_routes_are_swept_only_after_end_of_rib() {
     l.update("bgp-sim", all[..60].to_vec(), vec![]);
     assert_eq!(l.kernel_routes().len(), 101);
     // A FIB restart in the middle keeps the stale marks (they are in PSS).
-    let pid = l.lab.pid_of("fib").expect("fib");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill");
-    l.lab.wait_running("fib", Some(pid));
+    l.lab.kill9("fib");
     assert_eq!(l.kernel_routes().len(), 101);
     // End-of-RIB: the 40 it did not re-send go; the other producer's route stays.
     let swept: Result<u64, String> = ask(

@@ -1,0 +1,56 @@
+//! What every service binary does before and after its own work: log to stderr (sysmgr keeps
+//! it in `DATA/logs/NAME.stderr.log`), run on one tokio thread, turn an error into a message and
+//! a failing exit status (which sysmgr records and acts on).
+
+use std::future::Future;
+use std::process::ExitCode;
+
+/// Run a service's `main` future; `name` prefixes the error line.
+pub fn run<E, Fut>(name: &str, fut: Fut) -> ExitCode
+where
+    E: std::fmt::Display,
+    Fut: Future<Output = Result<(), E>>,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--config FILE` (optional when `required` is false); `None` on a usage error, already reported.
+pub fn config_arg(name: &str, required: bool) -> Option<Option<std::path::PathBuf>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [flag, p] if flag == "--config" => Some(Some(p.into())),
+        [] if !required => Some(None),
+        _ => {
+            let opt = if required {
+                "--config FILE"
+            } else {
+                "[--config FILE]"
+            };
+            eprintln!("usage: {name} {opt}");
+            None
+        }
+    }
+}
