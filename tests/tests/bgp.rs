@@ -172,6 +172,14 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
         s["neighbors"][0]["msgs_out"].as_u64().expect("n") < 15,
         "41 prefixes packed into a few UPDATEs: {s}"
     );
+    // BIRD asks for our routes again (ROUTE-REFRESH): we send the Adj-RIB-Out again.
+    bird.birdc("reload in peer1");
+    wait_for(Duration::from_secs(5), "the refresh answered", || {
+        std::fs::read_to_string(lab.path("data/logs/bgp.stderr.log"))
+            .ok()?
+            .contains("ROUTE-REFRESH: Adj-RIB-Out sent again")
+            .then_some(())
+    });
     // BIRD stops the session (Cease): its routes leave the kernel, FRR's stay, and the shared
     // prefixes fall back to FRR's path.
     bird.birdc("disable peer1");
@@ -355,4 +363,97 @@ fn bfd_down_resets_the_bgp_session_long_before_the_hold_timer() {
     });
     let log = std::fs::read_to_string(lab.path("data/logs/bgp.stderr.log")).unwrap_or_default();
     assert!(log.contains("BFD down: resetting the BGP session"), "{log}");
+}
+
+/// GoBGP 3.10 as the peer: its routes reach the kernel, ours reach its RIB.
+#[test]
+fn routes_from_gobgp_reach_the_kernel_and_ours_reach_gobgp() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sut = Netns::new("bgp4-sut");
+    let gobgp_ns = Netns::new("bgp4-gobgp");
+    veth(
+        &sut,
+        "vs0",
+        "10.73.1.1/24",
+        &gobgp_ns,
+        "vg0",
+        "10.73.1.2/24",
+    );
+    let mut lab = Lab::new("1s");
+    std::fs::create_dir_all(lab.path("gobgp")).expect("dir");
+    lab.write(
+        "gobgp/gobgpd.toml",
+        "[global.config]\n  as = 65004\n  router-id = \"10.73.1.2\"\n  port = 179\n  \
+         local-address-list = [\"10.73.1.2\"]\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.73.1.1\"\n    peer-as = 65001\n  \
+         [neighbors.timers.config]\n    hold-time = 9\n    connect-retry = 1\n  \
+         [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n",
+    );
+    let _gobgpd = gobgp_ns
+        .command("gobgpd")
+        .args(["-f", &lab.path("gobgp/gobgpd.toml").display().to_string()])
+        .args([
+            "-t",
+            "toml",
+            "--api-hosts",
+            "127.0.0.1:50051",
+            "--pprof-disable",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("gobgpd");
+    let gobgp = |args: &[&str]| {
+        let mut a = vec!["gobgp", "-p", "50051"];
+        a.extend_from_slice(args);
+        let out = gobgp_ns
+            .command(a[0])
+            .args(&a[1..])
+            .output()
+            .expect("gobgp");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for(Duration::from_secs(10), "gobgpd to answer", || {
+        (!gobgp(&["global"]).is_empty()).then_some(())
+    });
+    for i in 0..10 {
+        gobgp(&[
+            "global",
+            "rib",
+            "add",
+            &format!("10.140.{i}.0/24"),
+            "nexthop",
+            "10.73.1.2",
+        ]);
+    }
+    services(&lab, false);
+    lab.write(
+        "bgp.conf",
+        "router-id = \"10.73.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
+         networks = [\"203.0.113.0/24\"]\n\
+         [[neighbor]]\naddress = \"10.73.1.2\"\nremote-as = 65004\nlocal-address = \"10.73.1.1\"\n",
+    );
+    lab.wrapper = sut.wrapper();
+    lab.boot();
+    wait_for(
+        Duration::from_secs(20),
+        "GoBGP's 10 routes in the kernel",
+        || (kernel_routes(&sut) == 10).then_some(()),
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "our network in GoBGP's RIB",
+        || {
+            gobgp(&["global", "rib", "203.0.113.0/24"])
+                .contains("65001")
+                .then_some(())
+        },
+    );
+    let s = lab.json(&["show", "bgp", "summary"]);
+    assert_eq!(s["neighbors"][0]["state"], "Established", "{s}");
+    assert_eq!(s["neighbors"][0]["prefixes_received"], 10, "{s}");
 }

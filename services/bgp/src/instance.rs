@@ -471,7 +471,25 @@ impl Instance {
                 tracing::warn!(peer = %addr, code, subcode, "NOTIFICATION received");
                 self.event(addr, Event::NotifMsg).await;
             }
-            Msg::RouteRefresh => {}
+            Msg::RouteRefresh => {
+                // RFC 2918: send the whole Adj-RIB-Out again.
+                if self.peers.get(&addr).map(|p| p.fsm.state)
+                    == Some(crate::fsm::State::Established)
+                {
+                    if let Some(p) = self.peers.get_mut(&addr) {
+                        p.adj_out.clear();
+                    }
+                    let all: BTreeSet<Prefix> = self
+                        .rib
+                        .loc
+                        .keys()
+                        .chain(self.cfg.networks.iter())
+                        .copied()
+                        .collect();
+                    tracing::info!(peer = %addr, "ROUTE-REFRESH: Adj-RIB-Out sent again");
+                    self.advertise(addr, &all);
+                }
+            }
             Msg::Update(u) => {
                 let four = self.peers.get(&addr).is_some_and(|p| p.four_octet);
                 match wire::routes(&u, four) {
