@@ -393,7 +393,7 @@ fn routes_from_gobgp_reach_the_kernel_and_ours_reach_gobgp() {
          [neighbors.timers.config]\n    hold-time = 9\n    connect-retry = 1\n  \
          [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n",
     );
-    let _gobgpd = gobgp_ns
+    let mut gobgpd = gobgp_ns
         .command("gobgpd")
         .args(["-f", &lab.path("gobgp/gobgpd.toml").display().to_string()])
         .args([
@@ -456,4 +456,6 @@ fn routes_from_gobgp_reach_the_kernel_and_ours_reach_gobgp() {
     let s = lab.json(&["show", "bgp", "summary"]);
     assert_eq!(s["neighbors"][0]["state"], "Established", "{s}");
     assert_eq!(s["neighbors"][0]["prefixes_received"], 10, "{s}");
+    let _ = gobgpd.kill();
+    let _ = gobgpd.wait();
 }
