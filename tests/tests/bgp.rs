@@ -459,3 +459,66 @@ fn routes_from_gobgp_reach_the_kernel_and_ours_reach_gobgp() {
     let _ = gobgpd.kill();
     let _ = gobgpd.wait();
 }
+
+/// RFC 7606 against ExaBGP, which puts arbitrary bytes into path attributes: a malformed
+/// COMMUNITIES or MED is treat-as-withdraw for that UPDATE's prefixes, the session stays up, and
+/// the good routes stay installed.
+#[test]
+fn malformed_attributes_are_treat_as_withdraw_not_a_reset() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sut = Netns::new("bgp5-sut");
+    let exa_ns = Netns::new("bgp5-exa");
+    veth(&sut, "vs0", "10.74.1.1/24", &exa_ns, "ve0", "10.74.1.2/24");
+    let mut lab = Lab::new("1s");
+    lab.write(
+        "exabgp.conf",
+        "neighbor 10.74.1.1 {\n  router-id 10.74.1.2;\n  local-address 10.74.1.2;\n  local-as 65005;\n  \
+         peer-as 65001;\n  hold-time 9;\n  static {\n    \
+         route 10.150.1.0/24 next-hop 10.74.1.2;\n    \
+         route 10.150.2.0/24 next-hop 10.74.1.2 attribute [ 0x08 0xc0 0x0102 ];\n    \
+         route 10.150.3.0/24 next-hop 10.74.1.2 attribute [ 0x04 0x80 0x010203 ];\n    \
+         route 10.150.4.0/24 next-hop 10.74.1.2;\n  }\n}\n",
+    );
+    let mut exa = exa_ns
+        .command("env")
+        .args([
+            "exabgp_daemon_user=root",
+            "exabgp_daemon_drop=false",
+            "exabgp_api_cli=false",
+            "exabgp_tcp_bind=10.74.1.2",
+            "exabgp",
+        ])
+        .arg(lab.path("exabgp.conf"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("exabgp");
+    services(&lab, false);
+    lab.write(
+        "bgp.conf",
+        "router-id = \"10.74.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
+         [[neighbor]]\naddress = \"10.74.1.2\"\nremote-as = 65005\nlocal-address = \"10.74.1.1\"\n",
+    );
+    lab.wrapper = sut.wrapper();
+    lab.boot();
+    wait_for(
+        Duration::from_secs(30),
+        "the two good routes in the kernel",
+        || (kernel_routes(&sut) == 2).then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let s = lab.json(&["show", "bgp", "summary"]);
+    let n = &s["neighbors"][0];
+    assert_eq!(n["state"], "Established", "{s}");
+    assert_eq!(n["flaps"], 0, "no session reset: {s}");
+    assert_eq!(n["prefixes_received"], 2, "{s}");
+    assert_eq!(kernel_routes(&sut), 2);
+    let log = std::fs::read_to_string(lab.path("data/logs/bgp.stderr.log")).unwrap_or_default();
+    assert!(log.contains("treat-as-withdraw"), "{log}");
+    let _ = exa.kill();
+    let _ = exa.wait();
+}
