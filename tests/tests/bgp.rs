@@ -456,6 +456,11 @@ fn routes_from_gobgp_reach_the_kernel_and_ours_reach_gobgp() {
     let s = lab.json(&["show", "bgp", "summary"]);
     assert_eq!(s["neighbors"][0]["state"], "Established", "{s}");
     assert_eq!(s["neighbors"][0]["prefixes_received"], 10, "{s}");
+    // A withdrawn route leaves the kernel.
+    gobgp(&["global", "rib", "del", "10.140.3.0/24"]);
+    wait_for(Duration::from_secs(10), "the withdrawn route gone", || {
+        (kernel_routes(&sut) == 9).then_some(())
+    });
     let _ = gobgpd.kill();
     let _ = gobgpd.wait();
 }

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# BGP ingest (root): one BIRD sender advertises N IPv4 prefixes to three receivers, one at a
+# time, each in its own namespace: our bgp (under sysmgr, with fib programming the kernel),
+# BIRD 2 and FRR 8 (bgpd, with zebra programming the kernel). For each: time from the session
+# reaching Established to the last prefix in its Loc-RIB, and (ours, FRR) in the kernel; and
+# the receiver's RSS afterwards. Polled every 20 ms.
+#   bench/run-bgp-ingest.sh [PREFIXES]      (default 100000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-100000}"
+cargo build --release --locked -p sysmgr -p fib -p bgp
+root=$(pwd)
+dir=$(mktemp -d /tmp/bgp-ingest.XXXXXX)
+chmod 755 "$dir"
+nss=(bgpi-send bgpi-ours bgpi-bird bgpi-frr)
+cleanup() {
+    for ns in "${nss[@]}"; do
+        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+for ns in "${nss[@]}"; do
+    ip netns del "$ns" 2>/dev/null || true
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+done
+i=1
+for r in ours bird frr; do
+    ip link add "s$i" netns bgpi-send type veth peer name r0 netns "bgpi-$r"
+    ip -n bgpi-send addr add "10.80.$i.2/24" dev "s$i"
+    ip -n "bgpi-$r" addr add "10.80.$i.1/24" dev r0
+    ip -n bgpi-send link set "s$i" up
+    ip -n "bgpi-$r" link set r0 up
+    i=$((i + 1))
+done
+
+# The sender: N static routes, one BGP session per receiver, all disabled until its turn.
+mkdir -p "$dir/send" "$dir/bird" "$dir/frr" "$dir/lab"
+python3 - "$dir" "$n" <<'PY'
+import sys, ipaddress
+d, n = sys.argv[1], int(sys.argv[2])
+with open(f"{d}/send/bird.conf", "w") as f:
+    f.write("router id 10.80.0.2;\nprotocol device {}\nprotocol static st {\n  ipv4;\n")
+    for i in range(n):
+        f.write(f"  route {ipaddress.IPv4Address(0x0b000000 + (i << 8))}/24 blackhole;\n")
+    f.write("}\n")
+    for i, asn in ((1, 65001), (2, 65011), (3, 65021)):
+        f.write(f"protocol bgp r{i} {{\n  disabled;\n  local 10.80.{i}.2 as 65100;\n"
+                f"  neighbor 10.80.{i}.1 as {asn};\n  ipv4 {{ import none; export all; next hop self; }};\n}}\n")
+PY
+ip netns exec bgpi-send bird -c "$dir/send/bird.conf" -s "$dir/send/ctl" -P "$dir/send/pid"
+for _ in $(seq 100); do birdc -s "$dir/send/ctl" show status >/dev/null 2>&1 && break; sleep 0.1; done
+sleep 2   # the static protocol loads its routes
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+results=()
+measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel-count-cmd, rss-pid-cmd
+    local name=$1 proto=$2 est=$3 rib=$4 kern=$5 pidcmd=$6
+    birdc -s "$dir/send/ctl" enable "$proto" >/dev/null
+    local t0 t_up t_rib="" t_kern=""
+    t0=$(now_ms)
+    until eval "$est" >/dev/null 2>&1; do sleep 0.02; [ $(( $(now_ms) - t0 )) -gt 60000 ] && { echo "$name: no session"; return 1; }; done
+    t_up=$(now_ms)
+    while [ -z "$t_rib" ] || { [ -n "$kern" ] && [ -z "$t_kern" ]; }; do
+        [ -z "$t_rib" ] && [ "$(eval "$rib" 2>/dev/null || echo 0)" -ge "$n" ] && t_rib=$(now_ms)
+        [ -n "$kern" ] && [ -z "$t_kern" ] && [ "$(eval "$kern" 2>/dev/null || echo 0)" -ge "$n" ] && t_kern=$(now_ms)
+        sleep 0.02
+        [ $(( $(now_ms) - t_up )) -gt 600000 ] && { echo "$name: timeout"; return 1; }
+    done
+    local rss
+    rss=$(awk '/VmHWM/ {print $2}' "/proc/$(eval "$pidcmd")/status")
+    results+=("| $name | $((t_rib - t_up)) | ${t_kern:+$((t_kern - t_up))} | $((rss / 1024)) |")
+    birdc -s "$dir/send/ctl" disable "$proto" >/dev/null
+}
+
+# Ours: sysmgr + fib + bgp.
+cat > "$dir/lab/sysmgr.toml" <<CONF
+name = "sup-bench"
+data-dir = "data"
+[lab]
+min-lifetime-floor = "1s"
+CONF
+cat > "$dir/lab/fib.toml" <<CONF
+command = ["$root/target/release/fib", "--config", "fib.conf"]
+restart = ["stateful", "stateless"]
+readiness = "notify"
+[saps]
+fib = 130
+CONF
+echo 'backend = "kernel"' > "$dir/lab/fib.conf"
+cat > "$dir/lab/bgp.toml" <<CONF
+command = ["$root/target/release/bgp", "--config", "bgp.conf"]
+restart = ["stateless"]
+readiness = "notify"
+depends-on = ["fib"]
+[saps]
+bgp = 179
+CONF
+cat > "$dir/lab/bgp.conf" <<CONF
+router-id = "10.80.1.1"
+local-as = 65001
+connect-retry = "1s"
+[[neighbor]]
+address = "10.80.1.2"
+remote-as = 65100
+local-address = "10.80.1.1"
+CONF
+ip netns exec bgpi-ours "$root/target/release/sysmgr" boot --config "$dir/lab/sysmgr.toml" > "$dir/sysmgr.log" 2>&1 &
+S="$root/target/release/sysmgr --config $dir/lab/sysmgr.toml"
+sleep 2
+measure "our bgp (sysmgr, fib → kernel)" r1 \
+    "$S show bgp summary | grep -q '10.80.1.2.*[0-9]\$'" \
+    "$S show bgp summary --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"loc_rib_prefixes\"])'" \
+    "ip -n bgpi-ours route show proto 199 | wc -l" \
+    "pgrep -f 'release/bgp --config'"
+
+# BIRD receiving.
+cat > "$dir/bird/bird.conf" <<CONF
+router id 10.80.2.1;
+protocol device {}
+protocol bgp s { local 10.80.2.1 as 65011; neighbor 10.80.2.2 as 65100; ipv4 { import all; export none; }; }
+CONF
+ip netns exec bgpi-bird bird -c "$dir/bird/bird.conf" -s "$dir/bird/ctl" -P "$dir/bird/pid"
+sleep 1
+measure "BIRD 2 (no kernel protocol)" r2 \
+    "birdc -s $dir/bird/ctl show protocols s | grep -q Established" \
+    "birdc -s $dir/bird/ctl show route count | awk '/routes/ {print \$1; exit}'" \
+    "" \
+    "cat $dir/bird/pid"
+
+# FRR receiving (zebra installs into the kernel).
+echo "hostname r" > "$dir/frr/zebra.conf"
+cat > "$dir/frr/bgpd.conf" <<CONF
+hostname r
+router bgp 65021
+ bgp router-id 10.80.3.1
+ no bgp ebgp-requires-policy
+ neighbor 10.80.3.2 remote-as 65100
+CONF
+chown -R frr:frr "$dir/frr"
+fa=(-d -u frr -g frr -P 0 --vty_socket "$dir/frr" -z "$dir/frr/zserv.api")
+ip netns exec bgpi-frr /usr/lib/frr/zebra "${fa[@]}" -i "$dir/frr/zebra.pid" -f "$dir/frr/zebra.conf"
+for _ in $(seq 100); do [ -S "$dir/frr/zserv.api" ] && break; sleep 0.05; done
+ip netns exec bgpi-frr /usr/lib/frr/bgpd "${fa[@]}" -i "$dir/frr/bgpd.pid" -f "$dir/frr/bgpd.conf"
+sleep 2
+measure "FRR 8 bgpd (zebra → kernel)" r3 \
+    "vtysh --vty_socket $dir/frr -c 'show bgp summary json' | grep -q '\"state\":\"Established\"'" \
+    "vtysh --vty_socket $dir/frr -c 'show bgp summary json' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"ipv4Unicast\"][\"peers\"][\"10.80.3.2\"][\"pfxRcd\"])'" \
+    "ip -n bgpi-frr route show proto bgp | wc -l" \
+    "cat $dir/frr/bgpd.pid"
+
+echo
+echo "command: bench/run-bgp-ingest.sh $n"
+echo "| receiver | session up → last prefix in Loc-RIB, ms | → last prefix in the kernel, ms | peak RSS, MiB |"
+echo "|---|---|---|---|"
+printf '%s\n' "${results[@]}"
