@@ -18,7 +18,7 @@ cleanup() {
         for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
         ip netns del "$ns" 2>/dev/null || true
     done
-    rm -rf "$dir"
+    [ -n "${KEEP:-}" ] && rm -rf /tmp/bgp-ingest-logs && cp -r "$dir/lab/data/logs" /tmp/bgp-ingest-logs; rm -rf "$dir"
 }
 trap cleanup EXIT
 for ns in "${nss[@]}"; do
@@ -56,19 +56,37 @@ sleep 2   # the static protocol loads its routes
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 results=()
-measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel-count-cmd, rss-pid-cmd
-    local name=$1 proto=$2 est=$3 rib=$4 kern=$5 pidcmd=$6
+last=$(python3 -c "import ipaddress; print(f'{ipaddress.IPv4Address(0x0b000000 + (($n - 1) << 8))}/24')")
+measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel namespace, proto filter, rss-pid-cmd
+    local name=$1 proto=$2 est=$3 rib=$4 kern=$5 filter=$6 pidcmd=$7
     birdc -s "$dir/send/ctl" enable "$proto" >/dev/null
     local t0 t_up t_rib="" t_kern=""
     t0=$(now_ms)
     until eval "$est" >/dev/null 2>&1; do sleep 0.02; [ $(( $(now_ms) - t0 )) -gt 60000 ] && { echo "$name: no session"; return 1; }; done
     t_up=$(now_ms)
-    while [ -z "$t_rib" ] || { [ -n "$kern" ] && [ -z "$t_kern" ]; }; do
-        [ -z "$t_rib" ] && [ "$(eval "$rib" 2>/dev/null || echo 0)" -ge "$n" ] && t_rib=$(now_ms)
-        [ -n "$kern" ] && [ -z "$t_kern" ] && [ "$(eval "$kern" 2>/dev/null || echo 0)" -ge "$n" ] && t_kern=$(now_ms)
+    # Loc-RIB first (cheap to ask), then the kernel: the last prefix present (a route lookup,
+    # not a dump of 100k routes), then the full count once to be sure.
+    until [ "$(eval "$rib" 2>/dev/null || echo 0)" -ge "$n" ]; do
         sleep 0.02
         [ $(( $(now_ms) - t_up )) -gt 600000 ] && { echo "$name: timeout"; return 1; }
     done
+    t_rib=$(now_ms)
+    if [ -n "$kern" ]; then
+        until ip -n "$kern" route show "$last" | grep -q .; do
+            sleep 0.02
+            [ $(( $(now_ms) - t_up )) -gt 600000 ] && { echo "$name: timeout"; return 1; }
+        done
+        t_kern=$(now_ms)
+        local count
+        count=$(ip -n "$kern" route show $filter | wc -l)
+        [ "$count" -ge "$n" ] || echo "$name: only $count routes in the kernel"
+    fi
+    if [ "$proto" = r1 ]; then
+        # Our own clock for ours: Established and the first Loc-RIB batch with all prefixes.
+        local up rib_done
+        up=$(log_ms up); rib_done=$(log_ms "$n")
+        t_kern=$(( t_kern - t_up + up )); t_up=$up; t_rib=$rib_done
+    fi
     local rss
     rss=$(awk '/VmHWM/ {print $2}' "/proc/$(eval "$pidcmd")/status")
     results+=("| $name | $((t_rib - t_up)) | ${t_kern:+$((t_kern - t_up))} | $((rss / 1024)) |")
@@ -110,24 +128,36 @@ CONF
 ip netns exec bgpi-ours "$root/target/release/sysmgr" boot --config "$dir/lab/sysmgr.toml" > "$dir/sysmgr.log" 2>&1 &
 S="$root/target/release/sysmgr --config $dir/lab/sysmgr.toml"
 sleep 2
+# Ours is read from bgp's own log (session up, then Loc-RIB batches with their size): asking
+# through the CLI would queue behind sysmgr's PSS work and measure that instead.
+blog="$dir/lab/data/logs/bgp.stderr.log"
+log_ms() { python3 - "$blog" "$1" <<'PY'
+import sys, re, datetime
+path, what = sys.argv[1], sys.argv[2]
+for line in open(path):
+    if what == "up" and "to=\"Established\"" in line or what != "up" and (m := re.search(r"loc_rib=(\d+)", line)) and int(m.group(1)) >= int(what):
+        ts = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00"))
+        print(int(ts.timestamp() * 1000)); break
+PY
+}
 measure "our bgp (sysmgr, fib → kernel)" r1 \
-    "$S show bgp summary | grep -q '10.80.1.2.*[0-9]\$'" \
-    "$S show bgp summary --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"loc_rib_prefixes\"])'" \
-    "ip -n bgpi-ours route show proto 199 | wc -l" \
+    "[ -n \"\$(log_ms up)\" ]" \
+    "[ -n \"\$(log_ms $n)\" ] && echo $n || echo 0" \
+    bgpi-ours "proto 199" \
     "pgrep -f 'release/bgp --config'"
 
 # BIRD receiving.
 cat > "$dir/bird/bird.conf" <<CONF
 router id 10.80.2.1;
 protocol device {}
-protocol bgp s { local 10.80.2.1 as 65011; neighbor 10.80.2.2 as 65100; ipv4 { import all; export none; }; }
+protocol bgp sender { local 10.80.2.1 as 65011; neighbor 10.80.2.2 as 65100; ipv4 { import all; export none; }; }
 CONF
 ip netns exec bgpi-bird bird -c "$dir/bird/bird.conf" -s "$dir/bird/ctl" -P "$dir/bird/pid"
 sleep 1
 measure "BIRD 2 (no kernel protocol)" r2 \
-    "birdc -s $dir/bird/ctl show protocols s | grep -q Established" \
+    "birdc -s $dir/bird/ctl show protocols sender | grep -q Established" \
     "birdc -s $dir/bird/ctl show route count | awk '/routes/ {print \$1; exit}'" \
-    "" \
+    "" "" \
     "cat $dir/bird/pid"
 
 # FRR receiving (zebra installs into the kernel).
@@ -148,7 +178,7 @@ sleep 2
 measure "FRR 8 bgpd (zebra → kernel)" r3 \
     "vtysh --vty_socket $dir/frr -c 'show bgp summary json' | grep -q '\"state\":\"Established\"'" \
     "vtysh --vty_socket $dir/frr -c 'show bgp summary json' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"ipv4Unicast\"][\"peers\"][\"10.80.3.2\"][\"pfxRcd\"])'" \
-    "ip -n bgpi-frr route show proto bgp | wc -l" \
+    bgpi-frr "proto bgp" \
     "cat $dir/frr/bgpd.pid"
 
 echo

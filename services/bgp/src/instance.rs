@@ -86,6 +86,9 @@ pub struct Instance {
     /// Our SAP (notifications from bfd arrive on it).
     sap: u32,
     fib_sap: Option<u32>,
+    /// Updates for the FIB, sent in order by [`fib_writer`] on its own MTS connection, so the
+    /// sessions never wait for the kernel.
+    fib_tx: mpsc::UnboundedSender<ToFib>,
     peers: HashMap<Ipv4Addr, Peer>,
     rib: Rib,
     listener: Option<TcpListener>,
@@ -137,6 +140,79 @@ fn reader(
     })
 }
 
+/// What goes to the FIB, in order.
+enum ToFib {
+    Update(fp::Update),
+    EndOfRib,
+}
+
+/// Send FIB updates one request at a time; whatever queued meanwhile is merged into the next
+/// request (the latest state of each prefix wins), so a burst becomes a few large updates.
+async fn fib_writer(fib: u32, mut rx: mpsc::UnboundedReceiver<ToFib>) {
+    let mts = match Client::connect_from_env().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "fib writer: no MTS connection");
+            return;
+        }
+    };
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(m) = rx.try_recv() {
+            batch.push(m);
+        }
+        let mut routes: BTreeMap<Prefix, Option<fp::RouteIn>> = BTreeMap::new();
+        let mut eor = false;
+        for m in batch {
+            match m {
+                ToFib::Update(u) => {
+                    for p in u.withdraw {
+                        routes.insert(p, None);
+                    }
+                    for r in u.announce {
+                        routes.insert(r.prefix, Some(r));
+                    }
+                }
+                // End-of-RIB after everything queued before it.
+                ToFib::EndOfRib => eor = true,
+            }
+        }
+        if !routes.is_empty() {
+            let mut u = fp::Update {
+                producer: "bgp".into(),
+                announce: Vec::new(),
+                withdraw: Vec::new(),
+            };
+            for (p, r) in routes {
+                match r {
+                    Some(r) => u.announce.push(r),
+                    None => u.withdraw.push(p),
+                }
+            }
+            let r: Result<Result<(), String>, _> = mts
+                .request(0, fib, fp::OP_UPDATE, &u, Duration::from_secs(120))
+                .await;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "fib refused routes"),
+                Err(e) => tracing::warn!(error = %e, "fib unreachable"),
+            }
+        }
+        if eor {
+            let r: Result<Result<u64, String>, _> = mts
+                .request(
+                    0,
+                    fib,
+                    fp::OP_END_OF_RIB,
+                    &"bgp".to_string(),
+                    Duration::from_secs(30),
+                )
+                .await;
+            tracing::info!(?r, "fib: End-of-RIB");
+        }
+    }
+}
+
 fn local_ifaces() -> Vec<(Ipv4Addr, u8, String)> {
     let mut v = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
@@ -175,6 +251,10 @@ impl Instance {
             }
         };
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (fib_tx, fib_rx) = mpsc::unbounded_channel();
+        if let Some(f) = fib_sap {
+            tokio::spawn(fib_writer(f, fib_rx));
+        }
         let now = Instant::now();
         // Any start but the first is a restart our peers should hear about (R bit).
         let restarted = std::env::var("SYSMGR_START").is_ok_and(|s| s != "fresh");
@@ -216,6 +296,7 @@ impl Instance {
             mts,
             sap,
             fib_sap,
+            fib_tx,
             peers,
             rib,
             listener,
@@ -506,6 +587,7 @@ impl Instance {
                                 p.eor = true;
                                 sweep = p.stale_until.take().is_some();
                             }
+                            tracing::info!(peer = %addr, loc_rib = self.rib.loc.len(), "End-of-RIB received");
                             if sweep {
                                 let gone = self.rib.sweep_stale(addr);
                                 tracing::info!(peer = %addr, swept = gone.len(), "End-of-RIB: stale routes swept");
@@ -606,7 +688,7 @@ impl Instance {
     }
 
     /// Send the changed part of the Loc-RIB to the FIB and to every neighbour.
-    async fn flush_fib(&mut self) {
+    fn flush_fib(&mut self) {
         if self.dirty.is_empty() {
             return;
         }
@@ -615,9 +697,9 @@ impl Instance {
         for a in addrs {
             self.advertise(a, &dirty);
         }
-        let Some(f) = self.fib_sap else {
+        if self.fib_sap.is_none() {
             return;
-        };
+        }
         let mut u = fp::Update {
             producer: "bgp".into(),
             announce: Vec::new(),
@@ -647,37 +729,17 @@ impl Instance {
                 });
             }
         }
-        let r: Result<Result<(), String>, _> = self
-            .mts
-            .request(0, f, fp::OP_UPDATE, &u, Duration::from_secs(60))
-            .await;
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "fib refused routes"),
-            Err(e) => tracing::warn!(error = %e, "fib unreachable"),
-        }
+        let _ = self.fib_tx.send(ToFib::Update(u));
     }
 
-    async fn maybe_fib_eor(&mut self) {
+    fn maybe_fib_eor(&mut self) {
         if self.fib_eor_sent {
             return;
         }
         let all = self.peers.values().all(|p| p.eor);
-        if (all || Instant::now() >= self.fib_eor_at)
-            && let Some(f) = self.fib_sap
-        {
+        if (all || Instant::now() >= self.fib_eor_at) && self.fib_sap.is_some() {
             self.fib_eor_sent = true;
-            let r: Result<Result<u64, String>, _> = self
-                .mts
-                .request(
-                    0,
-                    f,
-                    fp::OP_END_OF_RIB,
-                    &"bgp".to_string(),
-                    Duration::from_secs(30),
-                )
-                .await;
-            tracing::info!(?r, "fib: End-of-RIB");
+            let _ = self.fib_tx.send(ToFib::EndOfRib);
         }
     }
 
@@ -801,7 +863,7 @@ impl Instance {
             {
                 tracing::warn!(peer = %key.peer, "BFD down: resetting the BGP session");
                 self.event(key.peer, Event::BfdDown).await;
-                self.flush_fib().await;
+                self.flush_fib();
             }
             Ok(bfd::proto::Event::Started { start }) if start != "stateful" => self.ask_bfd().await,
             _ => {}
@@ -873,8 +935,8 @@ impl Instance {
                     while let Ok(ev) = self.ev_rx.try_recv() {
                         self.on_conn(ev).await;
                     }
-                    self.flush_fib().await;
-                    self.maybe_fib_eor().await;
+                    self.flush_fib();
+                    self.maybe_fib_eor();
                 }
                 _ = async {
                     match deadline {
@@ -908,8 +970,8 @@ impl Instance {
                         tracing::warn!(peer = %a, swept = gone.len(), "restart time ran out: stale routes swept");
                         self.dirty.extend(gone);
                     }
-                    self.flush_fib().await;
-                    self.maybe_fib_eor().await;
+                    self.flush_fib();
+                    self.maybe_fib_eor();
                 }
                 m = self.mts.recv() => match m {
                     Some(m) => self.on_request(m).await,
