@@ -5,6 +5,7 @@
 # reaching Established to the last prefix in its Loc-RIB, and (ours, FRR) in the kernel; and
 # the receiver's RSS afterwards. Polled every 20 ms.
 #   bench/run-bgp-ingest.sh [PREFIXES]      (default 100000)
+#   KEEP=1: keep our services' logs in /tmp/bgp-ingest-logs; PERF=1: perf-record our bgp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-100000}"
@@ -59,6 +60,10 @@ results=()
 last=$(python3 -c "import ipaddress; print(f'{ipaddress.IPv4Address(0x0b000000 + (($n - 1) << 8))}/24')")
 measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel namespace, proto filter, rss-pid-cmd
     local name=$1 proto=$2 est=$3 rib=$4 kern=$5 filter=$6 pidcmd=$7
+    if [ -n "${PERF:-}" ] && [ "$proto" = r1 ]; then
+        perf record -g -o /tmp/bgp-ingest.perf -p "$(eval "$pidcmd")" -- sleep 5 >/dev/null 2>&1 &
+        sleep 0.3
+    fi
     birdc -s "$dir/send/ctl" enable "$proto" >/dev/null
     local t0 t_up t_rib="" t_kern=""
     t0=$(now_ms)
