@@ -115,6 +115,7 @@ CONF
 echo 'backend = "kernel"' > "$dir/lab/fib.conf"
 cat > "$dir/lab/bgp.toml" <<CONF
 command = ["$root/target/release/bgp", "--config", "bgp.conf"]
+env = { RUST_LOG = "info,bgp::instance=debug" }
 restart = ["stateless"]
 readiness = "notify"
 depends-on = ["fib"]
@@ -133,8 +134,9 @@ CONF
 ip netns exec bgpi-ours "$root/target/release/sysmgr" boot --config "$dir/lab/sysmgr.toml" > "$dir/sysmgr.log" 2>&1 &
 S="$root/target/release/sysmgr --config $dir/lab/sysmgr.toml"
 sleep 2
-# Ours is read from bgp's own log (session up, then Loc-RIB batches with their size): asking
-# through the CLI would queue behind sysmgr's PSS work and measure that instead.
+# Ours is read from bgp's own log (session up, then every Loc-RIB batch with the Loc-RIB size,
+# at debug level): asking through the CLI would queue behind sysmgr's PSS work and measure
+# that instead, and the sender's End-of-RIB comes seconds after its last prefix.
 blog="$dir/lab/data/logs/bgp.stderr.log"
 log_ms() { python3 - "$blog" "$1" <<'PY'
 import sys, re, datetime

@@ -134,7 +134,10 @@ fn reader(
                     let _ = tx.send(ConnEv::Closed(peer, id));
                     return;
                 }
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    tracing::trace!(peer = %peer, bytes = n, "read");
+                    buf.extend_from_slice(&chunk[..n])
+                }
             }
         }
     })
@@ -693,6 +696,7 @@ impl Instance {
             return;
         }
         let dirty = std::mem::take(&mut self.dirty);
+        tracing::debug!(changed = dirty.len(), loc_rib = self.rib.loc.len(), "Loc-RIB batch");
         let addrs: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
         for a in addrs {
             self.advertise(a, &dirty);
