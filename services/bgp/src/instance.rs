@@ -696,7 +696,11 @@ impl Instance {
             return;
         }
         let dirty = std::mem::take(&mut self.dirty);
-        tracing::debug!(changed = dirty.len(), loc_rib = self.rib.loc.len(), "Loc-RIB batch");
+        tracing::debug!(
+            changed = dirty.len(),
+            loc_rib = self.rib.loc.len(),
+            "Loc-RIB batch"
+        );
         let addrs: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
         for a in addrs {
             self.advertise(a, &dirty);
