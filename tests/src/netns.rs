@@ -93,6 +93,40 @@ impl Drop for Netns {
     }
 }
 
+/// `ip monitor` on a namespace's kernel tables, to see what was deleted while it ran.
+pub struct KernelWatch {
+    child: std::process::Child,
+}
+
+impl KernelWatch {
+    /// Watch `objects` (e.g. `["route", "nexthop"]`); give it a moment before acting.
+    pub fn start(ns: &Netns, objects: &[&str]) -> KernelWatch {
+        let child = Command::new("ip")
+            .args(["-n", &ns.name, "monitor"])
+            .args(objects)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("ip monitor");
+        std::thread::sleep(Duration::from_millis(200));
+        KernelWatch { child }
+    }
+
+    /// Stop watching; the `Deleted ...` lines seen.
+    pub fn deleted(mut self) -> Vec<String> {
+        use std::io::Read;
+        let _ = self.child.kill();
+        let mut seen = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = out.read_to_string(&mut seen);
+        }
+        let _ = self.child.wait();
+        seen.lines()
+            .filter(|l| l.starts_with("Deleted"))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 /// A veth pair between two namespaces, with an address (CIDR) on each end, both up.
 pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
     run(

@@ -10,7 +10,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use sysmgr_tests::netns::{Bird, Frr, Netns, veth};
+use sysmgr_tests::netns::{Bird, Frr, KernelWatch, Netns, veth};
 use sysmgr_tests::{Lab, bin, is_root, wait_for};
 
 /// One topology at a time: BFD at 50 ms and the routing daemons share two CPUs.
@@ -241,12 +241,7 @@ fn a_sigkill_of_bgp_loses_no_route_on_either_side() {
             .contains("203.0.113.0/24")
             .then_some(())
     });
-    let mut mon = std::process::Command::new("ip")
-        .args(["-n", &sut.name, "monitor", "route"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("ip monitor");
-    std::thread::sleep(Duration::from_millis(200));
+    let watch = KernelWatch::start(&sut, &["route"]);
     lab.kill9("bgp");
     wait_for(
         Duration::from_secs(20),
@@ -258,15 +253,7 @@ fn a_sigkill_of_bgp_loses_no_route_on_either_side() {
         },
     );
     std::thread::sleep(Duration::from_secs(1));
-    let _ = mon.kill();
-    let mut seen = String::new();
-    use std::io::Read;
-    mon.stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut seen)
-        .expect("read");
-    let _ = mon.wait();
+    let deleted = watch.deleted();
     // BIRD logs every change of its table (debug routes): our route was never removed, and the
     // session did go down and up (BIRD kept the route stale meanwhile).
     let log = std::fs::read_to_string(bird.dir.join("bird.log")).unwrap_or_default();
@@ -285,7 +272,6 @@ fn a_sigkill_of_bgp_loses_no_route_on_either_side() {
             >= 2,
         "the session restarted:\n{log}"
     );
-    let deleted: Vec<&str> = seen.lines().filter(|l| l.starts_with("Deleted")).collect();
     assert!(deleted.is_empty(), "kernel routes deleted: {deleted:?}");
     assert_eq!(kernel(), 100);
 }

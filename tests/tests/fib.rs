@@ -3,14 +3,13 @@
 //! `ip -j route` / `ip -j nexthop` / `ip -j nexthop bucket`.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use fib::proto::{self as fp, Path, Prefix, RouteIn, Update};
 use serde_json::Value;
-use sysmgr_tests::netns::Netns;
+use sysmgr_tests::netns::{KernelWatch, Netns};
 use sysmgr_tests::{Lab, ask, bin, is_root, wait_for};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -275,6 +274,17 @@ fn auto_recovery_restores_exactly_the_buckets_that_moved() {
     assert_eq!(l.buckets(p), m0, "exactly the moved buckets return");
 }
 
+/// Routes `prefix_n(0..n)` over path 1.
+fn one_path_routes(n: u32) -> Vec<RouteIn> {
+    (0..n)
+        .map(|i| RouteIn {
+            prefix: prefix_n(i),
+            paths: vec![path(1)],
+            sticky: false,
+        })
+        .collect()
+}
+
 fn prefix_n(i: u32) -> Prefix {
     Prefix::new(std::net::Ipv4Addr::from(0x0a80_0000u32 + (i << 8)), 24).expect("prefix")
 }
@@ -304,26 +314,13 @@ fn sigkill_of_fib_with_10k_routes_deletes_no_kernel_route() {
     assert_eq!(routes.len(), 10_000);
     let nexthops = l.nexthops();
     // Watch the kernel for deletions while fib dies and comes back.
-    let mut mon = Command::new("ip")
-        .args(["-n", &l.ns.name, "monitor", "route", "nexthop"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("ip monitor");
-    std::thread::sleep(Duration::from_millis(200));
+    let watch = KernelWatch::start(&l.ns, &["route", "nexthop"]);
     l.lab.kill9("fib");
     // Converged: a show answers only once the restarted instance has reconciled.
     let rows: Vec<fp::RouteRow> = ask(&l.lab, fp::SAP_NAME, fp::OP_SHOW_ROUTES, &None::<Prefix>);
     assert_eq!(rows.len(), 10_000);
     std::thread::sleep(Duration::from_millis(300));
-    let _ = mon.kill();
-    let mut seen = String::new();
-    mon.stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut seen)
-        .expect("read");
-    let _ = mon.wait();
-    let deleted: Vec<&str> = seen.lines().filter(|l| l.starts_with("Deleted")).collect();
+    let deleted = watch.deleted();
     assert!(
         deleted.is_empty(),
         "kernel deletions during the restart: {deleted:?}"
@@ -363,13 +360,7 @@ fn stale_routes_are_swept_only_after_end_of_rib() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let l = setup("fib4", "stale-time = \"60s\"\n", "");
-    let all: Vec<RouteIn> = (0..100)
-        .map(|i| RouteIn {
-            prefix: prefix_n(i),
-            paths: vec![path(1)],
-            sticky: false,
-        })
-        .collect();
+    let all = one_path_routes(100);
     l.update("bgp-sim", all.clone(), vec![]);
     l.update(
         "static",
@@ -612,14 +603,7 @@ fn a_producer_that_never_sends_end_of_rib_loses_its_stale_routes_at_the_stale_ti
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let l = setup("fib7", "stale-time = \"1s\"\n", "");
-    let some: Vec<RouteIn> = (0..5)
-        .map(|i| RouteIn {
-            prefix: prefix_n(i),
-            paths: vec![path(1)],
-            sticky: false,
-        })
-        .collect();
-    l.update("bgp-sim", some, vec![]);
+    l.update("bgp-sim", one_path_routes(5), vec![]);
     let n: Result<u64, String> = ask(
         &l.lab,
         fp::SAP_NAME,

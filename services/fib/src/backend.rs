@@ -145,7 +145,7 @@ impl Backend for Memory {
                 members,
                 resilient: Some(r),
             }) => Ok((0..usize::from(r.buckets))
-                .map(|b| members[(members.len() - 1 - b % members.len()) % members.len()].0)
+                .map(|b| members[members.len() - 1 - b % members.len()].0)
                 .collect()),
             _ => Err(format!("no resilient group {group}")),
         }

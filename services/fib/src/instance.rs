@@ -34,7 +34,6 @@ pub struct Options {
 
 pub struct Instance {
     mts: Client,
-    sap: u32,
     cfg: Config,
     table: Table,
     prog: Programmer,
@@ -112,7 +111,7 @@ impl Instance {
     pub async fn start(opts: &Options) -> Result<Instance, FibError> {
         let cfg = crate::config::load(opts.config.as_deref())?;
         let mts = Client::connect_from_env().await?;
-        let sap = mts.bind(proto::SAP_NAME).await?;
+        mts.bind(proto::SAP_NAME).await?;
         let mut table = Table::new(cfg.sticky.clone());
         for (k, v) in Pss::new(&mts)
             .scan(None, Scope::SharedGlobal, KEY_PREFIX, u32::MAX)
@@ -172,7 +171,6 @@ impl Instance {
         }
         Ok(Instance {
             mts,
-            sap,
             cfg,
             table,
             prog,
@@ -437,7 +435,6 @@ impl Instance {
             self.table.routes.len(),
             self.prog.backend.name()
         ));
-        let _ = self.sap;
         loop {
             let next_stale = self.stale_until.values().min().copied();
             let recheck = self.recheck_at;
