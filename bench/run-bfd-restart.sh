@@ -6,6 +6,7 @@
 #   bench/run-bfd-restart.sh [KILLS]      (default 100)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 kills="${1:-100}"
 [ -x /usr/lib/frr/bfdd ] || { apt-get update; DEBIAN_FRONTEND=noninteractive apt-get install -y frr; }
 cargo build --release --locked -p sysmgr -p bfd -p sysmgr-bench
@@ -15,19 +16,11 @@ chmod 755 "$dir"
 cleanup() {
     [ -f "$dir/sysmgr.pid" ] && kill "$(cat "$dir/sysmgr.pid")" 2>/dev/null || true
     sleep 0.5
-    for ns in bfdb-sut bfdb-frr; do
-        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true
-    done
+    ns_gone bfdb-sut bfdb-frr
     rm -rf "$dir"
 }
 trap cleanup EXIT
-for ns in bfdb-sut bfdb-frr; do
-    ip netns del "$ns" 2>/dev/null || true
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-    ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="49152 65535"
-done
+ns_fresh bfdb-sut bfdb-frr
 ip link add vs0 netns bfdb-sut type veth peer name vf0 netns bfdb-frr
 ip -n bfdb-sut addr add 10.250.1.1/24 dev vs0
 ip -n bfdb-frr addr add 10.250.1.2/24 dev vf0
@@ -47,18 +40,9 @@ bfd
  !
 !
 CONF
-chown -R frr:frr "$dir/frr"
-frr_args=(-d -u frr -g frr -P 0 --vty_socket "$dir/frr" -z "$dir/frr/zserv.api")
-ip netns exec bfdb-frr /usr/lib/frr/zebra "${frr_args[@]}" -i "$dir/frr/zebra.pid" -f "$dir/frr/zebra.conf"
-for _ in $(seq 100); do [ -S "$dir/frr/zserv.api" ] && break; sleep 0.05; done
-ip netns exec bfdb-frr /usr/lib/frr/bfdd "${frr_args[@]}" -i "$dir/frr/bfdd.pid" -f "$dir/frr/bfdd.conf" --bfdctl "$dir/frr/bfdd.sock"
+frr_start bfdb-frr "$dir/frr" bfdd --bfdctl "$dir/frr/bfdd.sock"
 
-cat > "$dir/lab/sysmgr.toml" <<CONF
-name = "sup-bench"
-data-dir = "data"
-[lab]
-min-lifetime-floor = "1s"
-CONF
+lab_sysmgr "$dir/lab" sup-bench
 cat > "$dir/lab/bfd.toml" <<CONF
 command = ["$root/target/release/bfd", "--config", "bfd.conf"]
 restart = ["stateful", "stateless"]

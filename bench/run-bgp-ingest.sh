@@ -8,6 +8,7 @@
 #   KEEP=1: keep our services' logs in /tmp/bgp-ingest-logs; PERF=1: perf-record our bgp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 n="${1:-100000}"
 cargo build --release --locked -p sysmgr -p fib -p bgp
 root=$(pwd)
@@ -15,18 +16,11 @@ dir=$(mktemp -d /tmp/bgp-ingest.XXXXXX)
 chmod 755 "$dir"
 nss=(bgpi-send bgpi-ours bgpi-bird bgpi-frr)
 cleanup() {
-    for ns in "${nss[@]}"; do
-        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true
-    done
+    ns_gone "${nss[@]}"
     [ -n "${KEEP:-}" ] && rm -rf /tmp/bgp-ingest-logs && cp -r "$dir/lab/data/logs" /tmp/bgp-ingest-logs; rm -rf "$dir"
 }
 trap cleanup EXIT
-for ns in "${nss[@]}"; do
-    ip netns del "$ns" 2>/dev/null || true
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-done
+ns_fresh "${nss[@]}"
 i=1
 for r in ours bird frr; do
     ip link add "s$i" netns bgpi-send type veth peer name r0 netns "bgpi-$r"
@@ -99,12 +93,7 @@ measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel na
 }
 
 # Ours: sysmgr + fib + bgp.
-cat > "$dir/lab/sysmgr.toml" <<CONF
-name = "sup-bench"
-data-dir = "data"
-[lab]
-min-lifetime-floor = "1s"
-CONF
+lab_sysmgr "$dir/lab" sup-bench
 cat > "$dir/lab/fib.toml" <<CONF
 command = ["$root/target/release/fib", "--config", "fib.conf"]
 restart = ["stateful", "stateless"]
@@ -176,11 +165,7 @@ router bgp 65021
  no bgp ebgp-requires-policy
  neighbor 10.80.3.2 remote-as 65100
 CONF
-chown -R frr:frr "$dir/frr"
-fa=(-d -u frr -g frr -P 0 --vty_socket "$dir/frr" -z "$dir/frr/zserv.api")
-ip netns exec bgpi-frr /usr/lib/frr/zebra "${fa[@]}" -i "$dir/frr/zebra.pid" -f "$dir/frr/zebra.conf"
-for _ in $(seq 100); do [ -S "$dir/frr/zserv.api" ] && break; sleep 0.05; done
-ip netns exec bgpi-frr /usr/lib/frr/bgpd "${fa[@]}" -i "$dir/frr/bgpd.pid" -f "$dir/frr/bgpd.conf"
+frr_start bgpi-frr "$dir/frr" bgpd
 sleep 2
 measure "FRR 8 bgpd (zebra → kernel)" r3 \
     "vtysh --vty_socket $dir/frr -c 'show bgp summary json' | grep -q '\"state\":\"Established\"'" \

@@ -5,6 +5,7 @@
 #   bench/run-fib.sh [ROUTES] [STICKY] [ROUNDS]     (defaults 100000 10000 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 routes="${1:-100000}"; sticky="${2:-10000}"; rounds="${3:-3}"
 cargo build --release --locked -p sysmgr -p fib -p sysmgr-bench
 root=$(pwd)
@@ -13,17 +14,12 @@ chmod 755 "$dir"
 cleanup() {
     [ -f "$dir/sysmgr.pid" ] && kill "$(cat "$dir/sysmgr.pid")" 2>/dev/null || true
     sleep 0.5
-    for ns in fibb-fib fibb-ip; do
-        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true
-    done
+    ns_gone fibb-fib fibb-ip
     [ -n "${KEEP:-}" ] && cp "$dir/lab/data/logs/fib.stderr.log" /tmp/fib-bench.log; rm -rf "$dir"
 }
 trap cleanup EXIT
+ns_fresh fibb-fib fibb-ip
 for ns in fibb-fib fibb-ip; do
-    ip netns del "$ns" 2>/dev/null || true
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
     for i in 1 2 3; do
         ip -n "$ns" link add "e$i" type veth peer name "p$i"
         ip -n "$ns" addr add "10.9.$i.1/24" dev "e$i"
@@ -32,13 +28,7 @@ for ns in fibb-fib fibb-ip; do
     done
 done
 
-mkdir -p "$dir/lab"
-cat > "$dir/lab/sysmgr.toml" <<CONF
-name = "sup-bench"
-data-dir = "data"
-[lab]
-min-lifetime-floor = "1s"
-CONF
+lab_sysmgr "$dir/lab" sup-bench
 cat > "$dir/lab/fib.toml" <<CONF
 command = ["$root/target/release/fib", "--config", "fib.conf"]
 restart = ["stateful", "stateless"]

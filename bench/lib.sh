@@ -1,0 +1,39 @@
+# Shared by the bench/run-*.sh scripts that need network namespaces (sourced, not run).
+
+# ns_fresh NS...: new namespaces with lo up and RFC 5881 source ports (an old one is replaced).
+ns_fresh() {
+    local ns
+    for ns in "$@"; do
+        ip netns del "$ns" 2>/dev/null || true
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+        ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="49152 65535"
+    done
+}
+
+# ns_gone NS...: kill everything in the namespaces and delete them.
+ns_gone() {
+    local ns p
+    for ns in "$@"; do
+        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+}
+
+# lab_sysmgr DIR NAME: DIR/sysmgr.toml for a lab with a 1 s minimum-lifetime floor.
+lab_sysmgr() {
+    mkdir -p "$1"
+    printf 'name = "%s"\ndata-dir = "data"\n[lab]\nmin-lifetime-floor = "1s"\n' "$2" > "$1/sysmgr.toml"
+}
+
+# frr_start NS DIR DAEMON [ARGS...]: zebra, then DAEMON, with DIR/zebra.conf and DIR/DAEMON.conf
+# (written by the caller), run as frr inside NS; vtysh --vty_socket DIR talks to them.
+frr_start() {
+    local ns=$1 d=$2 daemon=$3
+    shift 3
+    chown -R frr:frr "$d"
+    local a=(-d -u frr -g frr -P 0 --vty_socket "$d" -z "$d/zserv.api")
+    ip netns exec "$ns" /usr/lib/frr/zebra "${a[@]}" -i "$d/zebra.pid" -f "$d/zebra.conf"
+    for _ in $(seq 100); do [ -S "$d/zserv.api" ] && break; sleep 0.05; done
+    ip netns exec "$ns" "/usr/lib/frr/$daemon" "${a[@]}" -i "$d/$daemon.pid" -f "$d/$daemon.conf" "$@"
+}
