@@ -19,6 +19,8 @@ const PROTO: &str = "199";
 struct FibLab {
     lab: Lab,
     ns: Netns,
+    /// One topology at a time (held for the test's life).
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 fn gw(n: u8) -> String {
@@ -34,6 +36,7 @@ fn path(n: u8) -> Path {
 
 /// `top`: extra top-level keys of fib.conf; `sticky`: extra keys of its [sticky] table.
 fn setup(name: &str, top: &str, sticky: &str) -> FibLab {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = Netns::new(name);
     for i in 1..=3 {
         ns.ip(&[
@@ -73,7 +76,11 @@ fn setup(name: &str, top: &str, sticky: &str) -> FibLab {
     lab.wrapper = ns.wrapper();
     lab.boot();
     lab.wait_running("fib", None);
-    FibLab { lab, ns }
+    FibLab {
+        lab,
+        ns,
+        _serial: serial,
+    }
 }
 
 impl FibLab {
@@ -184,7 +191,6 @@ fn ecmp_and_sticky_ecmp_in_the_kernel() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let l = setup("fib1", "", "");
     // ECMP: one hash-threshold group of two path nexthops.
     l.announce("192.0.2.0/24", &[1, 2], false);
@@ -262,7 +268,6 @@ fn auto_recovery_restores_exactly_the_buckets_that_moved() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let l = setup("fib2", "", "auto-recovery = true\n");
     let p = "203.0.113.0/24";
     l.announce(p, &[1, 2, 3], true);
@@ -294,7 +299,6 @@ fn sigkill_of_fib_with_10k_routes_deletes_no_kernel_route() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let l = setup("fib3", "", "");
     for chunk in 0..10u32 {
         let announce = (chunk * 1000..(chunk + 1) * 1000)
@@ -358,7 +362,6 @@ fn stale_routes_are_swept_only_after_end_of_rib() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let l = setup("fib4", "stale-time = \"60s\"\n", "");
     let all = one_path_routes(100);
     l.update("bgp-sim", all.clone(), vec![]);
@@ -550,7 +553,6 @@ fn a_link_going_down_moves_only_its_buckets_and_fib_follows_the_kernel() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let l = setup("fib6", "", "");
     let p = "198.51.100.0/24";
     l.announce(p, &[1, 2, 3], true);
@@ -601,7 +603,6 @@ fn a_producer_that_never_sends_end_of_rib_loses_its_stale_routes_at_the_stale_ti
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let l = setup("fib7", "stale-time = \"1s\"\n", "");
     l.update("bgp-sim", one_path_routes(5), vec![]);
     let n: Result<u64, String> = ask(

@@ -456,14 +456,7 @@ impl Instance {
                             self.dirty.extend(gone);
                         }
                     }
-                    let all: BTreeSet<Prefix> = self
-                        .rib
-                        .loc
-                        .keys()
-                        .chain(self.cfg.networks.iter())
-                        .copied()
-                        .collect();
-                    self.advertise(addr, &all);
+                    self.advertise_all(addr);
                     self.send(addr, wire::end_of_rib());
                 }
                 Action::Down => {
@@ -563,15 +556,8 @@ impl Instance {
                     if let Some(p) = self.peers.get_mut(&addr) {
                         p.adj_out.clear();
                     }
-                    let all: BTreeSet<Prefix> = self
-                        .rib
-                        .loc
-                        .keys()
-                        .chain(self.cfg.networks.iter())
-                        .copied()
-                        .collect();
                     tracing::info!(peer = %addr, "ROUTE-REFRESH: Adj-RIB-Out sent again");
-                    self.advertise(addr, &all);
+                    self.advertise_all(addr);
                 }
             }
             Msg::Update(u) => {
@@ -644,6 +630,18 @@ impl Instance {
             self.ifaces = local_ifaces();
             find(&self.ifaces)
         })
+    }
+
+    /// Everything we have for a neighbour: the whole Loc-RIB and our networks.
+    fn advertise_all(&mut self, addr: Ipv4Addr) {
+        let all: BTreeSet<Prefix> = self
+            .rib
+            .loc
+            .keys()
+            .chain(self.cfg.networks.iter())
+            .copied()
+            .collect();
+        self.advertise(addr, &all);
     }
 
     /// Bring a neighbour's Adj-RIB-Out up to date for `prefixes`, packed into UPDATEs.
