@@ -2,6 +2,7 @@
 //! `maximum-paths` multipath. Pure: no I/O.
 
 use std::cmp::Ordering;
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -40,7 +41,7 @@ pub struct Selected {
 
 #[derive(Debug, Default)]
 pub struct Rib {
-    pub adj_in: HashMap<Ipv4Addr, BTreeMap<Prefix, Arc<Attrs>>>,
+    pub adj_in: HashMap<Ipv4Addr, HashMap<Prefix, Arc<Attrs>>>,
     pub loc: BTreeMap<Prefix, Selected>,
     pub peers: HashMap<Ipv4Addr, PeerInfo>,
     pub max_paths: usize,
@@ -93,8 +94,8 @@ impl Rib {
             .iter()
             .filter_map(|(peer, t)| t.get(p).map(|a| (*peer, a.clone())))
             .collect();
-        if cands.is_empty() {
-            return None;
+        if cands.len() <= 1 {
+            return cands.pop().map(|c| Selected { paths: vec![c] });
         }
         cands.sort_by(|x, y| self.cmp((&x.0, &x.1), (&y.0, &y.1)));
         let best = cands[0].clone();
@@ -113,16 +114,26 @@ impl Rib {
         Some(Selected { paths })
     }
 
-    fn reselect(&mut self, touched: BTreeSet<Prefix>) -> Vec<Prefix> {
+    fn reselect(&mut self, touched: impl IntoIterator<Item = Prefix>) -> Vec<Prefix> {
         let mut changed = Vec::new();
         for p in touched {
             let new = self.select(&p);
-            if self.loc.get(&p) != new.as_ref() {
-                match new {
-                    Some(s) => self.loc.insert(p, s),
-                    None => self.loc.remove(&p),
-                };
-                changed.push(p);
+            match (self.loc.entry(p), new) {
+                (Entry::Occupied(mut e), Some(s)) => {
+                    if *e.get() != s {
+                        e.insert(s);
+                        changed.push(p);
+                    }
+                }
+                (Entry::Occupied(e), None) => {
+                    e.remove();
+                    changed.push(p);
+                }
+                (Entry::Vacant(e), Some(s)) => {
+                    e.insert(s);
+                    changed.push(p);
+                }
+                (Entry::Vacant(_), None) => {}
             }
         }
         changed
@@ -137,7 +148,7 @@ impl Rib {
     ) -> Vec<Prefix> {
         let t = self.adj_in.entry(peer).or_default();
         let stale = self.stale.get_mut(&peer);
-        let mut touched = BTreeSet::new();
+        let mut touched = Vec::with_capacity(announce.len() + withdraw.len());
         if let Some(st) = stale {
             for (p, _) in &announce {
                 st.remove(p);
@@ -148,12 +159,12 @@ impl Rib {
         }
         for p in withdraw {
             if t.remove(&p).is_some() {
-                touched.insert(p);
+                touched.push(p);
             }
         }
         for (p, a) in announce {
             t.insert(p, a);
-            touched.insert(p);
+            touched.push(p);
         }
         self.reselect(touched)
     }
@@ -183,7 +194,7 @@ impl Rib {
     /// The session with `peer` went down: its routes go.
     pub fn peer_down(&mut self, peer: Ipv4Addr) -> Vec<Prefix> {
         self.stale.remove(&peer);
-        let touched: BTreeSet<Prefix> = self
+        let touched: Vec<Prefix> = self
             .adj_in
             .remove(&peer)
             .map(|t| t.into_keys().collect())
