@@ -276,6 +276,122 @@ fn a_sigkill_of_bgp_loses_no_route_on_either_side() {
     assert_eq!(kernel(), 100);
 }
 
+/// The RIB checkpoint: a stateful restart of bgp (SIGKILL) rebuilds the Adj-RIB-In from its
+/// PSS log, withdrawals included, before the session is back, and the kernel keeps every route.
+#[test]
+fn a_stateful_restart_rebuilds_the_rib_from_the_pss_checkpoint() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sut = Netns::new("bgp6-sut");
+    let bird_ns = Netns::new("bgp6-bird");
+    veth(&sut, "vs0", "10.76.1.1/24", &bird_ns, "vb0", "10.76.1.2/24");
+    let mut lab = Lab::new("1s");
+    let routes = |from: usize, to: usize| -> String {
+        (from..to)
+            .map(|i| format!("  route 10.121.{i}.0/24 blackhole;\n"))
+            .collect()
+    };
+    let bird = Bird::start(
+        &bird_ns,
+        &lab.path("bird"),
+        &format!(
+            "router id 10.76.1.2;\nprotocol device {{}}\nprotocol static st1 {{\n  ipv4;\n{}}}\n\
+             protocol static st2 {{\n  ipv4;\n{}}}\n\
+             protocol bgp peer1 {{\n  local 10.76.1.2 as 65002;\n  neighbor 10.76.1.1 as 65001;\n  \
+             hold time 9;\n  graceful restart on;\n  error wait time 1, 10;\n  \
+             ipv4 {{ import all; export all; next hop self; }};\n}}\n",
+            routes(0, 90),
+            routes(90, 100)
+        ),
+    );
+    services(&lab, false);
+    lab.write(
+        "bgp.toml",
+        &format!(
+            "command = [{:?}, \"--config\", \"bgp.conf\"]\nreadiness = \"notify\"\n\
+             restart = [\"stateful\"]\ndepends-on = [\"fib\"]\n[saps]\nbgp = 179\n\
+             [ha.single-sup.primary]\naction = \"stateful\"\nmax-retries = 10\nmin-lifetime = \"1s\"\n",
+            bin("bgp").display().to_string()
+        ),
+    );
+    lab.write(
+        "bgp.conf",
+        "router-id = \"10.76.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
+         graceful-restart = true\n\
+         [[neighbor]]\naddress = \"10.76.1.2\"\nremote-as = 65002\nlocal-address = \"10.76.1.1\"\n",
+    );
+    lab.wrapper = sut.wrapper();
+    lab.boot();
+    let kernel = || kernel_routes(&sut);
+    wait_for(Duration::from_secs(20), "100 routes in the kernel", || {
+        (kernel() == 100).then_some(())
+    });
+    // Ten withdrawals: they must be in the checkpoint too.
+    bird.birdc("disable st2");
+    wait_for(Duration::from_secs(10), "90 routes in the kernel", || {
+        (kernel() == 90).then_some(())
+    });
+    // The checkpoint is a log of UPDATEs in PSS, not a key per prefix.
+    let pss = lab.json(&["show", "pss", "service", "bgp"]).to_string();
+    assert!(
+        pss.contains("in/10.76.1.2/log/"),
+        "no Adj-RIB-In log in PSS: {pss}"
+    );
+    assert!(
+        pss.contains("session/10.76.1.2"),
+        "no session checkpoint: {pss}"
+    );
+    // BIRD cannot answer us for a while (a prohibit route back to us), so what the new
+    // instance has comes from PSS alone (our FIN still reaches BIRD, which keeps our routes:
+    // Graceful Restart).
+    let watch = KernelWatch::start(&sut, &["route"]);
+    let block = |verb: &str| {
+        let out = bird_ns.ip(&["route", verb, "prohibit", "10.76.1.1/32"]);
+        assert!(out.status.success(), "ip route {verb}: {out:?}");
+    };
+    block("add");
+    lab.kill9("bgp");
+    let rows = wait_for(Duration::from_secs(20), "the Loc-RIB restored", || {
+        let out = lab.cli(&["show", "bgp", "ipv4", "unicast", "--json"]);
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let n = r.as_array().map_or(0, |a| a.len());
+        (out.status.success() && n > 0).then_some(r)
+    });
+    let n = rows.as_array().map_or(0, |a| a.len());
+    assert_eq!(n, 90, "the restored Loc-RIB: {rows}");
+    assert!(
+        !rows.to_string().contains("10.121.95.0/24"),
+        "a withdrawn prefix came back: {rows}"
+    );
+    let s = lab.json(&["show", "bgp", "summary"]);
+    assert_ne!(
+        s["neighbors"][0]["state"], "Established",
+        "from PSS, not from BIRD"
+    );
+    let log = std::fs::read_to_string(lab.path("data/logs/bgp.stderr.log")).unwrap_or_default();
+    assert!(
+        log.contains("checkpoint: RIBs restored") && log.contains("prefixes=90"),
+        "{log}"
+    );
+    block("del");
+    wait_for(
+        Duration::from_secs(30),
+        "the session back with End-of-RIB",
+        || {
+            let s = lab.json(&["show", "bgp", "summary"]);
+            let n = &s["neighbors"][0];
+            (n["state"] == "Established" && n["end_of_rib_received"] == true).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let deleted = watch.deleted();
+    assert!(deleted.is_empty(), "kernel routes deleted: {deleted:?}");
+    assert_eq!(kernel(), 90);
+}
+
 /// A neighbour configured with `bfd`: bgp asks the bfd service for the session over MTS, and
 /// when BFD says the peer is gone the BGP session is reset at once, long before its hold timer.
 #[test]

@@ -16,7 +16,9 @@ use rustbgpd_wire as w;
 use crate::rib::{PeerInfo, Selected};
 
 /// Attributes of an advertised route.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct OutAttrs {
     pub origin: u8,
     pub as_path: Vec<u32>,
@@ -142,6 +144,14 @@ fn runs(prefixes: &[Prefix], fixed: usize) -> Vec<&[Prefix]> {
         out.push(&prefixes[start..]);
     }
     out
+}
+
+/// UPDATEs that withdraw `prefixes` (nothing else).
+pub fn withdrawals(prefixes: &[Prefix]) -> Vec<Vec<u8>> {
+    runs(prefixes, 23)
+        .into_iter()
+        .map(|run| encode(&[], run, &[], true))
+        .collect()
 }
 
 /// The UPDATEs that take a neighbour from `old` to `new` for the prefixes in `changed`:

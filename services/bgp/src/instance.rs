@@ -24,12 +24,16 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::BgpError;
+use crate::checkpoint::{self, Ckpt, SessionCk, Side};
 use crate::config::{Config, Neighbor};
 use crate::export::{self, OutAttrs, Target};
 use crate::fsm::{Action, Event, Fsm};
 use crate::proto::{self, NeighborRow, PathRow, RouteRow, Summary};
 use crate::rib::{PeerInfo, Rib};
 use crate::wire::{self, Msg};
+
+/// How long restored routes stay stale without Graceful Restart configured, seconds.
+const DEFAULT_STALE_SECS: u16 = 120;
 
 pub struct Options {
     pub config: PathBuf,
@@ -38,7 +42,8 @@ pub struct Options {
 enum ConnEv {
     Up(Ipv4Addr, u64, TcpStream),
     ConnectFailed(Ipv4Addr, u64),
-    Message(Ipv4Addr, u64, Result<Msg, wire::Malformed>),
+    /// A message, and its bytes as received (for the checkpoint log).
+    Message(Ipv4Addr, u64, Result<Msg, wire::Malformed>, Vec<u8>),
     Closed(Ipv4Addr, u64),
 }
 
@@ -78,6 +83,9 @@ struct Peer {
     stale_until: Option<Instant>,
     /// Our OPENs carry the R bit until this session is up (we restarted).
     send_restarted: bool,
+    /// Its stale routes are ours from a checkpoint (we restarted), not its own restart: kept
+    /// until its End-of-RIB whatever its forwarding-state bit says.
+    stale_restored: bool,
 }
 
 pub struct Instance {
@@ -97,10 +105,27 @@ pub struct Instance {
     next_conn: u64,
     /// Loc-RIB prefixes not yet sent to the FIB.
     dirty: BTreeSet<Prefix>,
+    /// This batch's checkpoint operations, and where they go ([`checkpoint::writer`]).
+    ckpt: Ckpt,
+    ckpt_tx: mpsc::UnboundedSender<Vec<pss::proto::Op>>,
     fib_eor_sent: bool,
     fib_eor_at: Instant,
     /// Next-hop → interface (the connected subnet that contains it).
     ifaces: Vec<(Ipv4Addr, u8, String)>,
+}
+
+/// The receive buffer of every BGP connection (accepted ones inherit the listener's). Set
+/// before the handshake so the window scale covers it: a sender feeding a full table then
+/// never waits on our window, which stalls some (BIRD 2.0 holds its last UPDATE for its 3 s
+/// poll timeout after a write that would block).
+const RECV_BUFFER: u32 = 4 << 20;
+
+fn listen_179() -> std::io::Result<TcpListener> {
+    let s = TcpSocket::new_v4()?;
+    s.set_reuseaddr(true)?;
+    s.set_recv_buffer_size(RECV_BUFFER)?;
+    s.bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 179).into())?;
+    s.listen(64)
 }
 
 fn reader(
@@ -113,22 +138,32 @@ fn reader(
         let mut buf: Vec<u8> = Vec::with_capacity(65536);
         let mut chunk = vec![0u8; 65536];
         loop {
+            // Every complete message, then the partial rest moves to the front once.
+            let mut at = 0;
             loop {
-                match wire::complete_len(&buf) {
-                    Ok(Some(n)) if buf.len() >= n => {
-                        let m = wire::decode(&buf[..n]);
-                        buf.drain(..n);
-                        if tx.send(ConnEv::Message(peer, id, m)).is_err() {
+                match wire::complete_len(&buf[at..]) {
+                    Ok(Some(n)) if buf.len() - at >= n => {
+                        let raw = &buf[at..at + n];
+                        let m = wire::decode(raw);
+                        // Only UPDATEs are logged.
+                        let raw = if matches!(m, Ok(Msg::Update(_))) {
+                            raw.to_vec()
+                        } else {
+                            Vec::new()
+                        };
+                        at += n;
+                        if tx.send(ConnEv::Message(peer, id, m, raw)).is_err() {
                             return;
                         }
                     }
                     Ok(_) => break,
                     Err(e) => {
-                        let _ = tx.send(ConnEv::Message(peer, id, Err(e)));
+                        let _ = tx.send(ConnEv::Message(peer, id, Err(e), Vec::new()));
                         return;
                     }
                 }
             }
+            buf.drain(..at);
             match rd.read(&mut chunk).await {
                 Ok(0) | Err(_) => {
                     let _ = tx.send(ConnEv::Closed(peer, id));
@@ -216,6 +251,20 @@ async fn fib_writer(fib: u32, mut rx: mpsc::UnboundedReceiver<ToFib>) {
     }
 }
 
+/// The interface of the connected subnet that holds `nh` (the list is re-read once on a miss).
+fn ifname_for(ifaces: &mut Vec<(Ipv4Addr, u8, String)>, nh: Ipv4Addr) -> Option<String> {
+    let find = |v: &[(Ipv4Addr, u8, String)]| {
+        v.iter()
+            .filter(|(net, len, _)| Prefix::new(nh, *len).is_some_and(|p| p.addr == *net))
+            .max_by_key(|(_, len, _)| *len)
+            .map(|(_, _, n)| n.clone())
+    };
+    find(ifaces).or_else(|| {
+        *ifaces = local_ifaces();
+        find(ifaces)
+    })
+}
+
 fn local_ifaces() -> Vec<(Ipv4Addr, u8, String)> {
     let mut v = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
@@ -245,7 +294,7 @@ impl Instance {
         let listener = if cfg.neighbors.is_empty() {
             None
         } else {
-            match TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 179)).await {
+            match listen_179() {
                 Ok(l) => Some(l),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot listen on TCP 179: active sessions only");
@@ -260,7 +309,22 @@ impl Instance {
         }
         let now = Instant::now();
         // Any start but the first is a restart our peers should hear about (R bit).
-        let restarted = std::env::var("SYSMGR_START").is_ok_and(|s| s != "fresh");
+        let start = std::env::var("SYSMGR_START").unwrap_or_else(|_| "fresh".into());
+        let restarted = start != "fresh";
+        // A stateful restart finds the previous instance's RIBs; any other start clears them.
+        let restored = if start == "stateful" {
+            match checkpoint::restore().await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "checkpoint: cannot restore; starting empty");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (ckpt_tx, ckpt_rx) = mpsc::unbounded_channel();
+        tokio::spawn(checkpoint::writer(ckpt_rx, restored.is_none()));
         let mut rib = Rib::new(cfg.maximum_paths);
         let mut peers = HashMap::new();
         for n in &cfg.neighbors {
@@ -291,6 +355,7 @@ impl Instance {
                     gr: None,
                     stale_until: None,
                     send_restarted: restarted,
+                    stale_restored: false,
                 },
             );
         }
@@ -307,10 +372,15 @@ impl Instance {
             ev_rx,
             next_conn: 1,
             dirty: BTreeSet::new(),
+            ckpt: Ckpt::default(),
+            ckpt_tx,
             fib_eor_sent: false,
             fib_eor_at: now + Duration::from_secs(60),
             ifaces: local_ifaces(),
         };
+        if let Some(r) = restored {
+            me.adopt(r, now);
+        }
         // Our routes in the FIB from a previous life are stale until we have re-learnt them.
         if let Some(f) = me.fib_sap {
             let r: Result<Result<u64, String>, _> = me
@@ -345,6 +415,7 @@ impl Instance {
         tokio::spawn(async move {
             let r = async {
                 let s = TcpSocket::new_v4()?;
+                s.set_recv_buffer_size(RECV_BUFFER)?;
                 if let Some(l) = local {
                     s.bind(SocketAddrV4::new(l, 0).into())?;
                 }
@@ -416,6 +487,15 @@ impl Instance {
         if p.fsm.state != before {
             p.changed_at = now;
             tracing::info!(peer = %addr, from = before.word(), to = p.fsm.state.word(), "%BGP-5-ADJCHANGE");
+            let ck = SessionCk {
+                state: p.fsm.state.word().to_string(),
+                router_id: p.router_id,
+                four_octet: p.four_octet,
+                local_addr: p.local_addr,
+                gr_restart_time: p.gr.map(|g| g.restart_time),
+                flaps: p.fsm.flaps,
+            };
+            self.ckpt.session(addr, &ck);
         }
         for a in actions {
             match a {
@@ -450,10 +530,12 @@ impl Instance {
                     if let Some(p) = self.peers.get_mut(&addr) {
                         p.send_restarted = false;
                         // Back without forwarding preserved: its stale routes cannot be trusted.
-                        if p.stale_until.is_some() && !p.gr.is_some_and(|g| g.ipv4_forwarding) {
+                        if p.stale_until.is_some()
+                            && !p.stale_restored
+                            && !p.gr.is_some_and(|g| g.ipv4_forwarding)
+                        {
                             p.stale_until = None;
-                            let gone = self.rib.sweep_stale(addr);
-                            self.dirty.extend(gone);
+                            self.sweep(addr);
                         }
                     }
                     self.advertise_all(addr);
@@ -461,19 +543,29 @@ impl Instance {
                 }
                 Action::Down => {
                     let mut keep = None;
+                    self.ckpt.forget(Side::Out, addr);
                     if let Some(p) = self.peers.get_mut(&addr) {
                         p.adj_out.clear();
-                        if restarting && let Some(g) = p.gr {
+                        if p.stale_restored {
+                            // Routes from our checkpoint wait for the peer (or their time).
+                            keep = p.stale_until;
+                        } else if restarting && let Some(g) = p.gr {
                             keep = Some(now + Duration::from_secs(u64::from(g.restart_time)));
                             p.stale_until = keep;
+                        } else {
+                            p.stale_until = None;
                         }
                     }
+                    let restored = self.peers.get(&addr).is_some_and(|p| p.stale_restored);
                     if keep.is_some() {
-                        tracing::info!(peer = %addr, "peer restarting: its routes are kept stale (Graceful Restart helper)");
+                        if !restored {
+                            tracing::info!(peer = %addr, "peer restarting: its routes are kept stale (Graceful Restart helper)");
+                        }
                         self.rib.peer_stale(addr);
                     } else {
                         let gone = self.rib.peer_down(addr);
                         self.dirty.extend(gone);
+                        self.ckpt.forget(Side::In, addr);
                     }
                 }
                 Action::ProcessUpdate => {}
@@ -481,7 +573,7 @@ impl Instance {
         }
     }
 
-    async fn on_message(&mut self, addr: Ipv4Addr, m: Result<Msg, wire::Malformed>) {
+    async fn on_message(&mut self, addr: Ipv4Addr, m: Result<Msg, wire::Malformed>, raw: Vec<u8>) {
         if let Some(p) = self.peers.get_mut(&addr) {
             p.msgs_in += 1;
         }
@@ -556,6 +648,7 @@ impl Instance {
                     if let Some(p) = self.peers.get_mut(&addr) {
                         p.adj_out.clear();
                     }
+                    self.ckpt.forget(Side::Out, addr);
                     tracing::info!(peer = %addr, "ROUTE-REFRESH: Adj-RIB-Out sent again");
                     self.advertise_all(addr);
                 }
@@ -575,30 +668,16 @@ impl Instance {
                             if let Some(p) = self.peers.get_mut(&addr) {
                                 p.eor = true;
                                 sweep = p.stale_until.take().is_some();
+                                p.stale_restored = false;
                             }
                             tracing::info!(peer = %addr, loc_rib = self.rib.loc.len(), "End-of-RIB received");
                             if sweep {
-                                let gone = self.rib.sweep_stale(addr);
-                                tracing::info!(peer = %addr, swept = gone.len(), "End-of-RIB: stale routes swept");
-                                self.dirty.extend(gone);
+                                let n = self.sweep(addr);
+                                tracing::info!(peer = %addr, swept = n, "End-of-RIB: stale routes swept");
                             }
                         } else {
-                            let import = self
-                                .peers
-                                .get(&addr)
-                                .map(|p| p.cfg.import.clone())
-                                .unwrap_or_default();
-                            // Our own AS in the path: a loop (RFC 4271 §9.1.2), dropped like
-                            // what the import list refuses, and withdrawn if we had it.
-                            let local_as = self.cfg.local_as;
-                            let (announce, refused): (Vec<_>, Vec<_>) =
-                                r.announce.into_iter().partition(|(p, a)| {
-                                    export::passes(&import, p) && !a.as_path.contains(&local_as)
-                                });
-                            let mut withdraw = r.withdraw;
-                            withdraw.extend(refused.into_iter().map(|(p, _)| p));
-                            let ch = self.rib.update(addr, announce, withdraw);
-                            self.dirty.extend(ch);
+                            self.apply_routes(addr, r);
+                            self.ckpt.append(Side::In, addr, &raw);
                         }
                     }
                     Err(e) => {
@@ -617,19 +696,35 @@ impl Instance {
         }
     }
 
-    fn ifname_for(&mut self, nh: Ipv4Addr) -> Option<String> {
-        let find = |v: &[(Ipv4Addr, u8, String)]| {
-            v.iter()
-                .filter(|(net, len, _)| {
-                    fib::proto::Prefix::new(nh, *len).is_some_and(|p| p.addr == *net)
-                })
-                .max_by_key(|(_, len, _)| *len)
-                .map(|(_, _, n)| n.clone())
-        };
-        find(&self.ifaces).or_else(|| {
-            self.ifaces = local_ifaces();
-            find(&self.ifaces)
-        })
+    /// Apply the routes of one UPDATE from `addr` through its import list.
+    fn apply_routes(&mut self, addr: Ipv4Addr, r: wire::Routes) {
+        let import = self
+            .peers
+            .get(&addr)
+            .map(|p| p.cfg.import.clone())
+            .unwrap_or_default();
+        // Our own AS in the path: a loop (RFC 4271 §9.1.2), dropped like what the import list
+        // refuses, and withdrawn if we had it.
+        let local_as = self.cfg.local_as;
+        let (announce, refused): (Vec<_>, Vec<_>) = r
+            .announce
+            .into_iter()
+            .partition(|(p, a)| export::passes(&import, p) && !a.as_path.contains(&local_as));
+        let mut withdraw = r.withdraw;
+        withdraw.extend(refused.into_iter().map(|(p, _)| p));
+        let ch = self.rib.update(addr, announce, withdraw);
+        self.dirty.extend(ch);
+    }
+
+    /// Drop what a restarted peer did not re-send; the checkpoint log gets the withdrawals.
+    fn sweep(&mut self, addr: Ipv4Addr) -> usize {
+        let gone = self.rib.sweep_stale(addr);
+        for m in export::withdrawals(&gone) {
+            self.ckpt.append(Side::In, addr, &m);
+        }
+        let n = gone.len();
+        self.dirty.extend(gone);
+        n
     }
 
     /// Everything we have for a neighbour: the whole Loc-RIB and our networks.
@@ -684,6 +779,7 @@ impl Instance {
             }
         }
         for m in msgs {
+            self.ckpt.append(Side::Out, addr, &m);
             self.send(addr, m);
         }
     }
@@ -711,20 +807,26 @@ impl Instance {
             announce: Vec::new(),
             withdraw: Vec::new(),
         };
+        // Next hop → interface, once per batch.
+        let mut via: HashMap<Ipv4Addr, Option<String>> = HashMap::new();
         for p in dirty {
-            let paths: Vec<fp::Path> = match self.rib.loc.get(&p).cloned() {
-                Some(sel) => sel
-                    .paths
-                    .iter()
-                    .filter_map(|(_, a)| {
-                        self.ifname_for(a.next_hop).map(|ifname| fp::Path {
-                            gw: a.next_hop,
-                            ifname,
-                        })
-                    })
-                    .collect(),
-                None => Vec::new(),
-            };
+            let mut paths: Vec<fp::Path> = Vec::new();
+            if let Some(sel) = self.rib.loc.get(&p) {
+                for (_, a) in &sel.paths {
+                    let nh = a.next_hop;
+                    let ifname = match via.get(&nh) {
+                        Some(i) => i.clone(),
+                        None => {
+                            let i = ifname_for(&mut self.ifaces, nh);
+                            via.insert(nh, i.clone());
+                            i
+                        }
+                    };
+                    if let Some(ifname) = ifname {
+                        paths.push(fp::Path { gw: nh, ifname });
+                    }
+                }
+            }
             if paths.is_empty() {
                 u.withdraw.push(p);
             } else {
@@ -736,6 +838,95 @@ impl Instance {
             }
         }
         let _ = self.fib_tx.send(ToFib::Update(u));
+    }
+
+    /// Hand this batch's checkpoint to the writer, compacting the logs that outgrew their
+    /// tables.
+    fn checkpoint(&mut self) {
+        let logs: Vec<(Side, Ipv4Addr)> = self.ckpt.logs().collect();
+        for (side, peer) in logs {
+            match side {
+                Side::In => {
+                    let Some(t) = self.rib.adj_in.get(&peer) else {
+                        continue;
+                    };
+                    if self.ckpt.wants_compaction(side, peer, t.len()) {
+                        self.ckpt.snapshot_in(peer, t);
+                    }
+                }
+                Side::Out => {
+                    let Some(p) = self.peers.get(&peer) else {
+                        continue;
+                    };
+                    if self.ckpt.wants_compaction(side, peer, p.adj_out.len()) {
+                        let all = p
+                            .adj_out
+                            .iter()
+                            .map(|(x, a)| (*x, Some(a.clone())))
+                            .collect();
+                        let msgs = export::pack(&all, p.four_octet);
+                        self.ckpt.rewrite_out(peer, &msgs);
+                    }
+                }
+            }
+        }
+        let ops = self.ckpt.take();
+        if !ops.is_empty() {
+            let _ = self.ckpt_tx.send(ops);
+        }
+    }
+
+    /// Take over a previous instance's RIBs (stateful restart): each peer's Adj-RIB-In is
+    /// rebuilt from its snapshot and log and stays, stale, until the peer has re-sent it
+    /// (End-of-RIB) or the restart time runs out; the Loc-RIB is selected from it at once, so
+    /// the FIB keeps forwarding. The sessions did not survive, so the Adj-RIBs-Out go.
+    fn adopt(&mut self, r: checkpoint::Restored, now: Instant) {
+        self.ckpt.adopt(&r);
+        let keep = Duration::from_secs(u64::from(
+            self.cfg.graceful_restart.unwrap_or(DEFAULT_STALE_SECS),
+        ));
+        let mut peers: BTreeSet<Ipv4Addr> = r.snapshots.keys().copied().collect();
+        peers.extend(r.received.keys());
+        let mut snapshots = r.snapshots;
+        let mut received = r.received;
+        for peer in peers {
+            self.ckpt.forget(Side::Out, peer);
+            if !self.peers.contains_key(&peer) {
+                self.ckpt.forget(Side::In, peer); // no longer a neighbour
+                continue;
+            }
+            for (a, prefixes) in snapshots.remove(&peer).unwrap_or_default() {
+                let a = Arc::new(a);
+                let routes = prefixes.into_iter().map(|p| (p, a.clone())).collect();
+                let ch = self.rib.update(peer, routes, Vec::new());
+                self.dirty.extend(ch);
+            }
+            let four = r.sessions.get(&peer).is_none_or(|s| s.four_octet);
+            for raw in received.remove(&peer).unwrap_or_default() {
+                match wire::decode(&raw) {
+                    Ok(Msg::Update(u)) => match wire::routes(&u, four) {
+                        Ok(routes) => self.apply_routes(peer, routes),
+                        Err(e) => {
+                            tracing::warn!(peer = %peer, why = %e.why, "checkpoint: logged UPDATE skipped")
+                        }
+                    },
+                    _ => {
+                        tracing::warn!(peer = %peer, "checkpoint: logged message is not an UPDATE")
+                    }
+                }
+            }
+            self.rib.peer_stale(peer);
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.stale_until = Some(now + keep);
+                p.stale_restored = true;
+            }
+        }
+        let n: usize = self.rib.adj_in.values().map(|t| t.len()).sum();
+        tracing::info!(
+            prefixes = n,
+            loc_rib = self.rib.loc.len(),
+            "checkpoint: RIBs restored, stale until the peers re-send them"
+        );
     }
 
     fn maybe_fib_eor(&mut self) {
@@ -830,7 +1021,7 @@ impl Instance {
             let spec = bfd::proto::SessionSpec {
                 key: bfd::proto::SessionKey {
                     peer,
-                    interface: self.ifname_for(peer),
+                    interface: ifname_for(&mut self.ifaces, peer),
                 },
                 local,
                 timers: bfd::fsm::Timers {
@@ -943,6 +1134,7 @@ impl Instance {
                     }
                     self.flush_fib();
                     self.maybe_fib_eor();
+                    self.checkpoint();
                 }
                 _ = async {
                     match deadline {
@@ -971,10 +1163,10 @@ impl Instance {
                     for a in expired {
                         if let Some(p) = self.peers.get_mut(&a) {
                             p.stale_until = None;
+                            p.stale_restored = false;
                         }
-                        let gone = self.rib.sweep_stale(a);
-                        tracing::warn!(peer = %a, swept = gone.len(), "restart time ran out: stale routes swept");
-                        self.dirty.extend(gone);
+                        let n = self.sweep(a);
+                        tracing::warn!(peer = %a, swept = n, "restart time ran out: stale routes swept");
                     }
                     self.flush_fib();
                     self.maybe_fib_eor();
@@ -1023,14 +1215,14 @@ impl Instance {
                     self.event(addr, Event::TcpConnectionFails).await;
                 }
             }
-            ConnEv::Message(addr, id, m) => {
+            ConnEv::Message(addr, id, m, raw) => {
                 if self
                     .peers
                     .get(&addr)
                     .and_then(|p| p.conn.as_ref())
                     .is_some_and(|c| c.id == id)
                 {
-                    self.on_message(addr, m).await;
+                    self.on_message(addr, m, raw).await;
                 }
             }
             ConnEv::Closed(addr, id) => {

@@ -8,6 +8,7 @@
 //! - [`rib`]: Adj-RIB-In, Loc-RIB, best path, multipath;
 //! - [`instance`]: the owner loop, TCP, the FIB; [`proto`]: the bgp SAP; [`config`].
 
+pub mod checkpoint;
 pub mod config;
 pub mod export;
 pub mod fsm;

@@ -1,0 +1,411 @@
+//! PSS checkpoints of the sessions and the RIBs (private scope, `fast` durability).
+//!
+//! The Adj-RIBs are checkpointed as logs of the UPDATE messages themselves, the way a
+//! database keeps a write-ahead log: one key per message, not one per prefix, so a full table
+//! costs a few hundred keys instead of a hundred thousand (sled rewrites a node per insert).
+//! When a log outgrows what it describes it is compacted into a snapshot.
+//!
+//! Keys (text, so `sysmgr show pss service bgp --key K` reads them):
+//! - `session/<peer>`: [`SessionCk`], what a session negotiated, on every state change;
+//! - `in/<peer>/snap/<n>`: Adj-RIB-In snapshot, chunks of (attributes, prefixes);
+//! - `in/<peer>/log/<seq>`: every UPDATE received after the snapshot, as received (and the
+//!   withdrawals a Graceful Restart sweep made, as UPDATEs of our own);
+//! - `out/<peer>/log/<seq>`: every UPDATE sent on the current session (compaction replaces
+//!   the log with the packed Adj-RIB-Out).
+//!
+//! The Loc-RIB is not stored: best-path selection over the restored Adj-RIBs-In rebuilds it.
+//! The owner loop collects each batch's operations ([`Ckpt`]) and hands them to [`writer`], a
+//! task on its own MTS connection that merges whatever queued meanwhile into one PSS write, so
+//! ingest never waits for sled. A batch is never split, so a compaction is atomic.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use fib::proto::Prefix;
+use pss::client::{Pss, decode, encode};
+use pss::proto::{Durability, Op, Request, Response, Scope};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::rib::Attrs;
+
+/// Merging stops at this many operations (one frame stays far below MTS's limit).
+const MERGE_OPS: usize = 20_000;
+/// Prefixes per snapshot chunk.
+const SNAP_CHUNK: usize = 10_000;
+/// A log is compacted once it holds more than this many bytes and more than twice what a
+/// snapshot of its table would take (8 bytes a prefix, roughly).
+const COMPACT_MIN_BYTES: usize = 1 << 20;
+
+/// What a session negotiated, independent of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCk {
+    pub state: String,
+    pub router_id: Option<Ipv4Addr>,
+    pub four_octet: bool,
+    pub local_addr: Option<Ipv4Addr>,
+    /// The peer's Graceful Restart restart time, if it offered the capability.
+    pub gr_restart_time: Option<u16>,
+    pub flaps: u32,
+}
+
+/// Which Adj-RIB a log belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    In,
+    Out,
+}
+
+impl Side {
+    fn word(self) -> &'static str {
+        match self {
+            Side::In => "in",
+            Side::Out => "out",
+        }
+    }
+}
+
+pub fn session_key(peer: Ipv4Addr) -> String {
+    format!("session/{peer}")
+}
+fn log_key(side: Side, peer: Ipv4Addr, seq: u64) -> String {
+    format!("{}/{peer}/log/{seq:016x}", side.word())
+}
+fn snap_key(peer: Ipv4Addr, n: u32) -> String {
+    format!("in/{peer}/snap/{n:08x}")
+}
+
+fn put<T: Serialize + ?Sized>(key: String, v: &T) -> Option<Op> {
+    match encode(v) {
+        Ok(value) => Some(Op::Put {
+            key: key.into_bytes(),
+            value,
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, key, "checkpoint: cannot encode");
+            None
+        }
+    }
+}
+
+fn del(key: String) -> Op {
+    Op::Delete {
+        key: key.into_bytes(),
+    }
+}
+
+/// Where one log stands.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LogPos {
+    /// Sequence of the oldest entry still stored, and of the next one.
+    pub first: u64,
+    pub next: u64,
+    pub bytes: usize,
+    /// Snapshot chunks stored (Adj-RIB-In only).
+    pub snaps: u32,
+}
+
+/// The operations of the current batch, and where every log stands.
+#[derive(Default)]
+pub struct Ckpt {
+    ops: Vec<Op>,
+    logs: HashMap<(Side, Ipv4Addr), LogPos>,
+}
+
+impl Ckpt {
+    /// Append one message to a log.
+    pub fn append(&mut self, side: Side, peer: Ipv4Addr, msg: &[u8]) {
+        let l = self.logs.entry((side, peer)).or_default();
+        let key = log_key(side, peer, l.next);
+        l.next += 1;
+        l.bytes += msg.len();
+        self.ops.extend(put(key, msg));
+    }
+
+    /// Delete a log and its snapshot (the session is gone, or about to be rewritten).
+    pub fn forget(&mut self, side: Side, peer: Ipv4Addr) {
+        let Some(l) = self.logs.remove(&(side, peer)) else {
+            return;
+        };
+        for seq in l.first..l.next {
+            self.ops.push(del(log_key(side, peer, seq)));
+        }
+        for n in 0..l.snaps {
+            self.ops.push(del(snap_key(peer, n)));
+        }
+    }
+
+    /// Whether a log should be compacted, given how many prefixes its table holds.
+    pub fn wants_compaction(&self, side: Side, peer: Ipv4Addr, live: usize) -> bool {
+        self.logs
+            .get(&(side, peer))
+            .is_some_and(|l| l.bytes > COMPACT_MIN_BYTES && l.bytes > 16 * live)
+    }
+
+    /// Replace the Adj-RIB-In log of `peer` with a snapshot of `table` (in the same batch).
+    pub fn snapshot_in(&mut self, peer: Ipv4Addr, table: &HashMap<Prefix, Arc<Attrs>>) {
+        self.forget(Side::In, peer);
+        let mut groups: HashMap<&Arc<Attrs>, Vec<Prefix>> = HashMap::new();
+        for (p, a) in table {
+            groups.entry(a).or_default().push(*p);
+        }
+        let mut n = 0u32;
+        for (a, ps) in groups {
+            for chunk in ps.chunks(SNAP_CHUNK) {
+                self.ops
+                    .extend(put(snap_key(peer, n), &(a.as_ref(), chunk.to_vec())));
+                n += 1;
+            }
+        }
+        let l = self.logs.entry((Side::In, peer)).or_default();
+        l.snaps = n;
+    }
+
+    /// Replace the Adj-RIB-Out log of `peer` with `msgs` (the packed Adj-RIB-Out).
+    pub fn rewrite_out(&mut self, peer: Ipv4Addr, msgs: &[Vec<u8>]) {
+        self.forget(Side::Out, peer);
+        for m in msgs {
+            self.append(Side::Out, peer, m);
+        }
+    }
+
+    pub fn session(&mut self, peer: Ipv4Addr, s: &SessionCk) {
+        self.ops.extend(put(session_key(peer), s));
+    }
+
+    pub fn logs(&self) -> impl Iterator<Item = (Side, Ipv4Addr)> + '_ {
+        self.logs.keys().copied()
+    }
+
+    /// The batch's operations (empty if none).
+    pub fn take(&mut self) -> Vec<Op> {
+        std::mem::take(&mut self.ops)
+    }
+
+    /// Continue the logs a previous instance left.
+    pub fn adopt(&mut self, r: &Restored) {
+        for (k, l) in &r.positions {
+            self.logs.insert(*k, l.clone());
+        }
+    }
+}
+
+/// Write batches in order; whatever queued while a write was in flight goes in the next one.
+/// With `clear`, first delete every key a previous life left (a fresh start).
+pub async fn writer(mut rx: mpsc::UnboundedReceiver<Vec<Op>>, clear: bool) {
+    let mts = match mts::client::Client::connect_from_env().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "checkpoint writer: no MTS connection");
+            return;
+        }
+    };
+    let pss = Pss::new(&mts);
+    if clear {
+        match old_keys(&pss).await {
+            Ok(keys) if !keys.is_empty() => {
+                tracing::info!(
+                    keys = keys.len(),
+                    "checkpoint: clearing a previous life's keys"
+                );
+                for c in keys.chunks(MERGE_OPS) {
+                    write(&pss, c.iter().map(|k| del(k.clone())).collect()).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "checkpoint: cannot list old keys"),
+        }
+    }
+    while let Some(mut ops) = rx.recv().await {
+        while ops.len() < MERGE_OPS
+            && let Ok(more) = rx.try_recv()
+        {
+            ops.extend(more);
+        }
+        write(&pss, ops).await;
+    }
+}
+
+async fn write(pss: &Pss<'_>, ops: Vec<Op>) {
+    if ops.is_empty() {
+        return;
+    }
+    let n = ops.len();
+    match pss
+        .call(&Request::Write {
+            scope: Scope::Private,
+            ops,
+            durability: Durability::Fast,
+        })
+        .await
+    {
+        Ok(Response::Written { seq }) => tracing::trace!(ops = n, seq, "checkpoint"),
+        Ok(other) => tracing::warn!(?other, "checkpoint refused"),
+        Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
+    }
+}
+
+async fn scan(pss: &Pss<'_>, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, pss::PssError> {
+    Ok(pss
+        .scan(None, Scope::Private, prefix, u32::MAX)
+        .await?
+        .into_iter()
+        .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+        .collect())
+}
+
+async fn old_keys(pss: &Pss<'_>) -> Result<Vec<String>, pss::PssError> {
+    let mut keys = Vec::new();
+    for prefix in ["session/", "in/", "out/"] {
+        // Keys only matter here; the values of a previous life are small per key.
+        keys.extend(scan(pss, prefix).await?.into_iter().map(|(k, _)| k));
+    }
+    Ok(keys)
+}
+
+/// What a stateful restart finds.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub sessions: HashMap<Ipv4Addr, SessionCk>,
+    /// Per peer: its Adj-RIB-In snapshot, then the UPDATEs received after it, in order.
+    pub snapshots: HashMap<Ipv4Addr, Vec<(Attrs, Vec<Prefix>)>>,
+    pub received: HashMap<Ipv4Addr, Vec<Vec<u8>>>,
+    positions: HashMap<(Side, Ipv4Addr), LogPos>,
+}
+
+/// `<side>/<peer>/<kind>/<hex>` → (side, peer, kind, number).
+fn parse_key(k: &str) -> Option<(Side, Ipv4Addr, &str, u64)> {
+    let mut it = k.split('/');
+    let side = match it.next()? {
+        "in" => Side::In,
+        "out" => Side::Out,
+        _ => return None,
+    };
+    let peer = it.next()?.parse().ok()?;
+    let kind = it.next()?;
+    let n = u64::from_str_radix(it.next()?, 16).ok()?;
+    Some((side, peer, kind, n))
+}
+
+/// Read the previous instance's checkpoints (on its own MTS connection).
+pub async fn restore() -> Result<Restored, String> {
+    let mts = mts::client::Client::connect_from_env()
+        .await
+        .map_err(|e| e.to_string())?;
+    let pss = Pss::new(&mts);
+    let e = |e: pss::PssError| e.to_string();
+    let mut r = Restored::default();
+    for (k, v) in scan(&pss, "session/").await.map_err(e)? {
+        if let Some(peer) = k
+            .strip_prefix("session/")
+            .and_then(|p| p.parse::<Ipv4Addr>().ok())
+        {
+            r.sessions.insert(peer, decode(&v).map_err(e)?);
+        }
+    }
+    for prefix in ["in/", "out/"] {
+        // Keys come sorted, so snapshot chunks and log entries are in order.
+        for (k, v) in scan(&pss, prefix).await.map_err(e)? {
+            let Some((side, peer, kind, n)) = parse_key(&k) else {
+                tracing::warn!(key = k, "checkpoint: unknown key ignored");
+                continue;
+            };
+            let pos = r.positions.entry((side, peer)).or_insert(LogPos {
+                first: u64::MAX,
+                ..Default::default()
+            });
+            match kind {
+                "snap" => {
+                    pos.snaps = pos.snaps.max(n as u32 + 1);
+                    let chunk: (Attrs, Vec<Prefix>) = decode(&v).map_err(e)?;
+                    r.snapshots.entry(peer).or_default().push(chunk);
+                }
+                "log" => {
+                    pos.first = pos.first.min(n);
+                    pos.next = pos.next.max(n + 1);
+                    let msg: Vec<u8> = decode(&v).map_err(e)?;
+                    pos.bytes += msg.len();
+                    if side == Side::In {
+                        r.received.entry(peer).or_default().push(msg);
+                    }
+                }
+                _ => tracing::warn!(key = k, "checkpoint: unknown key ignored"),
+            }
+        }
+    }
+    for l in r.positions.values_mut() {
+        if l.first == u64::MAX {
+            l.first = l.next;
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(ops: &[Op]) -> Vec<String> {
+        ops.iter()
+            .map(|o| match o {
+                Op::Put { key, .. } => format!("put {}", String::from_utf8_lossy(key)),
+                Op::Delete { key } => format!("del {}", String::from_utf8_lossy(key)),
+                Op::Cas { key, .. } => format!("cas {}", String::from_utf8_lossy(key)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn logs_append_forget_and_snapshot() {
+        let peer = Ipv4Addr::new(10, 0, 0, 2);
+        let mut c = Ckpt::default();
+        c.append(Side::In, peer, b"one");
+        c.append(Side::In, peer, b"two");
+        assert_eq!(
+            keys(&c.take()),
+            [
+                "put in/10.0.0.2/log/0000000000000000",
+                "put in/10.0.0.2/log/0000000000000001"
+            ]
+        );
+        let a = Arc::new(Attrs {
+            origin: 0,
+            as_path: vec![65001],
+            as_path_len: 1,
+            next_hop: peer,
+            local_pref: None,
+            med: None,
+            communities: vec![],
+        });
+        let table: HashMap<Prefix, Arc<Attrs>> =
+            [("10.1.0.0/16".parse::<Prefix>().expect("prefix"), a.clone())]
+                .into_iter()
+                .collect();
+        c.snapshot_in(peer, &table);
+        assert_eq!(
+            keys(&c.take()),
+            [
+                "del in/10.0.0.2/log/0000000000000000",
+                "del in/10.0.0.2/log/0000000000000001",
+                "put in/10.0.0.2/snap/00000000"
+            ]
+        );
+        c.append(Side::In, peer, b"three");
+        c.forget(Side::In, peer);
+        assert_eq!(
+            keys(&c.take()),
+            [
+                "put in/10.0.0.2/log/0000000000000000",
+                "del in/10.0.0.2/log/0000000000000000",
+                "del in/10.0.0.2/snap/00000000"
+            ]
+        );
+        assert_eq!(
+            parse_key("in/10.0.0.2/log/000000000000000a"),
+            Some((Side::In, peer, "log", 10))
+        );
+        assert_eq!(parse_key("in/10.0.0.2/log"), None);
+        assert!(!c.wants_compaction(Side::In, peer, 0));
+    }
+}
