@@ -302,6 +302,7 @@ fn a_stateful_restart_rebuilds_the_rib_from_the_pss_checkpoint() {
              protocol static st2 {{\n  ipv4;\n{}}}\n\
              protocol bgp peer1 {{\n  local 10.76.1.2 as 65002;\n  neighbor 10.76.1.1 as 65001;\n  \
              hold time 9;\n  graceful restart on;\n  error wait time 1, 10;\n  \
+             debug {{ states, events, packets }};\n  \
              ipv4 {{ import all; export all; next hop self; }};\n}}\n",
             routes(0, 90),
             routes(90, 100)
@@ -388,7 +389,23 @@ fn a_stateful_restart_rebuilds_the_rib_from_the_pss_checkpoint() {
     );
     std::thread::sleep(Duration::from_secs(1));
     let deleted = watch.deleted();
-    assert!(deleted.is_empty(), "kernel routes deleted: {deleted:?}");
+    let logs = || {
+        let mut l = ["bgp", "fib"]
+            .map(|s| {
+                std::fs::read_to_string(lab.path(&format!("data/logs/{s}.stderr.log")))
+                    .unwrap_or_default()
+            })
+            .join("\n");
+        l += &std::fs::read_to_string(bird.dir.join("bird.log")).unwrap_or_default();
+        l
+    };
+    assert!(
+        deleted.is_empty(),
+        "kernel routes deleted: {} of them, first {:?}\n{}",
+        deleted.len(),
+        deleted.first(),
+        logs()
+    );
     assert_eq!(kernel(), 90);
 }
 

@@ -50,6 +50,9 @@ pub enum Event {
     BgpOpen { hold: u16 },
     /// 21 / 22: a bad header or OPEN, with the NOTIFICATION (code, subcode) to send.
     BgpOpenMsgErr { code: u8, subcode: u8 },
+    /// 23: connection collision (§6.8) and this session's connection lost: NOTIFICATION Cease
+    /// / Connection Collision Resolution, and the connection goes.
+    OpenCollisionDump,
     /// 25
     NotifMsg,
     /// 26
@@ -254,6 +257,14 @@ impl Fsm {
                 });
                 self.go_idle(now, &mut out);
             }
+            (S::OpenSent | S::OpenConfirm | S::Established, E::OpenCollisionDump) => {
+                out.push(Action::SendNotification {
+                    code: CEASE,
+                    subcode: 7,
+                });
+                self.go_idle(now, &mut out);
+            }
+            (_, E::OpenCollisionDump) => {}
             (_, E::BgpOpenMsgErr { code, subcode } | E::UpdateMsgErr { code, subcode }) => {
                 out.push(Action::SendNotification { code, subcode });
                 self.go_idle(now, &mut out);
@@ -281,6 +292,15 @@ impl Fsm {
         out
     }
 
+    /// Connection collision resolved for the peer's connection (§6.8): the session goes on
+    /// over it from OpenSent (our OPEN already went out on it); its OPEN comes next.
+    pub fn take_over_connection(&mut self, now: Instant) {
+        self.connect_retry_at = None;
+        self.keepalive_at = None;
+        self.hold_at = Some(now + Duration::from_secs(240));
+        self.state = State::OpenSent;
+    }
+
     fn start(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.connect_retry_at = Some(now + self.connect_retry);
         if self.passive {
@@ -295,6 +315,39 @@ impl Fsm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn collision_dump_and_take_over() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(90, Duration::from_secs(5));
+        f.handle(t0, Event::ManualStart { passive: false });
+        f.handle(t0, Event::TcpConnectionConfirmed);
+        assert_eq!(f.state, State::OpenSent);
+        assert_eq!(
+            f.handle(t0, Event::OpenCollisionDump),
+            vec![
+                Action::SendNotification {
+                    code: CEASE,
+                    subcode: 7
+                },
+                Action::Disconnect
+            ]
+        );
+        assert_eq!(f.state, State::Idle);
+        f.take_over_connection(t0);
+        assert_eq!(f.state, State::OpenSent);
+        assert_eq!(f.deadline(), Some(t0 + Duration::from_secs(240)));
+        assert_eq!(
+            f.handle(t0, Event::BgpOpen { hold: 9 }),
+            vec![Action::SendKeepalive]
+        );
+        assert_eq!(f.state, State::OpenConfirm);
+        // Nothing to dump in Active.
+        let mut g = Fsm::new(90, Duration::from_secs(5));
+        g.handle(t0, Event::ManualStart { passive: true });
+        assert!(g.handle(t0, Event::OpenCollisionDump).is_empty());
+        assert_eq!(g.state, State::Active);
+    }
 
     fn established(t0: Instant) -> Fsm {
         let mut f = Fsm::new(90, Duration::from_secs(5));

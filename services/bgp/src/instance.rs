@@ -49,15 +49,20 @@ enum ConnEv {
 
 struct Conn {
     id: u64,
+    /// We opened it (else the peer did): connection collision keeps the one the higher BGP
+    /// Identifier opened.
+    outgoing: bool,
+    /// Our address on it (next hop self).
+    local: Option<Ipv4Addr>,
     tx: mpsc::UnboundedSender<Vec<u8>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Conn {
+    /// The reader stops at once; the writer finishes what was queued (a NOTIFICATION, say)
+    /// and closes the connection when its queue closes.
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.reader.abort();
     }
 }
 
@@ -65,8 +70,11 @@ struct Peer {
     cfg: Neighbor,
     fsm: Fsm,
     conn: Option<Conn>,
-    /// A connect attempt in flight (its id).
+    /// A connect attempt in flight (its id), and its task: aborted when the attempt is
+    /// given up, or its SYN retransmissions could still open a connection the peer would
+    /// take for our restart (RFC 4724) while the session is up.
     connecting: Option<u64>,
+    connect_task: Option<tokio::task::JoinHandle<()>>,
     four_octet: bool,
     router_id: Option<Ipv4Addr>,
     msgs_in: u64,
@@ -83,6 +91,9 @@ struct Peer {
     stale_until: Option<Instant>,
     /// Our OPENs carry the R bit until this session is up (we restarted).
     send_restarted: bool,
+    /// Connection collision (RFC 4271 §6.8): the peer's own connection, accepted while ours
+    /// is in OpenSent/OpenConfirm, until its OPEN tells whose connection stays.
+    incoming: Option<Conn>,
     /// Its stale routes are ours from a checkpoint (we restarted), not its own restart: kept
     /// until its End-of-RIB whatever its forwarding-state bit says.
     stale_restored: bool,
@@ -344,6 +355,7 @@ impl Instance {
                     fsm: Fsm::new(cfg.hold_time, cfg.connect_retry),
                     conn: None,
                     connecting: None,
+                    connect_task: None,
                     four_octet: false,
                     router_id: None,
                     msgs_in: 0,
@@ -355,6 +367,7 @@ impl Instance {
                     gr: None,
                     stale_until: None,
                     send_restarted: restarted,
+                    incoming: None,
                     stale_restored: false,
                 },
             );
@@ -412,7 +425,7 @@ impl Instance {
             p.connecting = Some(id);
         }
         let tx = self.ev_tx.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let r = async {
                 let s = TcpSocket::new_v4()?;
                 s.set_recv_buffer_size(RECV_BUFFER)?;
@@ -432,34 +445,141 @@ impl Instance {
                 Err(_) => ConnEv::ConnectFailed(addr, id),
             });
         });
+        if let Some(p) = self.peers.get_mut(&addr)
+            && let Some(old) = p.connect_task.replace(task)
+        {
+            old.abort();
+        }
     }
 
-    fn attach(&mut self, addr: Ipv4Addr, id: u64, st: TcpStream) {
+    /// Reader and writer tasks for a new connection.
+    fn open_conn(&self, addr: Ipv4Addr, id: u64, st: TcpStream, outgoing: bool) -> Conn {
         let _ = st.set_nodelay(true);
         let local = match st.local_addr() {
             Ok(std::net::SocketAddr::V4(a)) => Some(*a.ip()),
             _ => None,
         };
-        if let Some(p) = self.peers.get_mut(&addr) {
-            p.local_addr = local;
-        }
         let (rd, mut wr) = st.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let w = tokio::spawn(async move {
+        tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
-                if wr.write_all(&b).await.is_err() {
-                    return;
+                match tokio::time::timeout(Duration::from_secs(10), wr.write_all(&b)).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
                 }
             }
         });
-        let r = reader(addr, id, rd, self.ev_tx.clone());
-        if let Some(p) = self.peers.get_mut(&addr) {
-            p.conn = Some(Conn {
-                id,
-                tx,
-                tasks: vec![r, w],
-            });
+        let reader = reader(addr, id, rd, self.ev_tx.clone());
+        Conn {
+            id,
+            outgoing,
+            local,
+            tx,
+            reader,
         }
+    }
+
+    fn attach(&mut self, addr: Ipv4Addr, id: u64, st: TcpStream, outgoing: bool) {
+        let c = self.open_conn(addr, id, st, outgoing);
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.local_addr = c.local;
+            p.conn = Some(c);
+        }
+    }
+
+    /// A connection from a peer: taken when the session waits for one; held for collision
+    /// resolution when ours is in OpenSent/OpenConfirm; refused otherwise (Cease /
+    /// Connection Collision Resolution).
+    async fn on_accept(&mut self, ip: Ipv4Addr, st: TcpStream) {
+        let Some(p) = self.peers.get(&ip) else {
+            return; // not a neighbour: dropped
+        };
+        let state = p.fsm.state;
+        if p.conn.is_none()
+            && matches!(
+                state,
+                crate::fsm::State::Connect | crate::fsm::State::Active
+            )
+        {
+            let id = self.next_conn;
+            self.next_conn += 1;
+            // Our own attempt in flight would be a second connection.
+            if let Some(p) = self.peers.get_mut(&ip) {
+                p.connecting = None;
+                if let Some(t) = p.connect_task.take() {
+                    t.abort();
+                }
+            }
+            self.attach(ip, id, st, false);
+            self.event(ip, Event::TcpConnectionConfirmed).await;
+            return;
+        }
+        let ours_out = p.conn.as_ref().is_some_and(|c| c.outgoing);
+        if matches!(
+            state,
+            crate::fsm::State::OpenSent | crate::fsm::State::OpenConfirm
+        ) && ours_out
+            && p.incoming.is_none()
+        {
+            let id = self.next_conn;
+            self.next_conn += 1;
+            let c = self.open_conn(ip, id, st, false);
+            let _ = c.tx.send(self.open_msg(ip));
+            tracing::info!(peer = %ip, "connection collision: the peer's connection waits for its OPEN");
+            if let Some(p) = self.peers.get_mut(&ip) {
+                p.incoming = Some(c);
+            }
+            return;
+        }
+        tracing::info!(peer = %ip, state = state.word(), "connection from the peer refused (connection collision)");
+        let c = self.open_conn(ip, 0, st, false);
+        let _ = c.tx.send(wire::notification(6, 7));
+    }
+
+    /// A message on the peer's connection held for collision resolution: its OPEN decides.
+    async fn on_incoming(&mut self, addr: Ipv4Addr, m: Result<Msg, wire::Malformed>, raw: Vec<u8>) {
+        let Ok(Msg::Open { router_id, .. }) = &m else {
+            if let Some(p) = self.peers.get_mut(&addr) {
+                p.incoming = None;
+            }
+            return;
+        };
+        if u32::from(self.cfg.router_id) > u32::from(*router_id) {
+            tracing::info!(peer = %addr, "connection collision: our connection stays (our BGP Identifier is higher)");
+            if let Some(c) = self.peers.get_mut(&addr).and_then(|p| p.incoming.take()) {
+                let _ = c.tx.send(wire::notification(6, 7));
+            }
+            return;
+        }
+        tracing::info!(peer = %addr, "connection collision: the peer's connection stays (its BGP Identifier is higher)");
+        let Some(theirs) = self.peers.get_mut(&addr).and_then(|p| p.incoming.take()) else {
+            return;
+        };
+        self.event(addr, Event::OpenCollisionDump).await;
+        let now = Instant::now();
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.local_addr = theirs.local;
+            p.conn = Some(theirs);
+            p.connecting = None;
+            p.fsm.take_over_connection(now);
+        }
+        self.on_message(addr, m, raw).await;
+    }
+
+    /// Our OPEN for `addr`.
+    fn open_msg(&self, addr: Ipv4Addr) -> Vec<u8> {
+        let r = self.peers.get(&addr).is_some_and(|p| p.send_restarted);
+        let gr = self.cfg.graceful_restart.map(|t| wire::Gr {
+            restarted: r,
+            restart_time: t,
+            ipv4_forwarding: true,
+        });
+        wire::open(
+            self.cfg.local_as,
+            self.cfg.hold_time,
+            self.cfg.router_id,
+            gr,
+        )
     }
 
     fn send(&mut self, addr: Ipv4Addr, bytes: Vec<u8>) {
@@ -503,23 +623,16 @@ impl Instance {
                 Action::Disconnect => {
                     if let Some(p) = self.peers.get_mut(&addr) {
                         p.conn = None;
+                        p.incoming = None;
                         p.connecting = None;
+                        if let Some(t) = p.connect_task.take() {
+                            t.abort();
+                        }
                         p.eor = false;
                     }
                 }
                 Action::SendOpen => {
-                    let r = self.peers.get(&addr).is_some_and(|p| p.send_restarted);
-                    let gr = self.cfg.graceful_restart.map(|t| wire::Gr {
-                        restarted: r,
-                        restart_time: t,
-                        ipv4_forwarding: true,
-                    });
-                    let b = wire::open(
-                        self.cfg.local_as,
-                        self.cfg.hold_time,
-                        self.cfg.router_id,
-                        gr,
-                    );
+                    let b = self.open_msg(addr);
                     self.send(addr, b);
                 }
                 Action::SendKeepalive => self.send(addr, wire::keepalive()),
@@ -1111,19 +1224,8 @@ impl Instance {
                         None => std::future::pending().await,
                     }
                 } => {
-                    if let Ok((st, from)) = a {
-                        let std::net::SocketAddr::V4(f) = from else { continue };
-                        let ip = *f.ip();
-                        let ok = self.peers.get(&ip).is_some_and(|p| {
-                            p.conn.is_none()
-                                && matches!(p.fsm.state, crate::fsm::State::Connect | crate::fsm::State::Active)
-                        });
-                        if ok {
-                            let id = self.next_conn;
-                            self.next_conn += 1;
-                            self.attach(ip, id, st);
-                            self.event(ip, Event::TcpConnectionConfirmed).await;
-                        }
+                    if let Ok((st, std::net::SocketAddr::V4(f))) = a {
+                        self.on_accept(*f.ip(), st).await;
                     }
                 }
                 Some(ev) = self.ev_rx.recv() => {
@@ -1199,7 +1301,7 @@ impl Instance {
                     .get(&addr)
                     .is_some_and(|p| p.connecting == Some(id) && p.conn.is_none());
                 if ours {
-                    self.attach(addr, id, st);
+                    self.attach(addr, id, st, true);
                     self.event(addr, Event::TcpConnectionConfirmed).await;
                 }
             }
@@ -1216,23 +1318,23 @@ impl Instance {
                 }
             }
             ConnEv::Message(addr, id, m, raw) => {
-                if self
-                    .peers
-                    .get(&addr)
-                    .and_then(|p| p.conn.as_ref())
-                    .is_some_and(|c| c.id == id)
-                {
+                let Some(p) = self.peers.get(&addr) else {
+                    return;
+                };
+                if p.conn.as_ref().is_some_and(|c| c.id == id) {
                     self.on_message(addr, m, raw).await;
+                } else if p.incoming.as_ref().is_some_and(|c| c.id == id) {
+                    self.on_incoming(addr, m, raw).await;
                 }
             }
             ConnEv::Closed(addr, id) => {
-                if self
-                    .peers
-                    .get(&addr)
-                    .and_then(|p| p.conn.as_ref())
-                    .is_some_and(|c| c.id == id)
-                {
+                let Some(p) = self.peers.get_mut(&addr) else {
+                    return;
+                };
+                if p.conn.as_ref().is_some_and(|c| c.id == id) {
                     self.event(addr, Event::TcpConnectionFails).await;
+                } else if p.incoming.as_ref().is_some_and(|c| c.id == id) {
+                    p.incoming = None;
                 }
             }
         }
