@@ -58,7 +58,7 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: IpCmd,
     },
-    /// clear pss service NAME | clear route PREFIX
+    /// clear pss service NAME | clear route PREFIX | clear bgp ADDR soft in|out
     Clear {
         #[command(subcommand)]
         cmd: ClearCmd,
@@ -73,6 +73,15 @@ pub enum ClearCmd {
     },
     /// Recompute a sticky route's load distribution from its current paths (answered by fib).
     Route { prefix: String },
+    /// clear bgp ADDR soft in|out: ask the neighbour for its routes again (ROUTE-REFRESH), or
+    /// send it ours again (answered by bgp; no session reset).
+    Bgp {
+        addr: String,
+        #[arg(value_parser = ["soft"])]
+        soft: String,
+        #[arg(value_parser = ["in", "out"])]
+        direction: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -351,7 +360,7 @@ pub fn request_for(cmd: &Cmd) -> Option<(Request, View)> {
         | Cmd::Policy { .. }
         | Cmd::Ip { .. }
         | Cmd::Clear {
-            cmd: ClearCmd::Route { .. },
+            cmd: ClearCmd::Route { .. } | ClearCmd::Bgp { .. },
         } => return None,
     })
 }

@@ -82,7 +82,7 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
         .map(|i| format!("ip route 10.100.{i}.0/24 blackhole\n"))
         .chain((0..40).map(|i| format!("ip route 10.110.{i}.0/24 blackhole\n")))
         .collect();
-    let _frr = Frr::start_daemons(
+    let frr = Frr::start_daemons(
         &frr_ns,
         &lab.path("frr"),
         &[
@@ -180,6 +180,32 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
             .contains("ROUTE-REFRESH: Adj-RIB-Out sent again")
             .then_some(())
     });
+    // Enhanced route refresh (RFC 7313) with FRR, both ways, without a flap or a withdrawal:
+    // asked by us (clear bgp soft in), FRR re-sends its routes between BoRR and EoRR; asked
+    // by FRR, we answer the same way.
+    let bgp_log =
+        || std::fs::read_to_string(lab.path("data/logs/bgp.stderr.log")).unwrap_or_default();
+    let watch = KernelWatch::start(&sut, &["route"]);
+    let out = lab.cli(&["clear", "bgp", "10.70.2.2", "soft", "in"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(Duration::from_secs(10), "FRR's EoRR", || {
+        bgp_log()
+            .contains("EoRR: stale routes swept peer=10.70.2.2 swept=0")
+            .then_some(())
+    });
+    assert!(bgp_log().contains("BoRR: its routes are stale until EoRR peer=10.70.2.2"));
+    frr.vtysh("clear bgp 10.70.2.1 soft in");
+    wait_for(Duration::from_secs(10), "our answer to FRR", || {
+        bgp_log()
+            .contains("ROUTE-REFRESH: Adj-RIB-Out sent again peer=10.70.2.2 enhanced=true")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(kernel(), 140);
+    let deleted = watch.deleted();
+    assert!(deleted.is_empty(), "kernel routes deleted: {deleted:?}");
+    let s = lab.json(&["show", "bgp", "summary"]);
+    assert_eq!(s["neighbors"][1]["flaps"], 0, "{s}");
     // BIRD stops the session (Cease): its routes leave the kernel, FRR's stay, and the shared
     // prefixes fall back to FRR's path.
     bird.birdc("disable peer1");

@@ -32,6 +32,9 @@ use crate::proto::{self, NeighborRow, PathRow, RouteRow, Summary};
 use crate::rib::{PeerInfo, Rib};
 use crate::wire::{self, Msg};
 
+/// How long a peer's routes stay stale after its BoRR without an EoRR (RFC 7313 §4).
+const REFRESH_STALE: Duration = Duration::from_secs(300);
+
 /// How long restored routes stay stale without Graceful Restart configured, seconds.
 const DEFAULT_STALE_SECS: u16 = 120;
 
@@ -76,6 +79,8 @@ struct Peer {
     connecting: Option<u64>,
     connect_task: Option<tokio::task::JoinHandle<()>>,
     four_octet: bool,
+    /// RFC 7313 negotiated (we always offer it).
+    enhanced_refresh: bool,
     router_id: Option<Ipv4Addr>,
     msgs_in: u64,
     msgs_out: u64,
@@ -357,6 +362,7 @@ impl Instance {
                     connecting: None,
                     connect_task: None,
                     four_octet: false,
+                    enhanced_refresh: false,
                     router_id: None,
                     msgs_in: 0,
                     msgs_out: 0,
@@ -711,6 +717,7 @@ impl Instance {
                 hold,
                 router_id,
                 four_octet,
+                enhanced_refresh,
                 gr,
                 ..
             } => {
@@ -740,6 +747,7 @@ impl Instance {
                 }
                 if let Some(p) = self.peers.get_mut(&addr) {
                     p.four_octet = four_octet;
+                    p.enhanced_refresh = enhanced_refresh;
                     p.router_id = Some(router_id);
                     p.gr = gr;
                 }
@@ -753,18 +761,11 @@ impl Instance {
                 tracing::warn!(peer = %addr, code, subcode, "NOTIFICATION received");
                 self.event(addr, Event::NotifMsg).await;
             }
-            Msg::RouteRefresh => {
-                // RFC 2918: send the whole Adj-RIB-Out again.
-                if self.peers.get(&addr).map(|p| p.fsm.state)
-                    == Some(crate::fsm::State::Established)
-                {
-                    if let Some(p) = self.peers.get_mut(&addr) {
-                        p.adj_out.clear();
-                    }
-                    self.ckpt.forget(Side::Out, addr);
-                    tracing::info!(peer = %addr, "ROUTE-REFRESH: Adj-RIB-Out sent again");
-                    self.advertise_all(addr);
+            Msg::RouteRefresh { afi, safi, subtype } => {
+                if (afi, safi) != (1, 1) {
+                    return; // a family we did not negotiate
                 }
+                self.on_route_refresh(addr, subtype);
             }
             Msg::Update(u) => {
                 let four = self.peers.get(&addr).is_some_and(|p| p.four_octet);
@@ -806,6 +807,67 @@ impl Instance {
                     }
                 }
             }
+        }
+    }
+
+    /// ROUTE-REFRESH (RFC 2918) and its RFC 7313 framing. A request: the whole Adj-RIB-Out
+    /// again (between BoRR and EoRR when enhanced refresh was negotiated). The peer's BoRR:
+    /// its routes turn stale; its EoRR: what it did not re-send goes (or when the time runs
+    /// out). Other subtypes are ignored.
+    fn on_route_refresh(&mut self, addr: Ipv4Addr, subtype: u8) {
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        if p.fsm.state != crate::fsm::State::Established {
+            return;
+        }
+        let enhanced = p.enhanced_refresh;
+        match subtype {
+            wire::REFRESH_REQUEST => {
+                p.adj_out.clear();
+                self.ckpt.forget(Side::Out, addr);
+                tracing::info!(peer = %addr, enhanced, "ROUTE-REFRESH: Adj-RIB-Out sent again");
+                if enhanced {
+                    self.send(addr, wire::route_refresh(wire::REFRESH_BEGIN));
+                }
+                self.advertise_all(addr);
+                if enhanced {
+                    self.send(addr, wire::route_refresh(wire::REFRESH_END));
+                }
+            }
+            wire::REFRESH_BEGIN if enhanced => {
+                if p.stale_until.is_none() {
+                    p.stale_until = Some(Instant::now() + REFRESH_STALE);
+                }
+                tracing::info!(peer = %addr, "BoRR: its routes are stale until EoRR");
+                self.rib.peer_stale(addr);
+            }
+            wire::REFRESH_END if enhanced => {
+                if p.stale_until.take().is_some() {
+                    p.stale_restored = false;
+                    let n = self.sweep(addr);
+                    tracing::info!(peer = %addr, swept = n, "EoRR: stale routes swept");
+                }
+            }
+            _ => tracing::debug!(peer = %addr, subtype, "ROUTE-REFRESH subtype ignored"),
+        }
+    }
+
+    /// `clear bgp ADDR soft in|out`.
+    fn clear_soft(&mut self, addr: Ipv4Addr, inbound: bool) -> Result<String, String> {
+        let p = self
+            .peers
+            .get(&addr)
+            .ok_or_else(|| format!("{addr} is not a neighbour"))?;
+        if p.fsm.state != crate::fsm::State::Established {
+            return Err(format!("{addr}: the session is {}", p.fsm.state.word()));
+        }
+        if inbound {
+            self.send(addr, wire::route_refresh(wire::REFRESH_REQUEST));
+            Ok(format!("{addr}: ROUTE-REFRESH sent"))
+        } else {
+            self.on_route_refresh(addr, wire::REFRESH_REQUEST);
+            Ok(format!("{addr}: Adj-RIB-Out sent again"))
         }
     }
 
@@ -1193,6 +1255,13 @@ impl Instance {
             proto::OP_SHOW_ROUTES => {
                 let only = m.decode::<Option<Prefix>>().ok().flatten();
                 self.mts.respond(&m, &self.routes(only))
+            }
+            proto::OP_CLEAR_SOFT => {
+                let r = match m.decode::<(Ipv4Addr, bool)>() {
+                    Ok((addr, inbound)) => self.clear_soft(addr, inbound),
+                    Err(e) => Err(format!("malformed request: {e}")),
+                };
+                self.mts.respond(&m, &r)
             }
             op => self
                 .mts

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`OP_SHOW_SUMMARY`] | `()` → [`Summary`] |
 //! | [`OP_SHOW_ROUTES`] | `Option<Prefix>` → `Vec<RouteRow>` |
+//! | [`OP_CLEAR_SOFT`] | `(Ipv4Addr, bool inbound)` → `Result<String, String>` |
 
 use std::net::Ipv4Addr;
 
@@ -13,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub const SAP_NAME: &str = "bgp";
 pub const OP_SHOW_SUMMARY: u32 = 1;
 pub const OP_SHOW_ROUTES: u32 = 2;
+/// `clear bgp ADDR soft in|out`: in asks the neighbour for a ROUTE-REFRESH of its routes, out
+/// sends it our Adj-RIB-Out again; neither resets the session.
+pub const OP_CLEAR_SOFT: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NeighborRow {

@@ -23,6 +23,8 @@ pub enum Msg {
         router_id: Ipv4Addr,
         four_octet: bool,
         route_refresh: bool,
+        /// Enhanced route refresh (RFC 7313): refreshes are framed by BoRR and EoRR.
+        enhanced_refresh: bool,
         /// The peer's Graceful Restart capability (RFC 4724), if any.
         gr: Option<Gr>,
     },
@@ -32,8 +34,19 @@ pub enum Msg {
         subcode: u8,
     },
     Keepalive,
-    RouteRefresh,
+    /// ROUTE-REFRESH for (AFI, SAFI), with the RFC 7313 subtype: 0 a request, 1 BoRR,
+    /// 2 EoRR (others are ignored, as RFC 7313 says).
+    RouteRefresh {
+        afi: u16,
+        safi: u8,
+        subtype: u8,
+    },
 }
+
+/// ROUTE-REFRESH subtypes (RFC 7313).
+pub const REFRESH_REQUEST: u8 = 0;
+pub const REFRESH_BEGIN: u8 = 1;
+pub const REFRESH_END: u8 = 2;
 
 /// A Graceful Restart capability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,12 +95,14 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, Malformed> {
                     router_id: o.bgp_identifier,
                     four_octet: false,
                     route_refresh: false,
+                    enhanced_refresh: false,
                     gr: None,
                 };
                 if let Msg::Open {
                     asn,
                     four_octet,
                     route_refresh,
+                    enhanced_refresh,
                     gr,
                     ..
                 } = &mut m
@@ -99,6 +114,7 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, Malformed> {
                                 *four_octet = true;
                             }
                             w::Capability::RouteRefresh => *route_refresh = true,
+                            w::Capability::EnhancedRouteRefresh => *enhanced_refresh = true,
                             w::Capability::GracefulRestart {
                                 restart_state,
                                 restart_time,
@@ -127,7 +143,11 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, Malformed> {
                 subcode: n.subcode,
             },
             w::Message::Keepalive => Msg::Keepalive,
-            w::Message::RouteRefresh(_) => Msg::RouteRefresh,
+            w::Message::RouteRefresh(r) => Msg::RouteRefresh {
+                afi: r.afi_raw,
+                safi: r.safi_raw,
+                subtype: r.subtype_raw,
+            },
         },
     )
 }
@@ -136,7 +156,19 @@ fn enc(m: &w::Message) -> Vec<u8> {
     w::encode_message(m).map(|b| b.to_vec()).unwrap_or_default()
 }
 
-/// Our OPEN: 4-octet AS, IPv4 unicast, route refresh, and Graceful Restart when configured
+/// ROUTE-REFRESH for IPv4 unicast with an RFC 7313 subtype.
+pub fn route_refresh(subtype: u8) -> Vec<u8> {
+    let sub = match subtype {
+        REFRESH_BEGIN => w::RouteRefreshSubtype::BoRR,
+        REFRESH_END => w::RouteRefreshSubtype::EoRR,
+        _ => w::RouteRefreshSubtype::Normal,
+    };
+    enc(&w::Message::RouteRefresh(
+        w::RouteRefreshMessage::new_with_subtype(w::Afi::Ipv4, w::Safi::Unicast, sub),
+    ))
+}
+
+/// Our OPEN: 4-octet AS, IPv4 unicast, route refresh (enhanced too), and Graceful Restart when configured
 /// (forwarding preserved: the FIB keeps the kernel's routes across our restarts).
 pub fn open(asn: u32, hold: u16, router_id: Ipv4Addr, gr: Option<Gr>) -> Vec<u8> {
     let mut capabilities = vec![
@@ -145,6 +177,7 @@ pub fn open(asn: u32, hold: u16, router_id: Ipv4Addr, gr: Option<Gr>) -> Vec<u8>
             safi: w::Safi::Unicast,
         },
         w::Capability::RouteRefresh,
+        w::Capability::EnhancedRouteRefresh,
         w::Capability::FourOctetAs { asn },
     ];
     if let Some(g) = gr {

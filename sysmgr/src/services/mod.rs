@@ -41,6 +41,10 @@ pub enum ServiceCmd {
     ClearRoute {
         prefix: String,
     },
+    ClearBgpSoft {
+        addr: String,
+        inbound: bool,
+    },
     StaticAdd {
         prefix: String,
         via: Vec<String>,
@@ -85,6 +89,14 @@ pub fn for_cmd(cmd: &Cmd) -> Option<ServiceCmd> {
             cmd: ClearCmd::Route { prefix },
         } => ServiceCmd::ClearRoute {
             prefix: prefix.clone(),
+        },
+        Cmd::Clear {
+            cmd: ClearCmd::Bgp {
+                addr, direction, ..
+            },
+        } => ServiceCmd::ClearBgpSoft {
+            addr: addr.clone(),
+            inbound: direction == "in",
         },
         Cmd::Ip {
             cmd: IpCmd::Route { cmd },
@@ -166,6 +178,19 @@ pub fn run(socket: &Path, cmd: ServiceCmd, as_json: bool) -> Result<String, MtsE
             let r: Result<(), String> =
                 ask(socket, fp::SAP_NAME, fp::OP_CLEAR_ROUTE, &prefix(&p)?)?;
             done(r, format!("route {p}: load distribution recomputed"))
+        }
+        ServiceCmd::ClearBgpSoft { addr, inbound } => {
+            let a: std::net::Ipv4Addr = addr
+                .parse()
+                .map_err(|_| MtsError::Remote(format!("{addr:?}: not an IPv4 address")))?;
+            let r: Result<String, String> = ask(
+                socket,
+                ::bgp::proto::SAP_NAME,
+                ::bgp::proto::OP_CLEAR_SOFT,
+                &(a, inbound),
+            )?;
+            let what = r.map_err(MtsError::Remote)?;
+            done(Ok(()), what)
         }
         ServiceCmd::StaticAdd {
             prefix: p,
