@@ -75,7 +75,7 @@ pub fn decode(mut args: impl Iterator<Item = String>) -> Result<()> {
             Arc::new(OutAttrs {
                 origin: 0,
                 as_path: vec![65002, 3356 + i % 50, 64512 + i],
-                next_hop: Ipv4Addr::new(10, 70, 1, 2),
+                next_hop: Ipv4Addr::new(10, 70, 1, 2).into(),
                 local_pref: None,
             })
         })

@@ -144,7 +144,12 @@ pub enum ShowCmd {
         #[command(subcommand)]
         cmd: ShowIpCmd,
     },
-    /// show bgp summary | neighbors [ADDR] | ipv4 unicast [PREFIX] (answered by bgp)
+    /// show ipv6 route [PREFIX] (answered by the fib service)
+    Ipv6 {
+        #[command(subcommand)]
+        cmd: ShowIpCmd,
+    },
+    /// show bgp summary | neighbors [ADDR] | ipv4|ipv6 unicast [PREFIX] (answered by bgp)
     Bgp {
         #[command(subcommand)]
         cmd: ShowBgpCmd,
@@ -165,6 +170,12 @@ pub enum ShowBgpCmd {
     Neighbors { addr: Option<String> },
     /// The BGP table: show bgp ipv4 unicast [PREFIX]
     Ipv4 {
+        #[arg(value_parser = ["unicast"])]
+        safi: String,
+        prefix: Option<String>,
+    },
+    /// The BGP table: show bgp ipv6 unicast [PREFIX]
+    Ipv6 {
         #[arg(value_parser = ["unicast"])]
         safi: String,
         prefix: Option<String>,
@@ -338,6 +349,7 @@ pub fn request_for(cmd: &Cmd) -> Option<(Request, View)> {
             } => (Request::ShowService { name: name.clone() }, View::Plain),
             ShowCmd::Bfd { .. }
             | ShowCmd::Ip { .. }
+            | ShowCmd::Ipv6 { .. }
             | ShowCmd::Cef { .. }
             | ShowCmd::Bgp { .. } => return None,
         },

@@ -373,7 +373,7 @@ mod tests {
             origin: 0,
             as_path: vec![65001],
             as_path_len: 1,
-            next_hop: peer,
+            next_hop: peer.into(),
             local_pref: None,
             med: None,
             communities: vec![],

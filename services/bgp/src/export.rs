@@ -7,7 +7,7 @@
 //! that shares the same attributes, up to the 4096-byte message limit.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use fib::proto::Prefix;
@@ -22,7 +22,7 @@ use crate::rib::{PeerInfo, Selected};
 pub struct OutAttrs {
     pub origin: u8,
     pub as_path: Vec<u32>,
-    pub next_hop: Ipv4Addr,
+    pub next_hop: IpAddr,
     pub local_pref: Option<u32>,
 }
 
@@ -33,6 +33,10 @@ pub struct Target<'a> {
     pub local_as: u32,
     /// Our address on the session (next hop self).
     pub local_addr: Ipv4Addr,
+    /// Our IPv6 address on the session's interface (next hop self for IPv6), if any.
+    pub local_addr6: Option<Ipv6Addr>,
+    /// IPv6 unicast negotiated with this neighbour.
+    pub ipv6: bool,
     /// Export prefix list: empty = everything.
     pub export: &'a [Prefix],
 }
@@ -50,11 +54,17 @@ pub fn export(
     own: bool,
     peers: &HashMap<Ipv4Addr, PeerInfo>,
 ) -> Option<OutAttrs> {
-    if !passes(t.export, p) {
+    if !passes(t.export, p) || (p.is_ipv6() && !t.ipv6) {
         return None;
     }
+    // Next hop self: our address of the prefix's family on the session (none: not sent).
+    let me: Option<IpAddr> = if p.is_ipv6() {
+        t.local_addr6.map(IpAddr::V6)
+    } else {
+        Some(IpAddr::V4(t.local_addr))
+    };
     let (origin, mut as_path, next_hop, lp) = if own {
-        (0, Vec::new(), t.local_addr, 100)
+        (0, Vec::new(), me?, 100)
     } else {
         let (from, a) = sel?.paths.first()?;
         if *from == t.addr {
@@ -70,7 +80,7 @@ pub fn export(
         {
             return None; // the neighbour would drop it (its AS is in the path)
         }
-        let nh = if t.ebgp { t.local_addr } else { a.next_hop };
+        let nh = if t.ebgp { me? } else { a.next_hop };
         (a.origin, a.as_path.clone(), nh, a.local_pref.unwrap_or(100))
     };
     if t.ebgp {
@@ -98,18 +108,34 @@ fn attributes(a: &OutAttrs) -> Vec<w::PathAttribute> {
                 vec![w::AsPathSegment::AsSequence(a.as_path.clone())]
             },
         }),
-        w::PathAttribute::NextHop(a.next_hop),
     ];
+    // IPv6 carries its next hop in MP_REACH_NLRI instead.
+    if let IpAddr::V4(nh) = a.next_hop {
+        v.push(w::PathAttribute::NextHop(nh));
+    }
     if let Some(lp) = a.local_pref {
         v.push(w::PathAttribute::LocalPref(lp));
     }
     v
 }
 
-fn nlri(p: &Prefix) -> w::Ipv4NlriEntry {
-    w::Ipv4NlriEntry {
-        path_id: 0,
-        prefix: w::Ipv4Prefix::new(p.addr, p.len),
+fn nlri(p: &Prefix) -> Option<w::Ipv4NlriEntry> {
+    match p.addr {
+        IpAddr::V4(a) => Some(w::Ipv4NlriEntry {
+            path_id: 0,
+            prefix: w::Ipv4Prefix::new(a, p.len),
+        }),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn nlri6(p: &Prefix) -> Option<w::NlriEntry> {
+    match p.addr {
+        IpAddr::V6(a) => Some(w::NlriEntry {
+            path_id: 0,
+            prefix: w::Prefix::V6(w::Ipv6Prefix::new(a, p.len)),
+        }),
+        IpAddr::V4(_) => None,
     }
 }
 
@@ -117,10 +143,48 @@ fn nlri_len(p: &Prefix) -> usize {
     1 + usize::from(p.len).div_ceil(8)
 }
 
-fn encode(ann: &[Prefix], wd: &[Prefix], attrs: &[w::PathAttribute], four: bool) -> Vec<u8> {
-    let a: Vec<w::Ipv4NlriEntry> = ann.iter().map(nlri).collect();
-    let d: Vec<w::Ipv4NlriEntry> = wd.iter().map(nlri).collect();
-    let u = w::UpdateMessage::build(&a, &d, attrs, four, false, w::Ipv4UnicastMode::Body);
+/// One UPDATE; IPv6 prefixes go into MP_REACH_NLRI (next hop `nh6`) and MP_UNREACH_NLRI.
+fn encode(
+    ann: &[Prefix],
+    wd: &[Prefix],
+    attrs: &[w::PathAttribute],
+    four: bool,
+    nh6: Option<Ipv6Addr>,
+) -> Vec<u8> {
+    let a: Vec<w::Ipv4NlriEntry> = ann.iter().filter_map(nlri).collect();
+    let d: Vec<w::Ipv4NlriEntry> = wd.iter().filter_map(nlri).collect();
+    let a6: Vec<w::NlriEntry> = ann.iter().filter_map(nlri6).collect();
+    let d6: Vec<w::NlriEntry> = wd.iter().filter_map(nlri6).collect();
+    let mut attrs = attrs.to_vec();
+    if let Some(nh) = nh6
+        && !a6.is_empty()
+    {
+        attrs.insert(
+            0,
+            w::PathAttribute::MpReachNlri(w::MpReachNlri {
+                afi: w::Afi::Ipv6,
+                safi: w::Safi::Unicast,
+                next_hop: IpAddr::V6(nh),
+                link_local_next_hop: None,
+                announced: a6,
+                flowspec_announced: vec![],
+                evpn_announced: vec![],
+            }),
+        );
+    }
+    if !d6.is_empty() {
+        attrs.insert(
+            0,
+            w::PathAttribute::MpUnreachNlri(w::MpUnreachNlri {
+                afi: w::Afi::Ipv6,
+                safi: w::Safi::Unicast,
+                withdrawn: d6,
+                flowspec_withdrawn: vec![],
+                evpn_withdrawn: vec![],
+            }),
+        );
+    }
+    let u = w::UpdateMessage::build(&a, &d, &attrs, four, false, w::Ipv4UnicastMode::Body);
     w::encode_message(&w::Message::Update(u))
         .map(|b| b.to_vec())
         .unwrap_or_default()
@@ -146,12 +210,20 @@ fn runs(prefixes: &[Prefix], fixed: usize) -> Vec<&[Prefix]> {
     out
 }
 
-/// UPDATEs that withdraw `prefixes` (nothing else).
+/// UPDATEs that withdraw `prefixes` (nothing else): IPv4 in the body, IPv6 in MP_UNREACH_NLRI.
 pub fn withdrawals(prefixes: &[Prefix]) -> Vec<Vec<u8>> {
-    runs(prefixes, 23)
+    let (v6, v4): (Vec<Prefix>, Vec<Prefix>) = prefixes.iter().partition(|p| p.is_ipv6());
+    // 19 header + 2 withdrawn length + 2 attributes length (+ the MP_UNREACH_NLRI header).
+    let mut out: Vec<Vec<u8>> = runs(&v4, 23)
         .into_iter()
-        .map(|run| encode(&[], run, &[], true))
-        .collect()
+        .map(|run| encode(&[], run, &[], true, None))
+        .collect();
+    out.extend(
+        runs(&v6, 23 + 7)
+            .into_iter()
+            .map(|run| encode(&[], run, &[], true, None)),
+    );
+    out
 }
 
 /// The UPDATEs that take a neighbour from `old` to `new` for the prefixes in `changed`:
@@ -163,10 +235,7 @@ pub fn pack(changes: &BTreeMap<Prefix, Option<Arc<OutAttrs>>>, four_octet: bool)
         .filter(|(_, a)| a.is_none())
         .map(|(p, _)| *p)
         .collect();
-    // 19 header + 2 withdrawn length + 2 attributes length.
-    for run in runs(&withdraw, 23) {
-        msgs.push(encode(&[], run, &[], four_octet));
-    }
+    msgs.extend(withdrawals(&withdraw));
     let mut groups: BTreeMap<Arc<OutAttrs>, Vec<Prefix>> = BTreeMap::new();
     for (p, a) in changes {
         if let Some(a) = a {
@@ -175,9 +244,15 @@ pub fn pack(changes: &BTreeMap<Prefix, Option<Arc<OutAttrs>>>, four_octet: bool)
     }
     for (a, ps) in groups {
         let attrs = attributes(&a);
-        let fixed = encode(&[], &[], &attrs, four_octet).len();
+        let nh6 = match a.next_hop {
+            IpAddr::V6(n) => Some(n),
+            IpAddr::V4(_) => None,
+        };
+        // MP_REACH_NLRI's own header and next hop ride along for IPv6.
+        let fixed =
+            encode(&[], &[], &attrs, four_octet, None).len() + if nh6.is_some() { 24 } else { 0 };
         for run in runs(&ps, fixed) {
-            msgs.push(encode(run, &[], &attrs, four_octet));
+            msgs.push(encode(run, &[], &attrs, four_octet, nh6));
         }
     }
     msgs
@@ -196,7 +271,7 @@ mod tests {
                     origin: 0,
                     as_path: path.to_vec(),
                     as_path_len: path.len(),
-                    next_hop: Ipv4Addr::new(10, 0, 0, from),
+                    next_hop: Ipv4Addr::new(10, 0, 0, from).into(),
                     local_pref: None,
                     med: Some(5),
                     communities: vec![],
@@ -228,6 +303,8 @@ mod tests {
             ebgp,
             local_as: 65000,
             local_addr: Ipv4Addr::new(10, 0, 0, 100),
+            local_addr6: Some("2001:db8::100".parse().expect("v6")),
+            ipv6: true,
             export: &[],
         }
     }
@@ -262,7 +339,7 @@ mod tests {
         let a = Arc::new(OutAttrs {
             origin: 0,
             as_path: vec![65000, 65001],
-            next_hop: Ipv4Addr::new(10, 0, 0, 100),
+            next_hop: Ipv4Addr::new(10, 0, 0, 100).into(),
             local_pref: None,
         });
         let mut ch = BTreeMap::new();

@@ -12,7 +12,7 @@
 //! Graceful Restart, BFD, PSS checkpoints, route refresh, IPv6 (issue 7 lists them).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,7 +84,12 @@ struct Peer {
     router_id: Option<Ipv4Addr>,
     msgs_in: u64,
     msgs_out: u64,
+    /// End-of-RIB received for every family of the session (IPv4, and IPv6 if negotiated).
     eor: bool,
+    eor4: bool,
+    eor6: bool,
+    /// IPv6 unicast negotiated (RFC 4760).
+    ipv6: bool,
     changed_at: Instant,
     /// Our address on the current connection (next hop self).
     local_addr: Option<Ipv4Addr>,
@@ -127,7 +132,7 @@ pub struct Instance {
     fib_eor_sent: bool,
     fib_eor_at: Instant,
     /// Next-hop → interface (the connected subnet that contains it).
-    ifaces: Vec<(Ipv4Addr, u8, String)>,
+    ifaces: Vec<Iface>,
 }
 
 /// The receive buffer of every BGP connection (accepted ones inherit the listener's). Set
@@ -194,6 +199,9 @@ fn reader(
     })
 }
 
+/// Routes per FIB request (about 3 MB on the wire).
+const FIB_CHUNK: usize = 100_000;
+
 /// What goes to the FIB, in order.
 enum ToFib {
     Update(fp::Update),
@@ -231,13 +239,16 @@ async fn fib_writer(fib: u32, mut rx: mpsc::UnboundedReceiver<ToFib>) {
                 ToFib::EndOfRib => eor = true,
             }
         }
-        if !routes.is_empty() {
+        // In requests of at most FIB_CHUNK routes: a full table is far more than one MTS
+        // frame may carry.
+        let mut routes = routes.into_iter().peekable();
+        while routes.peek().is_some() {
             let mut u = fp::Update {
                 producer: "bgp".into(),
                 announce: Vec::new(),
                 withdraw: Vec::new(),
             };
-            for (p, r) in routes {
+            for (p, r) in routes.by_ref().take(FIB_CHUNK) {
                 match r {
                     Some(r) => u.announce.push(r),
                     None => u.withdraw.push(p),
@@ -267,11 +278,17 @@ async fn fib_writer(fib: u32, mut rx: mpsc::UnboundedReceiver<ToFib>) {
     }
 }
 
+/// A local address: (address, prefix length, interface).
+type Iface = (IpAddr, u8, String);
+
 /// The interface of the connected subnet that holds `nh` (the list is re-read once on a miss).
-fn ifname_for(ifaces: &mut Vec<(Ipv4Addr, u8, String)>, nh: Ipv4Addr) -> Option<String> {
-    let find = |v: &[(Ipv4Addr, u8, String)]| {
+fn ifname_for(ifaces: &mut Vec<Iface>, nh: IpAddr) -> Option<String> {
+    let find = |v: &[Iface]| {
         v.iter()
-            .filter(|(net, len, _)| Prefix::new(nh, *len).is_some_and(|p| p.addr == *net))
+            .filter(|(a, len, _)| {
+                Prefix::new(nh, *len)
+                    .is_some_and(|p| Prefix::new(*a, *len).is_some_and(|q| q.addr == p.addr))
+            })
             .max_by_key(|(_, len, _)| *len)
             .map(|(_, _, n)| n.clone())
     };
@@ -281,7 +298,25 @@ fn ifname_for(ifaces: &mut Vec<(Ipv4Addr, u8, String)>, nh: Ipv4Addr) -> Option<
     })
 }
 
-fn local_ifaces() -> Vec<(Ipv4Addr, u8, String)> {
+/// Our global IPv6 address on the interface that holds `v4` (next hop self for IPv6).
+fn v6_beside(ifaces: &mut Vec<Iface>, v4: Ipv4Addr) -> Option<Ipv6Addr> {
+    let find = |v: &[Iface]| {
+        let name = v
+            .iter()
+            .find(|(a, _, _)| *a == IpAddr::V4(v4))
+            .map(|(_, _, n)| n.clone())?;
+        v.iter().find_map(|(a, _, n)| match a {
+            IpAddr::V6(a) if *n == name && (a.segments()[0] & 0xffc0) != 0xfe80 => Some(*a),
+            _ => None,
+        })
+    };
+    find(ifaces).or_else(|| {
+        *ifaces = local_ifaces();
+        find(ifaces)
+    })
+}
+
+fn local_ifaces() -> Vec<Iface> {
     let mut v = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for a in addrs {
@@ -290,7 +325,10 @@ fn local_ifaces() -> Vec<(Ipv4Addr, u8, String)> {
             };
             if let (Some(ad), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
                 let len = u32::from(m.ip()).count_ones() as u8;
-                v.push((m.ip() & ad.ip(), len, a.interface_name.clone()));
+                v.push((IpAddr::V4(ad.ip()), len, a.interface_name.clone()));
+            } else if let (Some(ad), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+                let len = u128::from(m.ip()).count_ones() as u8;
+                v.push((IpAddr::V6(ad.ip()), len, a.interface_name.clone()));
             }
         }
     }
@@ -367,6 +405,9 @@ impl Instance {
                     msgs_in: 0,
                     msgs_out: 0,
                     eor: false,
+                    eor4: false,
+                    eor6: false,
+                    ipv6: false,
                     changed_at: now,
                     local_addr: None,
                     adj_out: BTreeMap::new(),
@@ -635,6 +676,8 @@ impl Instance {
                             t.abort();
                         }
                         p.eor = false;
+                        p.eor4 = false;
+                        p.eor6 = false;
                     }
                 }
                 Action::SendOpen => {
@@ -659,6 +702,9 @@ impl Instance {
                     }
                     self.advertise_all(addr);
                     self.send(addr, wire::end_of_rib());
+                    if self.peers.get(&addr).is_some_and(|p| p.ipv6) {
+                        self.send(addr, wire::end_of_rib_v6());
+                    }
                 }
                 Action::Down => {
                     let mut keep = None;
@@ -718,6 +764,7 @@ impl Instance {
                 router_id,
                 four_octet,
                 enhanced_refresh,
+                ipv6,
                 gr,
                 ..
             } => {
@@ -748,6 +795,7 @@ impl Instance {
                 if let Some(p) = self.peers.get_mut(&addr) {
                     p.four_octet = four_octet;
                     p.enhanced_refresh = enhanced_refresh;
+                    p.ipv6 = ipv6;
                     p.router_id = Some(router_id);
                     p.gr = gr;
                 }
@@ -777,14 +825,22 @@ impl Instance {
                         {
                             return;
                         }
-                        if r.end_of_rib {
+                        if r.end_of_rib || r.end_of_rib_v6 {
+                            // Graceful Restart ends when every family's End-of-RIB is in.
                             let mut sweep = false;
+                            let mut all = false;
                             if let Some(p) = self.peers.get_mut(&addr) {
-                                p.eor = true;
-                                sweep = p.stale_until.take().is_some();
-                                p.stale_restored = false;
+                                p.eor4 |= r.end_of_rib;
+                                p.eor6 |= r.end_of_rib_v6;
+                                all = p.eor4 && (p.eor6 || !p.ipv6);
+                                if all && !p.eor {
+                                    p.eor = true;
+                                    sweep = p.stale_until.take().is_some();
+                                    p.stale_restored = false;
+                                }
                             }
-                            tracing::info!(peer = %addr, loc_rib = self.rib.loc.len(), "End-of-RIB received");
+                            let family = if r.end_of_rib { "ipv4" } else { "ipv6" };
+                            tracing::info!(peer = %addr, family, all, loc_rib = self.rib.loc.len(), "End-of-RIB received");
                             if sweep {
                                 let n = self.sweep(addr);
                                 tracing::info!(peer = %addr, swept = n, "End-of-RIB: stale routes swept");
@@ -925,11 +981,22 @@ impl Instance {
         let Some(local_addr) = p.local_addr else {
             return;
         };
+        let ipv6 = p.ipv6;
+        let local_addr6 = if ipv6 {
+            v6_beside(&mut self.ifaces, local_addr)
+        } else {
+            None
+        };
+        let Some(p) = self.peers.get(&addr) else {
+            return;
+        };
         let t = Target {
             addr,
             ebgp: p.cfg.remote_as != self.cfg.local_as,
             local_as: self.cfg.local_as,
             local_addr,
+            local_addr6,
+            ipv6,
             export: &p.cfg.export,
         };
         let mut changes: BTreeMap<Prefix, Option<Arc<OutAttrs>>> = BTreeMap::new();
@@ -983,7 +1050,7 @@ impl Instance {
             withdraw: Vec::new(),
         };
         // Next hop → interface, once per batch.
-        let mut via: HashMap<Ipv4Addr, Option<String>> = HashMap::new();
+        let mut via: HashMap<IpAddr, Option<String>> = HashMap::new();
         for p in dirty {
             let mut paths: Vec<fp::Path> = Vec::new();
             if let Some(sel) = self.rib.loc.get(&p) {
@@ -1196,7 +1263,7 @@ impl Instance {
             let spec = bfd::proto::SessionSpec {
                 key: bfd::proto::SessionKey {
                     peer,
-                    interface: ifname_for(&mut self.ifaces, peer),
+                    interface: ifname_for(&mut self.ifaces, peer.into()),
                 },
                 local,
                 timers: bfd::fsm::Timers {

@@ -6,7 +6,7 @@
 //! | [`OP_SHOW_ROUTES`] | `Option<Prefix>` → `Vec<RouteRow>` |
 //! | [`OP_CLEAR_SOFT`] | `(Ipv4Addr, bool inbound)` → `Result<String, String>` |
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use fib::proto::Prefix;
 use serde::{Deserialize, Serialize};
@@ -47,7 +47,7 @@ pub struct Summary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathRow {
     pub peer: Ipv4Addr,
-    pub next_hop: Ipv4Addr,
+    pub next_hop: IpAddr,
     pub as_path: Vec<u32>,
     pub origin: u8,
     pub local_pref: Option<u32>,

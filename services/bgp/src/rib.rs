@@ -18,7 +18,7 @@ pub struct Attrs {
     /// AS_PATH flattened (an AS_SET counts once, RFC 4271 §9.1.2.2).
     pub as_path: Vec<u32>,
     pub as_path_len: usize,
-    pub next_hop: Ipv4Addr,
+    pub next_hop: std::net::IpAddr,
     pub local_pref: Option<u32>,
     pub med: Option<u32>,
     pub communities: Vec<u32>,
@@ -212,7 +212,7 @@ mod tests {
             origin: 0,
             as_path: path.to_vec(),
             as_path_len: path.len(),
-            next_hop: Ipv4Addr::new(10, 0, 0, nh),
+            next_hop: Ipv4Addr::new(10, 0, 0, nh).into(),
             local_pref: None,
             med: None,
             communities: vec![],

@@ -25,6 +25,8 @@ pub enum Msg {
         route_refresh: bool,
         /// Enhanced route refresh (RFC 7313): refreshes are framed by BoRR and EoRR.
         enhanced_refresh: bool,
+        /// Multiprotocol IPv6 unicast (RFC 4760).
+        ipv6: bool,
         /// The peer's Graceful Restart capability (RFC 4724), if any.
         gr: Option<Gr>,
     },
@@ -96,6 +98,7 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, Malformed> {
                     four_octet: false,
                     route_refresh: false,
                     enhanced_refresh: false,
+                    ipv6: false,
                     gr: None,
                 };
                 if let Msg::Open {
@@ -103,6 +106,7 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, Malformed> {
                     four_octet,
                     route_refresh,
                     enhanced_refresh,
+                    ipv6,
                     gr,
                     ..
                 } = &mut m
@@ -115,6 +119,10 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, Malformed> {
                             }
                             w::Capability::RouteRefresh => *route_refresh = true,
                             w::Capability::EnhancedRouteRefresh => *enhanced_refresh = true,
+                            w::Capability::MultiProtocol {
+                                afi: w::Afi::Ipv6,
+                                safi: w::Safi::Unicast,
+                            } => *ipv6 = true,
                             w::Capability::GracefulRestart {
                                 restart_state,
                                 restart_time,
@@ -176,6 +184,10 @@ pub fn open(asn: u32, hold: u16, router_id: Ipv4Addr, gr: Option<Gr>) -> Vec<u8>
             afi: w::Afi::Ipv4,
             safi: w::Safi::Unicast,
         },
+        w::Capability::MultiProtocol {
+            afi: w::Afi::Ipv6,
+            safi: w::Safi::Unicast,
+        },
         w::Capability::RouteRefresh,
         w::Capability::EnhancedRouteRefresh,
         w::Capability::FourOctetAs { asn },
@@ -185,11 +197,14 @@ pub fn open(asn: u32, hold: u16, router_id: Ipv4Addr, gr: Option<Gr>) -> Vec<u8>
             restart_state: g.restarted,
             notification: false,
             restart_time: g.restart_time.min(4095),
-            families: vec![w::GracefulRestartFamily {
-                afi: w::Afi::Ipv4,
-                safi: w::Safi::Unicast,
-                forwarding_preserved: g.ipv4_forwarding,
-            }],
+            families: [w::Afi::Ipv4, w::Afi::Ipv6]
+                .into_iter()
+                .map(|afi| w::GracefulRestartFamily {
+                    afi,
+                    safi: w::Safi::Unicast,
+                    forwarding_preserved: g.ipv4_forwarding,
+                })
+                .collect(),
         });
     }
     enc(&w::Message::Open(w::OpenMessage {
@@ -225,17 +240,46 @@ pub fn end_of_rib() -> Vec<u8> {
     )))
 }
 
+/// End-of-RIB for IPv6 unicast: an UPDATE with an empty MP_UNREACH_NLRI.
+pub fn end_of_rib_v6() -> Vec<u8> {
+    let attrs = [w::PathAttribute::MpUnreachNlri(w::MpUnreachNlri {
+        afi: w::Afi::Ipv6,
+        safi: w::Safi::Unicast,
+        withdrawn: vec![],
+        flowspec_withdrawn: vec![],
+        evpn_withdrawn: vec![],
+    })];
+    enc(&w::Message::Update(w::UpdateMessage::build(
+        &[],
+        &[],
+        &attrs,
+        true,
+        false,
+        w::Ipv4UnicastMode::Body,
+    )))
+}
+
 /// What one UPDATE means for the RIB.
 #[derive(Debug, Default)]
 pub struct Routes {
     pub announce: Vec<(Prefix, Arc<Attrs>)>,
     pub withdraw: Vec<Prefix>,
-    /// An empty UPDATE: the peer's End-of-RIB.
+    /// An empty UPDATE: the peer's End-of-RIB for IPv4 unicast.
     pub end_of_rib: bool,
+    /// An UPDATE with nothing but an empty MP_UNREACH_NLRI for IPv6 unicast.
+    pub end_of_rib_v6: bool,
 }
 
 fn prefix(p: &w::Ipv4Prefix) -> Option<Prefix> {
     Prefix::new(p.addr, p.len)
+}
+
+/// An IPv6 unicast prefix of MP_REACH/MP_UNREACH (other families are not ours).
+fn mp_prefix(afi: w::Afi, safi: w::Safi, e: &w::NlriEntry) -> Option<Prefix> {
+    match (afi, safi, &e.prefix) {
+        (w::Afi::Ipv6, w::Safi::Unicast, w::Prefix::V6(p)) => Prefix::new(p.addr, p.len),
+        _ => None,
+    }
 }
 
 /// Decode an UPDATE's routes. RFC 7606: attribute errors become treat-as-withdraw for the
@@ -267,12 +311,17 @@ pub fn routes(u: &w::UpdateMessage, four_octet: bool) -> Result<Routes, Malforme
         origin: 2,
         as_path: Vec::new(),
         as_path_len: 0,
-        next_hop: Ipv4Addr::UNSPECIFIED,
+        next_hop: Ipv4Addr::UNSPECIFIED.into(),
         local_pref: None,
         med: None,
         communities: Vec::new(),
     };
     let mut has_nh = false;
+    // MP-BGP IPv6 unicast: (next hop, announced), withdrawn.
+    let mut v6_nh: Option<std::net::IpAddr> = None;
+    let mut v6_announce: Vec<Prefix> = Vec::new();
+    let mut v6_withdraw: Vec<Prefix> = Vec::new();
+    let mut v6_unreach_empty = false;
     for at in &parsed.attributes {
         match at {
             w::PathAttribute::Origin(o) => a.origin = *o as u8,
@@ -291,8 +340,26 @@ pub fn routes(u: &w::UpdateMessage, four_octet: bool) -> Result<Routes, Malforme
                 }
             }
             w::PathAttribute::NextHop(n) => {
-                a.next_hop = *n;
+                a.next_hop = (*n).into();
                 has_nh = true;
+            }
+            w::PathAttribute::MpReachNlri(m) => {
+                v6_announce.extend(
+                    m.announced
+                        .iter()
+                        .filter_map(|e| mp_prefix(m.afi, m.safi, e)),
+                );
+                if m.afi == w::Afi::Ipv6 && m.next_hop.is_ipv6() {
+                    v6_nh = Some(m.next_hop);
+                }
+            }
+            w::PathAttribute::MpUnreachNlri(m) => {
+                v6_withdraw.extend(
+                    m.withdrawn
+                        .iter()
+                        .filter_map(|e| mp_prefix(m.afi, m.safi, e)),
+                );
+                v6_unreach_empty |= m.afi == w::Afi::Ipv6 && m.withdrawn.is_empty();
             }
             w::PathAttribute::LocalPref(l) => a.local_pref = Some(*l),
             w::PathAttribute::Med(m) => a.med = Some(*m),
@@ -306,8 +373,13 @@ pub fn routes(u: &w::UpdateMessage, four_octet: bool) -> Result<Routes, Malforme
             .iter()
             .filter_map(|e| prefix(&e.prefix))
             .collect(),
+        end_of_rib_v6: v6_unreach_empty
+            && parsed.attributes.len() == 1
+            && parsed.announced.is_empty()
+            && parsed.withdrawn.is_empty(),
         ..Default::default()
     };
+    r.withdraw.extend(v6_withdraw);
     let announced: Vec<Prefix> = parsed
         .announced
         .iter()
@@ -316,10 +388,27 @@ pub fn routes(u: &w::UpdateMessage, four_octet: bool) -> Result<Routes, Malforme
     if !announced.is_empty() && !has_nh {
         // A missing mandatory attribute: treat-as-withdraw (RFC 7606 §3 d).
         r.withdraw.extend(announced);
+        r.withdraw.extend(v6_announce);
         return Ok(r);
     }
+    let v6 = match v6_nh {
+        Some(nh) if !v6_announce.is_empty() => {
+            let mut b = a.clone();
+            b.next_hop = nh;
+            Some(Arc::new(b))
+        }
+        _ => {
+            // IPv6 NLRI without a usable next hop: treat-as-withdraw.
+            r.withdraw.append(&mut v6_announce);
+            None
+        }
+    };
     let a = Arc::new(a);
     r.announce = announced.into_iter().map(|p| (p, a.clone())).collect();
+    if let Some(b) = v6 {
+        r.announce
+            .extend(v6_announce.into_iter().map(|p| (p, b.clone())));
+    }
     Ok(r)
 }
 
@@ -349,6 +438,60 @@ mod tests {
             }
             m => panic!("{m:?}"),
         }
+    }
+
+    #[test]
+    fn ipv6_routes_travel_in_mp_reach_and_mp_unreach() {
+        use crate::export::{OutAttrs, pack, withdrawals};
+        use std::collections::BTreeMap;
+        let nh: std::net::IpAddr = "2001:db8:1::1".parse().expect("nh");
+        let a = Arc::new(OutAttrs {
+            origin: 0,
+            as_path: vec![65001],
+            next_hop: nh,
+            local_pref: None,
+        });
+        let v6: Prefix = "2001:db8:100::/48".parse().expect("p");
+        let v4: Prefix = "192.0.2.0/24".parse().expect("p");
+        let v4a = Arc::new(OutAttrs {
+            next_hop: Ipv4Addr::new(10, 0, 0, 1).into(),
+            ..(*a).clone()
+        });
+        let changes: BTreeMap<Prefix, Option<Arc<OutAttrs>>> =
+            [(v6, Some(a.clone())), (v4, Some(v4a))]
+                .into_iter()
+                .collect();
+        let mut got = Vec::new();
+        for m in pack(&changes, true) {
+            let Msg::Update(u) = decode(&m).expect("update") else {
+                panic!("not an UPDATE")
+            };
+            got.extend(routes(&u, true).expect("routes").announce);
+        }
+        got.sort_by_key(|(p, _)| *p);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, v4);
+        assert_eq!(
+            got[0].1.next_hop,
+            std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, 1))
+        );
+        assert_eq!(got[1].0, v6);
+        assert_eq!(got[1].1.next_hop, nh);
+        assert_eq!(got[1].1.as_path, vec![65001]);
+        let mut gone = Vec::new();
+        for m in withdrawals(&[v4, v6]) {
+            let Msg::Update(u) = decode(&m).expect("update") else {
+                panic!("not an UPDATE")
+            };
+            gone.extend(routes(&u, true).expect("routes").withdraw);
+        }
+        gone.sort();
+        assert_eq!(gone, vec![v4, v6]);
+        let Msg::Update(u) = decode(&end_of_rib_v6()).expect("eor") else {
+            panic!("not an UPDATE")
+        };
+        let r = routes(&u, true).expect("routes");
+        assert!(r.end_of_rib_v6 && !r.end_of_rib, "{r:?}");
     }
 
     #[test]

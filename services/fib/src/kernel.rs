@@ -22,7 +22,7 @@
 //! bucket and the same bucket → path map, so no flow moves a second time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 
@@ -43,7 +43,7 @@ pub struct SyncReport {
     pub errors: Vec<String>,
 }
 
-type Gw = (Ipv4Addr, u32);
+type Gw = (IpAddr, u32);
 
 pub struct Programmer {
     pub backend: Box<dyn Backend>,
@@ -524,11 +524,19 @@ impl Programmer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+
+    fn last_octet(a: &IpAddr) -> u8 {
+        match a {
+            IpAddr::V4(a) => a.octets()[3],
+            IpAddr::V6(a) => a.octets()[15],
+        }
+    }
     use crate::table::StickyConfig;
 
     fn path(n: u8) -> Path {
         Path {
-            gw: Ipv4Addr::new(10, 0, 0, n),
+            gw: Ipv4Addr::new(10, 0, 0, n).into(),
             ifname: format!("eth{n}"),
         }
     }
@@ -583,7 +591,7 @@ mod tests {
         let gone: Vec<u32> = state
             .nexthops
             .iter()
-            .filter(|(_, n)| matches!(&n.kind, NhKind::Gateway { gw, .. } if gw.octets()[3] == 2))
+            .filter(|(_, n)| matches!(&n.kind, NhKind::Gateway { gw, .. } if last_octet(gw) == 2))
             .map(|(id, _)| *id)
             .collect();
         for id in &gone {
@@ -608,7 +616,7 @@ mod tests {
         )
         .expect("k");
         let now = k.kernel_distribution(&p).expect("degraded");
-        let paths: Vec<Path> = now.iter().map(|(gw, _)| path(gw.octets()[3])).collect();
+        let paths: Vec<Path> = now.iter().map(|(gw, _)| path(last_octet(gw))).collect();
         assert!(t.adopt(&p, paths));
         t.set_link("eth2", false);
         let r = k.sync(&t);

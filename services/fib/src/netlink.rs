@@ -5,7 +5,7 @@
 //! `tests/tests/fib.rs` compare our bytes with what `ip nexthop` sends, captured with strace).
 //! Framing (`NetlinkMessage`) and the socket (`netlink-sys`) come from the netlink crates.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{
     DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader,
@@ -48,6 +48,18 @@ const RTN_UNICAST: u8 = 1;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_NOWHERE: u8 = 255;
 const AF_INET: u8 = libc::AF_INET as u8;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
+
+fn family(a: &IpAddr) -> u8 {
+    if a.is_ipv6() { AF_INET6 } else { AF_INET }
+}
+
+fn ip_bytes(a: &IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
 
 /// Resilient group parameters (`type resilient buckets N idle_timer 0 unbalanced_timer 0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +73,7 @@ pub struct Resilient {
 pub enum NhKind {
     /// `via GW dev OIF`
     Gateway {
-        gw: Ipv4Addr,
+        gw: IpAddr,
         oif: u32,
     },
     /// `group ID[,W]/...`, hash-threshold or resilient.
@@ -80,23 +92,23 @@ pub struct Nexthop {
     pub kind: NhKind,
 }
 
-/// An IPv4 route (only what the FIB programs and reads back).
+/// An IPv4 or IPv6 route (only what the FIB programs and reads back).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dst_len: u8,
     pub table: u32,
     pub protocol: u8,
     /// `nhid N`: the route uses a nexthop object.
     pub nh_id: Option<u32>,
     /// Old-style single path (routes of others, read back only).
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub rtype: u8,
 }
 
 impl Route {
-    pub fn new(dst: Ipv4Addr, dst_len: u8, protocol: u8, nh_id: u32) -> Route {
+    pub fn new(dst: IpAddr, dst_len: u8, protocol: u8, nh_id: u32) -> Route {
         Route {
             dst,
             dst_len,
@@ -152,9 +164,9 @@ impl RtMsg {
         match self {
             RtMsg::NewNexthop(nh) => match &nh.kind {
                 NhKind::Gateway { gw, oif } => {
-                    nhmsg(&mut b, AF_INET, nh.protocol);
+                    nhmsg(&mut b, family(gw), nh.protocol);
                     attr(&mut b, NHA_ID, &nh.id.to_ne_bytes());
-                    attr(&mut b, NHA_GATEWAY, &gw.octets());
+                    attr(&mut b, NHA_GATEWAY, &ip_bytes(gw));
                     attr(&mut b, NHA_OIF, &oif.to_ne_bytes());
                 }
                 NhKind::Group { members, resilient } => {
@@ -208,9 +220,20 @@ impl RtMsg {
                     (RT_SCOPE_UNIVERSE, r.rtype)
                 };
                 b.extend_from_slice(&[
-                    AF_INET, r.dst_len, 0, 0, table, r.protocol, scope, rtype, 0, 0, 0, 0,
+                    family(&r.dst),
+                    r.dst_len,
+                    0,
+                    0,
+                    table,
+                    r.protocol,
+                    scope,
+                    rtype,
+                    0,
+                    0,
+                    0,
+                    0,
                 ]);
-                attr(&mut b, RTA_DST, &r.dst.octets());
+                attr(&mut b, RTA_DST, &ip_bytes(&r.dst));
                 if r.table >= 256 {
                     attr(&mut b, RTA_TABLE, &r.table.to_ne_bytes());
                 }
@@ -218,7 +241,8 @@ impl RtMsg {
                     attr(&mut b, RTA_NH_ID, &id.to_ne_bytes());
                 }
             }
-            RtMsg::GetRoutes => b.extend_from_slice(&[AF_INET, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            // AF_UNSPEC: IPv4 and IPv6 alike.
+            RtMsg::GetRoutes => b.extend_from_slice(&[0; 12]),
             RtMsg::Bucket(_) | RtMsg::Other(_) => {}
         }
         b
@@ -259,10 +283,17 @@ fn u16_of(v: &[u8]) -> Result<u16, DecodeError> {
         .ok_or_else(|| DecodeError::from("short u16 attribute"))
 }
 
-fn ipv4_of(v: &[u8]) -> Result<Ipv4Addr, DecodeError> {
-    v.get(..4)
-        .map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-        .ok_or_else(|| DecodeError::from("short IPv4 attribute"))
+fn ip_of(v: &[u8], fam: u8) -> Result<IpAddr, DecodeError> {
+    if fam == AF_INET6 {
+        v.get(..16)
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map(|b| IpAddr::V6(Ipv6Addr::from(b)))
+            .ok_or_else(|| DecodeError::from("short IPv6 attribute"))
+    } else {
+        v.get(..4)
+            .map(|b| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])))
+            .ok_or_else(|| DecodeError::from("short IPv4 attribute"))
+    }
 }
 
 fn attrs(b: &[u8]) -> impl Iterator<Item = Result<NlaBuffer<&[u8]>, DecodeError>> {
@@ -273,6 +304,7 @@ fn parse_nexthop(p: &[u8]) -> Result<Nexthop, DecodeError> {
     if p.len() < 8 {
         return Err("short nhmsg".into());
     }
+    let fam = p[0];
     let protocol = p[2];
     let (mut id, mut gw, mut oif, mut group, mut res, mut black) = (0, None, 0, None, None, false);
     for a in attrs(&p[8..]) {
@@ -280,7 +312,7 @@ fn parse_nexthop(p: &[u8]) -> Result<Nexthop, DecodeError> {
         let v = a.value();
         match a.kind() & !NLA_F_NESTED {
             NHA_ID => id = u32_of(v)?,
-            NHA_GATEWAY => gw = Some(ipv4_of(v)?),
+            NHA_GATEWAY => gw = Some(ip_of(v, fam)?),
             NHA_OIF => oif = u32_of(v)?,
             NHA_BLACKHOLE => black = true,
             NHA_GROUP => {
@@ -326,8 +358,16 @@ fn parse_route(p: &[u8]) -> Result<Route, DecodeError> {
     if p.len() < 12 {
         return Err("short rtmsg".into());
     }
+    let fam = p[0];
+    if fam != AF_INET && fam != AF_INET6 {
+        return Err("not IPv4 or IPv6".into());
+    }
     let mut r = Route {
-        dst: Ipv4Addr::UNSPECIFIED,
+        dst: if fam == AF_INET6 {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        },
         dst_len: p[1],
         table: u32::from(p[4]),
         protocol: p[5],
@@ -336,17 +376,14 @@ fn parse_route(p: &[u8]) -> Result<Route, DecodeError> {
         oif: None,
         rtype: p[7],
     };
-    if p[0] != AF_INET {
-        return Err("not IPv4".into());
-    }
     for a in attrs(&p[12..]) {
         let a = a?;
         let v = a.value();
         match a.kind() {
-            RTA_DST => r.dst = ipv4_of(v)?,
+            RTA_DST => r.dst = ip_of(v, fam)?,
             RTA_TABLE => r.table = u32_of(v)?,
             RTA_NH_ID => r.nh_id = Some(u32_of(v)?),
-            RTA_GATEWAY => r.gateway = Some(ipv4_of(v)?),
+            RTA_GATEWAY => r.gateway = Some(ip_of(v, fam)?),
             RTA_OIF => r.oif = Some(u32_of(v)?),
             _ => {}
         }
@@ -556,7 +593,7 @@ mod tests {
                 id: 7,
                 protocol: 199,
                 kind: NhKind::Gateway {
-                    gw: Ipv4Addr::new(10, 9, 0, 2),
+                    gw: Ipv4Addr::new(10, 9, 0, 2).into(),
                     oif: 3,
                 },
             }),

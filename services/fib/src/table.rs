@@ -9,32 +9,51 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// An IPv4 or IPv6 prefix, host bits cleared (IPv4 sorts before IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Prefix {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub len: u8,
 }
 
 impl Prefix {
-    pub fn new(addr: Ipv4Addr, len: u8) -> Option<Prefix> {
-        if len > 32 {
-            return None;
-        }
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-        Some(Prefix {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            len,
-        })
+    pub fn new(addr: impl Into<IpAddr>, len: u8) -> Option<Prefix> {
+        let addr = match addr.into() {
+            IpAddr::V4(a) => {
+                if len > 32 {
+                    return None;
+                }
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                if len > 128 {
+                    return None;
+                }
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+            }
+        };
+        Some(Prefix { addr, len })
+    }
+
+    pub fn is_ipv6(&self) -> bool {
+        self.addr.is_ipv6()
     }
 
     /// `other` lies inside `self`.
     pub fn covers(&self, other: &Prefix) -> bool {
         other.len >= self.len
+            && other.is_ipv6() == self.is_ipv6()
             && Prefix::new(other.addr, self.len).is_some_and(|p| p.addr == self.addr)
     }
 }
@@ -48,17 +67,26 @@ impl fmt::Display for Prefix {
 impl FromStr for Prefix {
     type Err = String;
     fn from_str(s: &str) -> Result<Prefix, String> {
-        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
-        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{s:?}: bad IPv4 address"))?;
-        let len: u8 = l.parse().map_err(|_| format!("{s:?}: bad prefix length"))?;
-        Prefix::new(addr, len).ok_or_else(|| format!("{s:?}: prefix length above 32"))
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?}: bad IPv4 or IPv6 address"))?;
+        let max = if addr.is_ipv6() { 128 } else { 32 };
+        let len: u8 = match l {
+            Some(l) => l.parse().map_err(|_| format!("{s:?}: bad prefix length"))?,
+            None => max,
+        };
+        Prefix::new(addr, len).ok_or_else(|| format!("{s:?}: prefix length above {max}"))
     }
 }
 
 /// One path: a gateway reached through an interface.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Path {
-    pub gw: Ipv4Addr,
+    pub gw: IpAddr,
     pub ifname: String,
 }
 
@@ -373,7 +401,7 @@ mod tests {
 
     fn path(n: u8) -> Path {
         Path {
-            gw: Ipv4Addr::new(10, 0, 0, n),
+            gw: Ipv4Addr::new(10, 0, 0, n).into(),
             ifname: "eth0".into(),
         }
     }
@@ -389,6 +417,25 @@ mod tests {
     }
     fn slots(t: &Table) -> Vec<Path> {
         t.routes[&pfx()].ldt.clone().expect("ldt").slots
+    }
+
+    #[test]
+    fn prefixes_of_both_families() {
+        let p: Prefix = "2001:db8:1:2::5/48".parse().expect("v6");
+        assert_eq!(p.to_string(), "2001:db8:1::/48");
+        assert!(p.is_ipv6());
+        let host: Prefix = "2001:db8::1".parse().expect("host");
+        assert_eq!(host.len, 128);
+        assert!(p.covers(&"2001:db8:1:ff::/64".parse().expect("in")));
+        let v4: Prefix = "10.1.2.3/8".parse().expect("v4");
+        assert_eq!(v4.to_string(), "10.0.0.0/8");
+        // ::/0 covers no IPv4 prefix, 0.0.0.0/0 no IPv6 one.
+        assert!(!"::/0".parse::<Prefix>().expect("d6").covers(&v4));
+        assert!(!"0.0.0.0/0".parse::<Prefix>().expect("d4").covers(&p));
+        assert!("2001:db8::/129".parse::<Prefix>().is_err());
+        assert!("10.0.0.0/33".parse::<Prefix>().is_err());
+        // IPv4 sorts first.
+        assert!(v4 < p);
     }
 
     #[test]

@@ -28,12 +28,14 @@ pub enum ServiceCmd {
     },
     BgpRoutes {
         prefix: Option<String>,
+        v6: bool,
     },
     BfdNeighbors {
         details: bool,
     },
     IpRoute {
         prefix: Option<String>,
+        v6: bool,
     },
     Cef {
         prefix: String,
@@ -70,6 +72,15 @@ pub fn for_cmd(cmd: &Cmd) -> Option<ServiceCmd> {
             },
         } => ServiceCmd::IpRoute {
             prefix: prefix.clone(),
+            v6: false,
+        },
+        Cmd::Show {
+            cmd: ShowCmd::Ipv6 {
+                cmd: ShowIpCmd::Route { prefix },
+            },
+        } => ServiceCmd::IpRoute {
+            prefix: prefix.clone(),
+            v6: true,
         },
         Cmd::Show {
             cmd: ShowCmd::Cef { prefix, .. },
@@ -83,6 +94,11 @@ pub fn for_cmd(cmd: &Cmd) -> Option<ServiceCmd> {
             ShowBgpCmd::Neighbors { addr } => ServiceCmd::BgpNeighbors { addr: addr.clone() },
             ShowBgpCmd::Ipv4 { prefix, .. } => ServiceCmd::BgpRoutes {
                 prefix: prefix.clone(),
+                v6: false,
+            },
+            ShowBgpCmd::Ipv6 { prefix, .. } => ServiceCmd::BgpRoutes {
+                prefix: prefix.clone(),
+                v6: true,
             },
         },
         Cmd::Clear {
@@ -159,9 +175,10 @@ pub fn run(socket: &Path, cmd: ServiceCmd, as_json: bool) -> Result<String, MtsE
                 bfd::table(&rows, bfd::now_ms())
             })
         }
-        ServiceCmd::IpRoute { prefix: p } => {
+        ServiceCmd::IpRoute { prefix: p, v6 } => {
             let p = p.as_deref().map(prefix).transpose()?;
-            let rows: Vec<fp::RouteRow> = ask(socket, fp::SAP_NAME, fp::OP_SHOW_ROUTES, &p)?;
+            let mut rows: Vec<fp::RouteRow> = ask(socket, fp::SAP_NAME, fp::OP_SHOW_ROUTES, &p)?;
+            rows.retain(|r| r.prefix.is_ipv6() == v6);
             Ok(if as_json {
                 json(&rows)
             } else {
@@ -247,14 +264,15 @@ pub fn run(socket: &Path, cmd: ServiceCmd, as_json: bool) -> Result<String, MtsE
                 _ => bgp::summary(&s),
             })
         }
-        ServiceCmd::BgpRoutes { prefix: p } => {
+        ServiceCmd::BgpRoutes { prefix: p, v6 } => {
             let p = p.as_deref().map(prefix).transpose()?;
-            let rows: Vec<::bgp::proto::RouteRow> = ask(
+            let mut rows: Vec<::bgp::proto::RouteRow> = ask(
                 socket,
                 ::bgp::proto::SAP_NAME,
                 ::bgp::proto::OP_SHOW_ROUTES,
                 &p,
             )?;
+            rows.retain(|r| r.prefix.is_ipv6() == v6);
             Ok(if as_json {
                 json(&rows)
             } else {
