@@ -24,6 +24,20 @@ fn kernel_routes(sut: &Netns) -> usize {
         .unwrap_or(0)
 }
 
+fn kernel_routes6(sut: &Netns) -> usize {
+    let out = sut.ip(&["-6", "-j", "route", "show", "proto", "199"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().map(|a| a.len()))
+        .unwrap_or(0)
+}
+
+/// An IPv6 address on a test interface (no duplicate address detection to wait for).
+fn addr6(ns: &Netns, dev: &str, addr: &str) {
+    let out = ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
+    assert!(out.status.success(), "ip -6 addr add {addr}: {out:?}");
+}
+
 /// fib (kernel backend) and bgp (stateless restarts, `bgp.conf` written by the test), and
 /// with `bfd` the bfd service too.
 fn services(lab: &Lab, bfd: bool) {
@@ -220,6 +234,132 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
     });
     let s = lab.json(&["show", "bgp", "summary"]);
     assert_eq!(s["neighbors"][0]["flaps"], 1, "{s}");
+}
+
+/// MP-BGP IPv6 unicast (RFC 4760) over the IPv4 sessions, with BIRD and FRR: their IPv6
+/// routes reach the kernel through fib via their IPv6 next hops, ours (and each other's) reach
+/// them with our interface's IPv6 address as next hop, and a withdrawal leaves the kernel.
+#[test]
+fn ipv6_routes_both_ways_with_bird_and_frr() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sut = Netns::new("bgp7-sut");
+    let bird_ns = Netns::new("bgp7-bird");
+    let frr_ns = Netns::new("bgp7-frr");
+    veth(&sut, "vs0", "10.77.1.1/24", &bird_ns, "vb0", "10.77.1.2/24");
+    veth(&sut, "vs1", "10.77.2.1/24", &frr_ns, "vf0", "10.77.2.2/24");
+    addr6(&sut, "vs0", "2001:db8:77:1::1/64");
+    addr6(&bird_ns, "vb0", "2001:db8:77:1::2/64");
+    addr6(&sut, "vs1", "2001:db8:77:2::1/64");
+    addr6(&frr_ns, "vf0", "2001:db8:77:2::2/64");
+    let mut lab = Lab::new("1s");
+    let statics: String = (0..20)
+        .map(|i| format!("  route 2001:db8:100:{i}::/64 blackhole;\n"))
+        .collect();
+    let bird = Bird::start(
+        &bird_ns,
+        &lab.path("bird"),
+        &format!(
+            "router id 10.77.1.2;\nprotocol device {{}}\nprotocol static st6 {{\n  ipv6;\n{statics}}}\n\
+             protocol bgp peer1 {{\n  local 10.77.1.2 as 65002;\n  neighbor 10.77.1.1 as 65001;\n  \
+             hold time 9;\n  error wait time 1, 10;\n  ipv4 {{ import all; export none; }};\n  \
+             ipv6 {{ import all; export all; next hop address 2001:db8:77:1::2; }};\n}}\n"
+        ),
+    );
+    let frr = Frr::start_daemons(
+        &frr_ns,
+        &lab.path("frr"),
+        &[(
+            "bgpd",
+            "router bgp 65003\n bgp router-id 10.77.2.2\n no bgp ebgp-requires-policy\n \
+             no bgp network import-check\n neighbor 10.77.2.1 remote-as 65001\n \
+             neighbor 10.77.2.1 timers 3 9\n address-family ipv6 unicast\n  \
+             network 2001:db8:200::/48\n  network 2001:db8:201::/48\n  \
+             neighbor 10.77.2.1 activate\n exit-address-family\n",
+        )],
+    );
+    services(&lab, false);
+    lab.write(
+        "bgp.conf",
+        "router-id = \"10.77.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
+         networks = [\"2001:db8:ff::/48\"]\n\
+         [[neighbor]]\naddress = \"10.77.1.2\"\nremote-as = 65002\nlocal-address = \"10.77.1.1\"\n\
+         [[neighbor]]\naddress = \"10.77.2.2\"\nremote-as = 65003\nlocal-address = \"10.77.2.1\"\n",
+    );
+    lab.wrapper = sut.wrapper();
+    lab.boot();
+    let logs = || {
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&lab.cli(&["show", "bgp", "summary"]).stdout),
+            std::fs::read_to_string(lab.path("data/logs/bgp.stderr.log")).unwrap_or_default()
+        )
+    };
+    let t0 = std::time::Instant::now();
+    while kernel_routes6(&sut) != 22 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "timed out waiting for 22 IPv6 kernel routes (have {}):\n{}\n{}",
+            kernel_routes6(&sut),
+            String::from_utf8_lossy(&sut.ip(&["-6", "route", "show", "proto", "199"]).stdout),
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let via = String::from_utf8_lossy(
+        &sut.ip(&["-6", "route", "show", "2001:db8:100:3::/64"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(via.contains("via 2001:db8:77:1::2 dev vs0"), "{via}");
+    let via =
+        String::from_utf8_lossy(&sut.ip(&["-6", "route", "show", "2001:db8:200::/48"]).stdout)
+            .into_owned();
+    assert!(via.contains("via 2001:db8:77:2::2 dev vs1"), "{via}");
+    // Our table.
+    let r = lab.json(&["show", "bgp", "ipv6", "unicast", "2001:db8:100:3::/64"]);
+    assert_eq!(r[0]["paths"][0]["next_hop"], "2001:db8:77:1::2", "{r}");
+    let v4 = lab.json(&["show", "bgp", "ipv4", "unicast"]);
+    assert_eq!(
+        v4.as_array().map(|a| a.len()),
+        Some(0),
+        "no IPv4 here: {v4}"
+    );
+    // Ours and FRR's reach BIRD, with our IPv6 address as next hop.
+    wait_for(
+        Duration::from_secs(10),
+        "BIRD to learn our IPv6 routes",
+        || {
+            let ours = bird.birdc("show route 2001:db8:ff::/48 all");
+            let frrs = bird.birdc("show route 2001:db8:200::/48 all");
+            (ours.contains("BGP.as_path: 65001")
+                && ours.contains("2001:db8:77:1::1")
+                && frrs.contains("65001 65003"))
+            .then_some(())
+        },
+    );
+    // Ours and BIRD's reach FRR.
+    wait_for(
+        Duration::from_secs(10),
+        "FRR to learn our IPv6 routes",
+        || {
+            let t = frr.vtysh("show bgp ipv6 unicast");
+            (t.contains("2001:db8:ff::/48") && t.contains("2001:db8:100:7::/64")).then_some(())
+        },
+    );
+    // BIRD withdraws its IPv6 routes: they leave the kernel, FRR's stay.
+    bird.birdc("disable st6");
+    wait_for(
+        Duration::from_secs(10),
+        "BIRD's IPv6 routes withdrawn",
+        || (kernel_routes6(&sut) == 2).then_some(()),
+    );
+    let s = lab.json(&["show", "bgp", "summary"]);
+    assert_eq!(s["neighbors"][0]["flaps"], 0, "{s}");
+    assert_eq!(s["neighbors"][1]["flaps"], 0, "{s}");
 }
 
 /// Graceful Restart both ways around a SIGKILL of bgp: BIRD (helper) keeps our route while we
@@ -536,8 +676,11 @@ fn routes_from_gobgp_reach_the_kernel_and_ours_reach_gobgp() {
          local-address-list = [\"10.73.1.2\"]\n\
          [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.73.1.1\"\n    peer-as = 65001\n  \
          [neighbors.timers.config]\n    hold-time = 9\n    connect-retry = 1\n  \
-         [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n",
+         [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n\
+         [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n",
     );
+    addr6(&sut, "vs0", "2001:db8:73:1::1/64");
+    addr6(&gobgp_ns, "vg0", "2001:db8:73:1::2/64");
     let mut gobgpd = gobgp_ns
         .command("gobgpd")
         .args(["-f", &lab.path("gobgp/gobgpd.toml").display().to_string()])
@@ -575,11 +718,23 @@ fn routes_from_gobgp_reach_the_kernel_and_ours_reach_gobgp() {
             "10.73.1.2",
         ]);
     }
+    for i in 0..5 {
+        gobgp(&[
+            "global",
+            "rib",
+            "-a",
+            "ipv6",
+            "add",
+            &format!("2001:db8:140:{i}::/64"),
+            "nexthop",
+            "2001:db8:73:1::2",
+        ]);
+    }
     services(&lab, false);
     lab.write(
         "bgp.conf",
         "router-id = \"10.73.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
-         networks = [\"203.0.113.0/24\"]\n\
+         networks = [\"203.0.113.0/24\", \"2001:db8:ff::/48\"]\n\
          [[neighbor]]\naddress = \"10.73.1.2\"\nremote-as = 65004\nlocal-address = \"10.73.1.1\"\n",
     );
     lab.wrapper = sut.wrapper();
@@ -598,9 +753,23 @@ fn routes_from_gobgp_reach_the_kernel_and_ours_reach_gobgp() {
                 .then_some(())
         },
     );
+    // IPv6 both ways.
+    wait_for(
+        Duration::from_secs(10),
+        "GoBGP's 5 IPv6 routes in the kernel",
+        || (kernel_routes6(&sut) == 5).then_some(()),
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "our IPv6 network in GoBGP's RIB",
+        || {
+            let r = gobgp(&["global", "rib", "-a", "ipv6", "2001:db8:ff::/48"]);
+            (r.contains("65001") && r.contains("2001:db8:73:1::1")).then_some(())
+        },
+    );
     let s = lab.json(&["show", "bgp", "summary"]);
     assert_eq!(s["neighbors"][0]["state"], "Established", "{s}");
-    assert_eq!(s["neighbors"][0]["prefixes_received"], 10, "{s}");
+    assert_eq!(s["neighbors"][0]["prefixes_received"], 15, "{s}");
     // A withdrawn route leaves the kernel.
     gobgp(&["global", "rib", "del", "10.140.3.0/24"]);
     wait_for(Duration::from_secs(10), "the withdrawn route gone", || {
