@@ -144,7 +144,11 @@ impl Ckpt {
     }
 
     /// Replace the Adj-RIB-In log of `peer` with a snapshot of `table` (in the same batch).
-    pub fn snapshot_in(&mut self, peer: Ipv4Addr, table: &HashMap<Prefix, Arc<Attrs>>) {
+    pub fn snapshot_in(
+        &mut self,
+        peer: Ipv4Addr,
+        table: &rustc_hash::FxHashMap<Prefix, Arc<Attrs>>,
+    ) {
         self.forget(Side::In, peer);
         let mut groups: HashMap<&Arc<Attrs>, Vec<Prefix>> = HashMap::new();
         for (p, a) in table {
@@ -378,7 +382,7 @@ mod tests {
             med: None,
             communities: vec![],
         });
-        let table: HashMap<Prefix, Arc<Attrs>> =
+        let table: rustc_hash::FxHashMap<Prefix, Arc<Attrs>> =
             [("10.1.0.0/16".parse::<Prefix>().expect("prefix"), a.clone())]
                 .into_iter()
                 .collect();

@@ -125,7 +125,7 @@ pub struct Instance {
     ev_rx: mpsc::UnboundedReceiver<ConnEv>,
     next_conn: u64,
     /// Loc-RIB prefixes not yet sent to the FIB.
-    dirty: BTreeSet<Prefix>,
+    dirty: rustc_hash::FxHashSet<Prefix>,
     /// This batch's checkpoint operations, and where they go ([`checkpoint::writer`]).
     ckpt: Ckpt,
     ckpt_tx: mpsc::UnboundedSender<Vec<pss::proto::Op>>,
@@ -223,7 +223,8 @@ async fn fib_writer(fib: u32, mut rx: mpsc::UnboundedReceiver<ToFib>) {
         while let Ok(m) = rx.try_recv() {
             batch.push(m);
         }
-        let mut routes: BTreeMap<Prefix, Option<fp::RouteIn>> = BTreeMap::new();
+        let mut routes: rustc_hash::FxHashMap<Prefix, Option<fp::RouteIn>> =
+            rustc_hash::FxHashMap::default();
         let mut eor = false;
         for m in batch {
             match m {
@@ -431,7 +432,7 @@ impl Instance {
             ev_tx,
             ev_rx,
             next_conn: 1,
-            dirty: BTreeSet::new(),
+            dirty: rustc_hash::FxHashSet::default(),
             ckpt: Ckpt::default(),
             ckpt_tx,
             fib_eor_sent: false,
@@ -960,18 +961,21 @@ impl Instance {
 
     /// Everything we have for a neighbour: the whole Loc-RIB and our networks.
     fn advertise_all(&mut self, addr: Ipv4Addr) {
-        let all: BTreeSet<Prefix> = self
+        let mut all: Vec<Prefix> = self
             .rib
             .loc
             .keys()
             .chain(self.cfg.networks.iter())
             .copied()
             .collect();
+        all.sort_unstable();
+        all.dedup();
         self.advertise(addr, &all);
     }
 
     /// Bring a neighbour's Adj-RIB-Out up to date for `prefixes`, packed into UPDATEs.
-    fn advertise(&mut self, addr: Ipv4Addr, prefixes: &BTreeSet<Prefix>) {
+    /// `prefixes` sorted, without duplicates.
+    fn advertise(&mut self, addr: Ipv4Addr, prefixes: &[Prefix]) {
         let Some(p) = self.peers.get(&addr) else {
             return;
         };
@@ -1031,7 +1035,8 @@ impl Instance {
         if self.dirty.is_empty() {
             return;
         }
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty: Vec<Prefix> = self.dirty.drain().collect();
+        dirty.sort_unstable();
         tracing::debug!(
             changed = dirty.len(),
             loc_rib = self.rib.loc.len(),

@@ -2,12 +2,13 @@
 //! `maximum-paths` multipath. Pure: no I/O.
 
 use std::cmp::Ordering;
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use fib::proto::Prefix;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 /// The attributes best-path selection and the FIB need.
@@ -41,8 +42,10 @@ pub struct Selected {
 
 #[derive(Debug, Default)]
 pub struct Rib {
-    pub adj_in: HashMap<Ipv4Addr, HashMap<Prefix, Arc<Attrs>>>,
-    pub loc: BTreeMap<Prefix, Selected>,
+    /// Hash maps with a fast hash (the keys are ours to trust: prefixes), unordered: the
+    /// shows sort what they print.
+    pub adj_in: HashMap<Ipv4Addr, FxHashMap<Prefix, Arc<Attrs>>>,
+    pub loc: FxHashMap<Prefix, Selected>,
     pub peers: HashMap<Ipv4Addr, PeerInfo>,
     pub max_paths: usize,
     /// Routes kept from a restarting peer (Graceful Restart helper) until it re-sends them.
