@@ -1,5 +1,5 @@
 //! What every service binary does before and after its own work: log to stderr (sysmgr keeps
-//! it in `DATA/logs/NAME.stderr.log`), run on one tokio thread, turn an error into a message and
+//! it in `DATA/logs/NAME.stderr.log`), run on one tokio thread (or a few), turn an error into a message and
 //! a failing exit status (which sysmgr records and acts on).
 
 use std::future::Future;
@@ -11,6 +11,16 @@ where
     E: std::fmt::Display,
     Fut: Future<Output = Result<(), E>>,
 {
+    run_on(name, 1, fut)
+}
+
+/// As [`run`], with `workers` runtime threads: the `main` future stays on the calling thread,
+/// the tasks it spawns (readers, writers) run beside it when `workers` > 1.
+pub fn run_on<E, Fut>(name: &str, workers: usize, fut: Fut) -> ExitCode
+where
+    E: std::fmt::Display,
+    Fut: Future<Output = Result<(), E>>,
+{
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -18,10 +28,17 @@ where
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let built = if workers > 1 {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: runtime: {e}");

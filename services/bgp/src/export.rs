@@ -265,7 +265,7 @@ mod tests {
 
     fn sel(from: u8, path: &[u32]) -> Selected {
         Selected {
-            paths: vec![(
+            paths: smallvec::smallvec![(
                 Ipv4Addr::new(10, 0, 0, from),
                 Arc::new(Attrs {
                     origin: 0,

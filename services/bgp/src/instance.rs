@@ -115,9 +115,13 @@ pub struct Instance {
     /// Our SAP (notifications from bfd arrive on it).
     sap: u32,
     fib_sap: Option<u32>,
-    /// Updates for the FIB, sent in order by [`fib_writer`] on its own MTS connection, so the
+    /// Prefixes whose FIB state is still to be sent, and the requests [`fib_writer`] has not
+    /// finished (a chunk goes only when it has none). Requests go in order on its own MTS connection, so the
     /// sessions never wait for the kernel.
     fib_tx: mpsc::UnboundedSender<ToFib>,
+    fib_done: mpsc::UnboundedReceiver<()>,
+    fib_pending: rustc_hash::FxHashSet<Prefix>,
+    fib_inflight: usize,
     peers: HashMap<Ipv4Addr, Peer>,
     rib: Rib,
     listener: Option<TcpListener>,
@@ -208,9 +212,14 @@ enum ToFib {
     EndOfRib,
 }
 
-/// Send FIB updates one request at a time; whatever queued meanwhile is merged into the next
-/// request (the latest state of each prefix wins), so a burst becomes a few large updates.
-async fn fib_writer(fib: u32, mut rx: mpsc::UnboundedReceiver<ToFib>) {
+/// Send FIB requests in order on the writer's own MTS connection, and say when each is done:
+/// the owner builds the next chunk only then, from the Loc-RIB as it is at that moment (a pull,
+/// so a full table never sits in memory twice and a prefix that changed meanwhile goes once).
+async fn fib_writer(
+    fib: u32,
+    mut rx: mpsc::UnboundedReceiver<ToFib>,
+    done: mpsc::UnboundedSender<()>,
+) {
     let mts = match Client::connect_from_env().await {
         Ok(c) => c,
         Err(e) => {
@@ -218,63 +227,33 @@ async fn fib_writer(fib: u32, mut rx: mpsc::UnboundedReceiver<ToFib>) {
             return;
         }
     };
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while let Ok(m) = rx.try_recv() {
-            batch.push(m);
-        }
-        let mut routes: rustc_hash::FxHashMap<Prefix, Option<fp::RouteIn>> =
-            rustc_hash::FxHashMap::default();
-        let mut eor = false;
-        for m in batch {
-            match m {
-                ToFib::Update(u) => {
-                    for p in u.withdraw {
-                        routes.insert(p, None);
-                    }
-                    for r in u.announce {
-                        routes.insert(r.prefix, Some(r));
-                    }
-                }
-                // End-of-RIB after everything queued before it.
-                ToFib::EndOfRib => eor = true,
-            }
-        }
-        // In requests of at most FIB_CHUNK routes: a full table is far more than one MTS
-        // frame may carry.
-        let mut routes = routes.into_iter().peekable();
-        while routes.peek().is_some() {
-            let mut u = fp::Update {
-                producer: "bgp".into(),
-                announce: Vec::new(),
-                withdraw: Vec::new(),
-            };
-            for (p, r) in routes.by_ref().take(FIB_CHUNK) {
+    while let Some(m) = rx.recv().await {
+        match m {
+            ToFib::Update(u) => {
+                let r: Result<Result<(), String>, _> = mts
+                    .request(0, fib, fp::OP_UPDATE, &u, Duration::from_secs(120))
+                    .await;
                 match r {
-                    Some(r) => u.announce.push(r),
-                    None => u.withdraw.push(p),
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "fib refused routes"),
+                    Err(e) => tracing::warn!(error = %e, "fib unreachable"),
                 }
             }
-            let r: Result<Result<(), String>, _> = mts
-                .request(0, fib, fp::OP_UPDATE, &u, Duration::from_secs(120))
-                .await;
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "fib refused routes"),
-                Err(e) => tracing::warn!(error = %e, "fib unreachable"),
+            ToFib::EndOfRib => {
+                let r: Result<Result<u64, String>, _> = mts
+                    .request(
+                        0,
+                        fib,
+                        fp::OP_END_OF_RIB,
+                        &"bgp".to_string(),
+                        Duration::from_secs(30),
+                    )
+                    .await;
+                tracing::info!(?r, "fib: End-of-RIB");
             }
         }
-        if eor {
-            let r: Result<Result<u64, String>, _> = mts
-                .request(
-                    0,
-                    fib,
-                    fp::OP_END_OF_RIB,
-                    &"bgp".to_string(),
-                    Duration::from_secs(30),
-                )
-                .await;
-            tracing::info!(?r, "fib: End-of-RIB");
+        if done.send(()).is_err() {
+            return;
         }
     }
 }
@@ -359,8 +338,9 @@ impl Instance {
         };
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (fib_tx, fib_rx) = mpsc::unbounded_channel();
+        let (done_tx, fib_done) = mpsc::unbounded_channel();
         if let Some(f) = fib_sap {
-            tokio::spawn(fib_writer(f, fib_rx));
+            tokio::spawn(fib_writer(f, fib_rx, done_tx));
         }
         let now = Instant::now();
         // Any start but the first is a restart our peers should hear about (R bit).
@@ -426,6 +406,9 @@ impl Instance {
             sap,
             fib_sap,
             fib_tx,
+            fib_done,
+            fib_pending: rustc_hash::FxHashSet::default(),
+            fib_inflight: 0,
             peers,
             rib,
             listener,
@@ -1049,17 +1032,30 @@ impl Instance {
         if self.fib_sap.is_none() {
             return;
         }
+        self.fib_pending.extend(dirty);
+        self.feed_fib();
+    }
+
+    /// The next chunk of pending prefixes to the FIB writer, if it is idle.
+    fn feed_fib(&mut self) {
+        if self.fib_inflight > 0 || self.fib_pending.is_empty() {
+            return;
+        }
+        let chunk: Vec<Prefix> = self.fib_pending.iter().take(FIB_CHUNK).copied().collect();
+        for p in &chunk {
+            self.fib_pending.remove(p);
+        }
         let mut u = fp::Update {
             producer: "bgp".into(),
             announce: Vec::new(),
             withdraw: Vec::new(),
         };
-        // Next hop → interface, once per batch.
+        // Next hop → interface, once per chunk.
         let mut via: HashMap<IpAddr, Option<String>> = HashMap::new();
-        for p in dirty {
+        for p in chunk {
             let mut paths: Vec<fp::Path> = Vec::new();
             if let Some(sel) = self.rib.loc.get(&p) {
-                for (_, a) in &sel.paths {
+                for (_, a) in sel.paths.iter() {
                     let nh = a.next_hop;
                     let ifname = match via.get(&nh) {
                         Some(i) => i.clone(),
@@ -1084,6 +1080,7 @@ impl Instance {
                 });
             }
         }
+        self.fib_inflight += 1;
         let _ = self.fib_tx.send(ToFib::Update(u));
     }
 
@@ -1181,8 +1178,13 @@ impl Instance {
             return;
         }
         let all = self.peers.values().all(|p| p.eor);
-        if (all || Instant::now() >= self.fib_eor_at) && self.fib_sap.is_some() {
+        // After every route the FIB is owed (the writer keeps the order).
+        if (all || Instant::now() >= self.fib_eor_at)
+            && self.fib_sap.is_some()
+            && self.fib_pending.is_empty()
+        {
             self.fib_eor_sent = true;
+            self.fib_inflight += 1;
             let _ = self.fib_tx.send(ToFib::EndOfRib);
         }
     }
@@ -1356,7 +1358,9 @@ impl Instance {
                 .values()
                 .filter_map(|p| p.fsm.deadline())
                 .chain(self.peers.values().filter_map(|p| p.stale_until))
-                .chain((!self.fib_eor_sent).then_some(self.fib_eor_at))
+                .chain(
+                    (!self.fib_eor_sent && self.fib_pending.is_empty()).then_some(self.fib_eor_at),
+                )
                 .min();
             tokio::select! {
                 a = async {
@@ -1368,6 +1372,11 @@ impl Instance {
                     if let Ok((st, std::net::SocketAddr::V4(f))) = a {
                         self.on_accept(*f.ip(), st).await;
                     }
+                }
+                Some(()) = self.fib_done.recv() => {
+                    self.fib_inflight = self.fib_inflight.saturating_sub(1);
+                    self.feed_fib();
+                    self.maybe_fib_eor();
                 }
                 Some(ev) = self.ev_rx.recv() => {
                     self.on_conn(ev).await;

@@ -7,7 +7,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let opts = bgp::instance::Options { config };
-    mts::service::run("bgp", async move {
+    // Two threads: the sessions' readers, the FIB and checkpoint writers run beside the owner
+    // loop, so a full-table feed is decoded, checkpointed and sent to the FIB in parallel.
+    mts::service::run_on("bgp", 2, async move {
         bgp::instance::Instance::start(&opts).await?.run().await
     })
 }
