@@ -125,7 +125,7 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
     lab.write(
         "bgp.conf",
         "router-id = \"10.70.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
-         networks = [\"203.0.113.0/24\"]\n\
+         networks = [\"203.0.113.0/24\"]\nsticky = [\"10.100.3.0/24\"]\n\
          [[neighbor]]\naddress = \"10.70.1.2\"\nremote-as = 65002\nlocal-address = \"10.70.1.1\"\n\
          [[neighbor]]\naddress = \"10.70.2.2\"\nremote-as = 65003\nlocal-address = \"10.70.2.1\"\n",
     );
@@ -160,6 +160,12 @@ fn routes_from_bird_reach_the_kernel_and_leave_with_the_session() {
     assert_eq!(paths[0]["peer"], "10.70.1.2", "{both}");
     assert_eq!(paths[0]["selected"], true, "{both}");
     assert_eq!(paths[1]["selected"], false, "{both}");
+    // The sticky flag from bgp.conf reaches the FIB (a resilient group in the kernel).
+    let f = lab.json(&["show", "ip", "route", "10.100.3.0/24"]);
+    assert_eq!(f[0]["sticky"], true, "{f}");
+    assert_eq!(f[0]["producer"], "bgp", "{f}");
+    let f = lab.json(&["show", "ip", "route", "10.100.7.0/24"]);
+    assert_eq!(f[0]["sticky"], false, "{f}");
     let r = lab.json(&["show", "bgp", "ipv4", "unicast", "10.100.7.0/24"]);
     assert_eq!(r[0]["paths"][0]["next_hop"], "10.70.1.2", "{r}");
     assert_eq!(r[0]["paths"][0]["as_path"][0], 65002, "{r}");

@@ -6,6 +6,7 @@
 //! hold-time = 90             # seconds; 0 or ≥ 3
 //! connect-retry = "5s"
 //! maximum-paths = 1
+//! sticky = ["198.51.100.0/22"]   # best paths inside go to the FIB as sticky ECMP
 //! [[neighbor]]
 //! address = "10.70.1.2"
 //! remote-as = 65002
@@ -46,6 +47,8 @@ pub struct Config {
     pub maximum_paths: usize,
     /// Our own prefixes, originated to every neighbour.
     pub networks: Vec<Prefix>,
+    /// Best paths inside these go to the FIB flagged sticky (persistent ECMP buckets).
+    pub sticky: Vec<Prefix>,
     /// Graceful Restart (RFC 4724): advertise it, and keep restarting peers' routes. Seconds.
     pub graceful_restart: Option<u16>,
     pub neighbors: Vec<Neighbor>,
@@ -61,6 +64,8 @@ struct File {
     maximum_paths: Option<usize>,
     #[serde(default)]
     networks: Vec<String>,
+    #[serde(default)]
+    sticky: Vec<String>,
     graceful_restart: Option<bool>,
     restart_time: Option<u16>,
     #[serde(default)]
@@ -129,6 +134,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, BgpError> {
         v
     };
     let networks = prefixes(&f.networks);
+    let sticky = prefixes(&f.sticky);
     let lists: Vec<(Vec<Prefix>, Vec<Prefix>)> = f
         .neighbor
         .iter()
@@ -160,6 +166,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, BgpError> {
         connect_retry: retry,
         maximum_paths: f.maximum_paths.unwrap_or(1).max(1),
         networks,
+        sticky,
         graceful_restart: f
             .graceful_restart
             .unwrap_or(true)

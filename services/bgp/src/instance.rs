@@ -1073,10 +1073,11 @@ impl Instance {
             if paths.is_empty() {
                 u.withdraw.push(p);
             } else {
+                let sticky = self.cfg.sticky.iter().any(|s| s.covers(&p));
                 u.announce.push(fp::RouteIn {
                     prefix: p,
                     paths,
-                    sticky: false,
+                    sticky,
                 });
             }
         }
