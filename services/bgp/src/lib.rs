@@ -1,11 +1,14 @@
-//! `bgp`: a BGP-4 speaker under sysmgr. First slice of issue 7: sessions (RFC 4271 FSM, 4-octet
-//! AS), Adj-RIB-In, Loc-RIB with best path and multipath, best paths into the FIB over MTS,
-//! `show bgp summary` / `show bgp ipv4 unicast`. Advertising, Graceful Restart, BFD, PSS
-//! checkpoints and IPv6 are the rest of the issue.
+//! `bgp`: a BGP-4 speaker under sysmgr (issue 7): sessions (RFC 4271 FSM, 4-octet AS, connection
+//! collision), IPv4 and IPv6 unicast (MP-BGP), Adj-RIB-In, Loc-RIB with best path and multipath,
+//! Adj-RIB-Out with update packing and prefix filters, route refresh (enhanced too), Graceful
+//! Restart both ways, BFD, RFC 7606, best paths into the FIB over MTS, PSS checkpoints, and
+//! `show bgp`.
 //!
 //! - [`wire`]: the codec crate behind one module;
 //! - [`fsm`]: the RFC 4271 session FSM, sans-IO;
 //! - [`rib`]: Adj-RIB-In, Loc-RIB, best path, multipath;
+//! - [`export`]: what each neighbour gets, and the UPDATE packer;
+//! - [`checkpoint`]: the PSS logs of the sessions and Adj-RIBs;
 //! - [`instance`]: the owner loop, TCP, the FIB; [`proto`]: the bgp SAP; [`config`].
 
 pub mod checkpoint;

@@ -1,0 +1,206 @@
+//! Best paths to the FIB: a pending set, pulled by the writer one chunk at a time, and the
+//! interface of each next hop.
+
+use super::*;
+
+/// Routes per FIB request (about 3 MB on the wire).
+pub(super) const FIB_CHUNK: usize = 100_000;
+
+/// What goes to the FIB, in order.
+pub(super) enum ToFib {
+    Update(fp::Update),
+    EndOfRib,
+}
+
+/// Send FIB requests in order on the writer's own MTS connection, and say when each is done:
+/// the owner builds the next chunk only then, from the Loc-RIB as it is at that moment (a pull,
+/// so a full table never sits in memory twice and a prefix that changed meanwhile goes once).
+pub(super) async fn fib_writer(
+    fib: u32,
+    mut rx: mpsc::UnboundedReceiver<ToFib>,
+    done: mpsc::UnboundedSender<()>,
+) {
+    let mts = match Client::connect_from_env().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "fib writer: no MTS connection");
+            return;
+        }
+    };
+    while let Some(m) = rx.recv().await {
+        match m {
+            ToFib::Update(u) => {
+                let r: Result<Result<(), String>, _> = mts
+                    .request(0, fib, fp::OP_UPDATE, &u, Duration::from_secs(120))
+                    .await;
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "fib refused routes"),
+                    Err(e) => tracing::warn!(error = %e, "fib unreachable"),
+                }
+            }
+            ToFib::EndOfRib => {
+                let r: Result<Result<u64, String>, _> = mts
+                    .request(
+                        0,
+                        fib,
+                        fp::OP_END_OF_RIB,
+                        &"bgp".to_string(),
+                        Duration::from_secs(30),
+                    )
+                    .await;
+                tracing::info!(?r, "fib: End-of-RIB");
+            }
+        }
+        if done.send(()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A local address: (address, prefix length, interface).
+pub(super) type Iface = (IpAddr, u8, String);
+
+/// The interface of the connected subnet that holds `nh` (the list is re-read once on a miss).
+pub(super) fn ifname_for(ifaces: &mut Vec<Iface>, nh: IpAddr) -> Option<String> {
+    let find = |v: &[Iface]| {
+        v.iter()
+            .filter(|(a, len, _)| {
+                Prefix::new(nh, *len)
+                    .is_some_and(|p| Prefix::new(*a, *len).is_some_and(|q| q.addr == p.addr))
+            })
+            .max_by_key(|(_, len, _)| *len)
+            .map(|(_, _, n)| n.clone())
+    };
+    find(ifaces).or_else(|| {
+        *ifaces = local_ifaces();
+        find(ifaces)
+    })
+}
+
+/// Our global IPv6 address on the interface that holds `v4` (next hop self for IPv6).
+pub(super) fn v6_beside(ifaces: &mut Vec<Iface>, v4: Ipv4Addr) -> Option<Ipv6Addr> {
+    let find = |v: &[Iface]| {
+        let name = v
+            .iter()
+            .find(|(a, _, _)| *a == IpAddr::V4(v4))
+            .map(|(_, _, n)| n.clone())?;
+        v.iter().find_map(|(a, _, n)| match a {
+            IpAddr::V6(a) if *n == name && (a.segments()[0] & 0xffc0) != 0xfe80 => Some(*a),
+            _ => None,
+        })
+    };
+    find(ifaces).or_else(|| {
+        *ifaces = local_ifaces();
+        find(ifaces)
+    })
+}
+
+pub(super) fn local_ifaces() -> Vec<Iface> {
+    let mut v = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            let (Some(addr), Some(mask)) = (a.address, a.netmask) else {
+                continue;
+            };
+            if let (Some(ad), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+                let len = u32::from(m.ip()).count_ones() as u8;
+                v.push((IpAddr::V4(ad.ip()), len, a.interface_name.clone()));
+            } else if let (Some(ad), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+                let len = u128::from(m.ip()).count_ones() as u8;
+                v.push((IpAddr::V6(ad.ip()), len, a.interface_name.clone()));
+            }
+        }
+    }
+    v
+}
+
+impl Instance {
+    /// Send the changed part of the Loc-RIB to the FIB and to every neighbour.
+    pub(super) fn flush_fib(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut dirty: Vec<Prefix> = self.dirty.drain().collect();
+        dirty.sort_unstable();
+        tracing::debug!(
+            changed = dirty.len(),
+            loc_rib = self.rib.loc.len(),
+            "Loc-RIB batch"
+        );
+        let addrs: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
+        for a in addrs {
+            self.advertise(a, &dirty);
+        }
+        if self.fib_sap.is_none() {
+            return;
+        }
+        self.fib_pending.extend(dirty);
+        self.feed_fib();
+    }
+
+    /// The next chunk of pending prefixes to the FIB writer, if it is idle.
+    pub(super) fn feed_fib(&mut self) {
+        if self.fib_inflight > 0 || self.fib_pending.is_empty() {
+            return;
+        }
+        let chunk: Vec<Prefix> = self.fib_pending.iter().take(FIB_CHUNK).copied().collect();
+        for p in &chunk {
+            self.fib_pending.remove(p);
+        }
+        let mut u = fp::Update {
+            producer: "bgp".into(),
+            announce: Vec::new(),
+            withdraw: Vec::new(),
+        };
+        // Next hop → interface, once per chunk.
+        let mut via: HashMap<IpAddr, Option<String>> = HashMap::new();
+        for p in chunk {
+            let mut paths: Vec<fp::Path> = Vec::new();
+            if let Some(sel) = self.rib.loc.get(&p) {
+                for (_, a) in sel.paths.iter() {
+                    let nh = a.next_hop;
+                    let ifname = match via.get(&nh) {
+                        Some(i) => i.clone(),
+                        None => {
+                            let i = ifname_for(&mut self.ifaces, nh);
+                            via.insert(nh, i.clone());
+                            i
+                        }
+                    };
+                    if let Some(ifname) = ifname {
+                        paths.push(fp::Path { gw: nh, ifname });
+                    }
+                }
+            }
+            if paths.is_empty() {
+                u.withdraw.push(p);
+            } else {
+                let sticky = self.cfg.sticky.iter().any(|s| s.covers(&p));
+                u.announce.push(fp::RouteIn {
+                    prefix: p,
+                    paths,
+                    sticky,
+                });
+            }
+        }
+        self.fib_inflight += 1;
+        let _ = self.fib_tx.send(ToFib::Update(u));
+    }
+
+    pub(super) fn maybe_fib_eor(&mut self) {
+        if self.fib_eor_sent {
+            return;
+        }
+        let all = self.peers.values().all(|p| p.eor);
+        // After every route the FIB is owed (the writer keeps the order).
+        if (all || Instant::now() >= self.fib_eor_at)
+            && self.fib_sap.is_some()
+            && self.fib_pending.is_empty()
+        {
+            self.fib_eor_sent = true;
+            self.fib_inflight += 1;
+            let _ = self.fib_tx.send(ToFib::EndOfRib);
+        }
+    }
+}

@@ -1,0 +1,700 @@
+//! The bgp instance: one owner of every session FSM and the RIBs, fed by one `select!`.
+//!
+//! ```text
+//!   TCP 179 listener ────────┐
+//!   connect tasks ───────────┤                ┌── writer task per connection ──▶ peers
+//!   reader task per conn ────┼──▶ Instance ───┼── fib (MTS): best paths, End-of-RIB
+//!   FSM timers ──────────────┤   (FSMs, RIB)  └── shows (MTS)
+//!   MTS, SIGTERM ────────────┘
+//! ```
+//!
+//! Here: start (and a stateful restart's RIBs from PSS), the loop, the FSM actions, UPDATEs into
+//! the RIB, checkpoints. `conn`: connections and collisions; `fibio`: best paths to the FIB;
+//! `show`: the SAP, route refresh, the Adj-RIB-Out.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fib::proto::{self as fp, Prefix};
+use mts::client::{Client, Incoming};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::BgpError;
+use crate::checkpoint::{self, Ckpt, SessionCk, Side};
+use crate::config::{Config, Neighbor};
+use crate::export::{self, OutAttrs, Target};
+use crate::fsm::{Action, Event, Fsm};
+use crate::proto::{self, NeighborRow, PathRow, RouteRow, Summary};
+use crate::rib::{PeerInfo, Rib};
+use crate::wire::{self, Msg};
+
+mod conn;
+mod fibio;
+mod show;
+
+use conn::{Conn, ConnEv, listen_179};
+use fibio::{Iface, ToFib, fib_writer, local_ifaces};
+
+/// How long a peer's routes stay stale after its BoRR without an EoRR (RFC 7313 §4).
+const REFRESH_STALE: Duration = Duration::from_secs(300);
+
+/// How long restored routes stay stale without Graceful Restart configured, seconds.
+const DEFAULT_STALE_SECS: u16 = 120;
+
+pub struct Options {
+    pub config: PathBuf,
+}
+
+struct Peer {
+    cfg: Neighbor,
+    fsm: Fsm,
+    conn: Option<Conn>,
+    /// A connect attempt in flight (its id), and its task: aborted when the attempt is
+    /// given up, or its SYN retransmissions could still open a connection the peer would
+    /// take for our restart (RFC 4724) while the session is up.
+    connecting: Option<u64>,
+    connect_task: Option<tokio::task::JoinHandle<()>>,
+    four_octet: bool,
+    /// RFC 7313 negotiated (we always offer it).
+    enhanced_refresh: bool,
+    router_id: Option<Ipv4Addr>,
+    msgs_in: u64,
+    msgs_out: u64,
+    /// End-of-RIB received for every family of the session (IPv4, and IPv6 if negotiated).
+    eor: bool,
+    eor4: bool,
+    eor6: bool,
+    /// IPv6 unicast negotiated (RFC 4760).
+    ipv6: bool,
+    changed_at: Instant,
+    /// Our address on the current connection (next hop self).
+    local_addr: Option<Ipv4Addr>,
+    /// What this neighbour has from us.
+    adj_out: BTreeMap<Prefix, Arc<OutAttrs>>,
+    /// Its Graceful Restart capability, from its last OPEN.
+    gr: Option<wire::Gr>,
+    /// Its routes are stale (it is restarting) until End-of-RIB or this instant.
+    stale_until: Option<Instant>,
+    /// Our OPENs carry the R bit until this session is up (we restarted).
+    send_restarted: bool,
+    /// Connection collision (RFC 4271 §6.8): the peer's own connection, accepted while ours
+    /// is in OpenSent/OpenConfirm, until its OPEN tells whose connection stays.
+    incoming: Option<Conn>,
+    /// Its stale routes are ours from a checkpoint (we restarted), not its own restart: kept
+    /// until its End-of-RIB whatever its forwarding-state bit says.
+    stale_restored: bool,
+}
+
+pub struct Instance {
+    cfg: Config,
+    mts: Client,
+    /// Our SAP (notifications from bfd arrive on it).
+    sap: u32,
+    fib_sap: Option<u32>,
+    /// Prefixes whose FIB state is still to be sent, and the requests [`fib_writer`] has not
+    /// finished (a chunk goes only when it has none). Requests go in order on its own MTS connection, so the
+    /// sessions never wait for the kernel.
+    fib_tx: mpsc::UnboundedSender<ToFib>,
+    fib_done: mpsc::UnboundedReceiver<()>,
+    fib_pending: rustc_hash::FxHashSet<Prefix>,
+    fib_inflight: usize,
+    peers: HashMap<Ipv4Addr, Peer>,
+    rib: Rib,
+    listener: Option<TcpListener>,
+    ev_tx: mpsc::UnboundedSender<ConnEv>,
+    ev_rx: mpsc::UnboundedReceiver<ConnEv>,
+    next_conn: u64,
+    /// Loc-RIB prefixes not yet sent to the FIB.
+    dirty: rustc_hash::FxHashSet<Prefix>,
+    /// This batch's checkpoint operations, and where they go ([`checkpoint::writer`]).
+    ckpt: Ckpt,
+    ckpt_tx: mpsc::UnboundedSender<Vec<pss::proto::Op>>,
+    fib_eor_sent: bool,
+    fib_eor_at: Instant,
+    /// Next-hop → interface (the connected subnet that contains it).
+    ifaces: Vec<Iface>,
+}
+
+impl Instance {
+    pub async fn start(opts: &Options) -> Result<Instance, BgpError> {
+        let cfg = crate::config::load(&opts.config)?;
+        let mts = Client::connect_from_env().await?;
+        let sap = mts.bind(proto::SAP_NAME).await?;
+        if cfg.neighbors.iter().any(|n| n.bfd.is_some()) {
+            mts.subscribe(sap, bfd::proto::OP_EVENT).await?;
+        }
+        let fib_sap = mts.lookup(fp::SAP_NAME).await.ok();
+        // Listen only when there is someone to listen for.
+        let listener = if cfg.neighbors.is_empty() {
+            None
+        } else {
+            match listen_179() {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen on TCP 179: active sessions only");
+                    None
+                }
+            }
+        };
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (fib_tx, fib_rx) = mpsc::unbounded_channel();
+        let (done_tx, fib_done) = mpsc::unbounded_channel();
+        if let Some(f) = fib_sap {
+            tokio::spawn(fib_writer(f, fib_rx, done_tx));
+        }
+        let now = Instant::now();
+        // Any start but the first is a restart our peers should hear about (R bit).
+        let start = std::env::var("SYSMGR_START").unwrap_or_else(|_| "fresh".into());
+        let restarted = start != "fresh";
+        // A stateful restart finds the previous instance's RIBs; any other start clears them.
+        let restored = if start == "stateful" {
+            match checkpoint::restore().await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "checkpoint: cannot restore; starting empty");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (ckpt_tx, ckpt_rx) = mpsc::unbounded_channel();
+        tokio::spawn(checkpoint::writer(ckpt_rx, restored.is_none()));
+        let mut rib = Rib::new(cfg.maximum_paths);
+        let mut peers = HashMap::new();
+        for n in &cfg.neighbors {
+            rib.peers.insert(
+                n.address,
+                PeerInfo {
+                    addr: n.address,
+                    router_id: n.address,
+                    remote_as: n.remote_as,
+                    ebgp: n.remote_as != cfg.local_as,
+                },
+            );
+            peers.insert(
+                n.address,
+                Peer {
+                    cfg: n.clone(),
+                    fsm: Fsm::new(cfg.hold_time, cfg.connect_retry),
+                    conn: None,
+                    connecting: None,
+                    connect_task: None,
+                    four_octet: false,
+                    enhanced_refresh: false,
+                    router_id: None,
+                    msgs_in: 0,
+                    msgs_out: 0,
+                    eor: false,
+                    eor4: false,
+                    eor6: false,
+                    ipv6: false,
+                    changed_at: now,
+                    local_addr: None,
+                    adj_out: BTreeMap::new(),
+                    gr: None,
+                    stale_until: None,
+                    send_restarted: restarted,
+                    incoming: None,
+                    stale_restored: false,
+                },
+            );
+        }
+        let mut me = Instance {
+            cfg,
+            mts,
+            sap,
+            fib_sap,
+            fib_tx,
+            fib_done,
+            fib_pending: rustc_hash::FxHashSet::default(),
+            fib_inflight: 0,
+            peers,
+            rib,
+            listener,
+            ev_tx,
+            ev_rx,
+            next_conn: 1,
+            dirty: rustc_hash::FxHashSet::default(),
+            ckpt: Ckpt::default(),
+            ckpt_tx,
+            fib_eor_sent: false,
+            fib_eor_at: now + Duration::from_secs(60),
+            ifaces: local_ifaces(),
+        };
+        if let Some(r) = restored {
+            me.adopt(r, now);
+        }
+        // Our routes in the FIB from a previous life are stale until we have re-learnt them.
+        if let Some(f) = me.fib_sap {
+            let r: Result<Result<u64, String>, _> = me
+                .mts
+                .request(
+                    0,
+                    f,
+                    fp::OP_PRODUCER_START,
+                    &"bgp".to_string(),
+                    Duration::from_secs(10),
+                )
+                .await;
+            tracing::info!(?r, "fib: bgp routes marked stale until End-of-RIB");
+        }
+        me.ask_bfd().await;
+        let addrs: Vec<Ipv4Addr> = me.peers.keys().copied().collect();
+        for a in addrs {
+            let passive = me.peers[&a].cfg.passive;
+            me.event(a, Event::ManualStart { passive }).await;
+        }
+        Ok(me)
+    }
+
+    /// Feed one event to a peer's FSM and carry out what it says.
+    async fn event(&mut self, addr: Ipv4Addr, ev: Event) {
+        let now = Instant::now();
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        let before = p.fsm.state;
+        // RFC 4724: a session that ends without a NOTIFICATION (the TCP connection failed)
+        // is a restart the helper waits for.
+        let restarting = matches!(ev, Event::TcpConnectionFails)
+            && self.cfg.graceful_restart.is_some()
+            && p.gr.is_some();
+        let actions = p.fsm.handle(now, ev);
+        if p.fsm.state != before {
+            p.changed_at = now;
+            tracing::info!(peer = %addr, from = before.word(), to = p.fsm.state.word(), "%BGP-5-ADJCHANGE");
+            let ck = SessionCk {
+                state: p.fsm.state.word().to_string(),
+                router_id: p.router_id,
+                four_octet: p.four_octet,
+                local_addr: p.local_addr,
+                gr_restart_time: p.gr.map(|g| g.restart_time),
+                flaps: p.fsm.flaps,
+            };
+            self.ckpt.session(addr, &ck);
+        }
+        for a in actions {
+            match a {
+                Action::Connect => self.connect(addr),
+                Action::Disconnect => {
+                    if let Some(p) = self.peers.get_mut(&addr) {
+                        p.conn = None;
+                        p.incoming = None;
+                        p.connecting = None;
+                        if let Some(t) = p.connect_task.take() {
+                            t.abort();
+                        }
+                        p.eor = false;
+                        p.eor4 = false;
+                        p.eor6 = false;
+                    }
+                }
+                Action::SendOpen => {
+                    let b = self.open_msg(addr);
+                    self.send(addr, b);
+                }
+                Action::SendKeepalive => self.send(addr, wire::keepalive()),
+                Action::SendNotification { code, subcode } => {
+                    self.send(addr, wire::notification(code, subcode))
+                }
+                Action::Established => {
+                    if let Some(p) = self.peers.get_mut(&addr) {
+                        p.send_restarted = false;
+                        // Back without forwarding preserved: its stale routes cannot be trusted.
+                        if p.stale_until.is_some()
+                            && !p.stale_restored
+                            && !p.gr.is_some_and(|g| g.ipv4_forwarding)
+                        {
+                            p.stale_until = None;
+                            self.sweep(addr);
+                        }
+                    }
+                    self.advertise_all(addr);
+                    self.send(addr, wire::end_of_rib());
+                    if self.peers.get(&addr).is_some_and(|p| p.ipv6) {
+                        self.send(addr, wire::end_of_rib_v6());
+                    }
+                }
+                Action::Down => {
+                    let mut keep = None;
+                    self.ckpt.forget(Side::Out, addr);
+                    if let Some(p) = self.peers.get_mut(&addr) {
+                        p.adj_out.clear();
+                        if p.stale_restored {
+                            // Routes from our checkpoint wait for the peer (or their time).
+                            keep = p.stale_until;
+                        } else if restarting && let Some(g) = p.gr {
+                            keep = Some(now + Duration::from_secs(u64::from(g.restart_time)));
+                            p.stale_until = keep;
+                        } else {
+                            p.stale_until = None;
+                        }
+                    }
+                    let restored = self.peers.get(&addr).is_some_and(|p| p.stale_restored);
+                    if keep.is_some() {
+                        if !restored {
+                            tracing::info!(peer = %addr, "peer restarting: its routes are kept stale (Graceful Restart helper)");
+                        }
+                        self.rib.peer_stale(addr);
+                    } else {
+                        let gone = self.rib.peer_down(addr);
+                        self.dirty.extend(gone);
+                        self.ckpt.forget(Side::In, addr);
+                    }
+                }
+                Action::ProcessUpdate => {}
+            }
+        }
+    }
+
+    async fn on_message(&mut self, addr: Ipv4Addr, m: Result<Msg, wire::Malformed>, raw: Vec<u8>) {
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.msgs_in += 1;
+        }
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(peer = %addr, why = %e.why, "malformed message");
+                self.event(
+                    addr,
+                    Event::BgpOpenMsgErr {
+                        code: e.code,
+                        subcode: e.subcode,
+                    },
+                )
+                .await;
+                return;
+            }
+        };
+        match m {
+            Msg::Open {
+                asn,
+                hold,
+                router_id,
+                four_octet,
+                enhanced_refresh,
+                ipv6,
+                gr,
+                ..
+            } => {
+                let want = self.peers.get(&addr).map(|p| p.cfg.remote_as);
+                if want != Some(asn) {
+                    tracing::warn!(peer = %addr, asn, "bad peer AS");
+                    self.event(
+                        addr,
+                        Event::BgpOpenMsgErr {
+                            code: 2,
+                            subcode: 2,
+                        },
+                    )
+                    .await;
+                    return;
+                }
+                if hold == 1 || hold == 2 {
+                    self.event(
+                        addr,
+                        Event::BgpOpenMsgErr {
+                            code: 2,
+                            subcode: 6,
+                        },
+                    )
+                    .await;
+                    return;
+                }
+                if let Some(p) = self.peers.get_mut(&addr) {
+                    p.four_octet = four_octet;
+                    p.enhanced_refresh = enhanced_refresh;
+                    p.ipv6 = ipv6;
+                    p.router_id = Some(router_id);
+                    p.gr = gr;
+                }
+                if let Some(i) = self.rib.peers.get_mut(&addr) {
+                    i.router_id = router_id;
+                }
+                self.event(addr, Event::BgpOpen { hold }).await;
+            }
+            Msg::Keepalive => self.event(addr, Event::KeepAliveMsg).await,
+            Msg::Notification { code, subcode } => {
+                tracing::warn!(peer = %addr, code, subcode, "NOTIFICATION received");
+                self.event(addr, Event::NotifMsg).await;
+            }
+            Msg::RouteRefresh { afi, safi, subtype } => {
+                if (afi, safi) != (1, 1) {
+                    return; // a family we did not negotiate
+                }
+                self.on_route_refresh(addr, subtype);
+            }
+            Msg::Update(u) => {
+                let four = self.peers.get(&addr).is_some_and(|p| p.four_octet);
+                match wire::routes(&u, four) {
+                    Ok(r) => {
+                        self.event(addr, Event::UpdateMsg).await;
+                        if self.peers.get(&addr).map(|p| p.fsm.state)
+                            != Some(crate::fsm::State::Established)
+                        {
+                            return;
+                        }
+                        if r.end_of_rib || r.end_of_rib_v6 {
+                            // Graceful Restart ends when every family's End-of-RIB is in.
+                            let mut sweep = false;
+                            let mut all = false;
+                            if let Some(p) = self.peers.get_mut(&addr) {
+                                p.eor4 |= r.end_of_rib;
+                                p.eor6 |= r.end_of_rib_v6;
+                                all = p.eor4 && (p.eor6 || !p.ipv6);
+                                if all && !p.eor {
+                                    p.eor = true;
+                                    sweep = p.stale_until.take().is_some();
+                                    p.stale_restored = false;
+                                }
+                            }
+                            let family = if r.end_of_rib { "ipv4" } else { "ipv6" };
+                            tracing::info!(peer = %addr, family, all, loc_rib = self.rib.loc.len(), "End-of-RIB received");
+                            if sweep {
+                                let n = self.sweep(addr);
+                                tracing::info!(peer = %addr, swept = n, "End-of-RIB: stale routes swept");
+                            }
+                        } else {
+                            self.apply_routes(addr, r);
+                            self.ckpt.append(Side::In, addr, &raw);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %addr, why = %e.why, "UPDATE error");
+                        self.event(
+                            addr,
+                            Event::UpdateMsgErr {
+                                code: e.code,
+                                subcode: e.subcode,
+                            },
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Apply the routes of one UPDATE from `addr` through its import list.
+    fn apply_routes(&mut self, addr: Ipv4Addr, r: wire::Routes) {
+        let import = self
+            .peers
+            .get(&addr)
+            .map(|p| p.cfg.import.clone())
+            .unwrap_or_default();
+        // Our own AS in the path: a loop (RFC 4271 §9.1.2), dropped like what the import list
+        // refuses, and withdrawn if we had it.
+        let local_as = self.cfg.local_as;
+        let (announce, refused): (Vec<_>, Vec<_>) = r
+            .announce
+            .into_iter()
+            .partition(|(p, a)| export::passes(&import, p) && !a.as_path.contains(&local_as));
+        let mut withdraw = r.withdraw;
+        withdraw.extend(refused.into_iter().map(|(p, _)| p));
+        let ch = self.rib.update(addr, announce, withdraw);
+        self.dirty.extend(ch);
+    }
+
+    /// Drop what a restarted peer did not re-send; the checkpoint log gets the withdrawals.
+    fn sweep(&mut self, addr: Ipv4Addr) -> usize {
+        let gone = self.rib.sweep_stale(addr);
+        for m in export::withdrawals(&gone) {
+            self.ckpt.append(Side::In, addr, &m);
+        }
+        let n = gone.len();
+        self.dirty.extend(gone);
+        n
+    }
+
+    /// Hand this batch's checkpoint to the writer, compacting the logs that outgrew their
+    /// tables.
+    fn checkpoint(&mut self) {
+        let logs: Vec<(Side, Ipv4Addr)> = self.ckpt.logs().collect();
+        for (side, peer) in logs {
+            match side {
+                Side::In => {
+                    let Some(t) = self.rib.adj_in.get(&peer) else {
+                        continue;
+                    };
+                    if self.ckpt.wants_compaction(side, peer, t.len()) {
+                        self.ckpt.snapshot_in(peer, t);
+                    }
+                }
+                Side::Out => {
+                    let Some(p) = self.peers.get(&peer) else {
+                        continue;
+                    };
+                    if self.ckpt.wants_compaction(side, peer, p.adj_out.len()) {
+                        let all = p
+                            .adj_out
+                            .iter()
+                            .map(|(x, a)| (*x, Some(a.clone())))
+                            .collect();
+                        let msgs = export::pack(&all, p.four_octet);
+                        self.ckpt.rewrite_out(peer, &msgs);
+                    }
+                }
+            }
+        }
+        let ops = self.ckpt.take();
+        if !ops.is_empty() {
+            let _ = self.ckpt_tx.send(ops);
+        }
+    }
+
+    /// Take over a previous instance's RIBs (stateful restart): each peer's Adj-RIB-In is
+    /// rebuilt from its snapshot and log and stays, stale, until the peer has re-sent it
+    /// (End-of-RIB) or the restart time runs out; the Loc-RIB is selected from it at once, so
+    /// the FIB keeps forwarding. The sessions did not survive, so the Adj-RIBs-Out go.
+    fn adopt(&mut self, r: checkpoint::Restored, now: Instant) {
+        self.ckpt.adopt(&r);
+        let keep = Duration::from_secs(u64::from(
+            self.cfg.graceful_restart.unwrap_or(DEFAULT_STALE_SECS),
+        ));
+        let mut peers: BTreeSet<Ipv4Addr> = r.snapshots.keys().copied().collect();
+        peers.extend(r.received.keys());
+        let mut snapshots = r.snapshots;
+        let mut received = r.received;
+        for peer in peers {
+            self.ckpt.forget(Side::Out, peer);
+            if !self.peers.contains_key(&peer) {
+                self.ckpt.forget(Side::In, peer); // no longer a neighbour
+                continue;
+            }
+            for (a, prefixes) in snapshots.remove(&peer).unwrap_or_default() {
+                let a = Arc::new(a);
+                let routes = prefixes.into_iter().map(|p| (p, a.clone())).collect();
+                let ch = self.rib.update(peer, routes, Vec::new());
+                self.dirty.extend(ch);
+            }
+            let four = r.sessions.get(&peer).is_none_or(|s| s.four_octet);
+            for raw in received.remove(&peer).unwrap_or_default() {
+                match wire::decode(&raw) {
+                    Ok(Msg::Update(u)) => match wire::routes(&u, four) {
+                        Ok(routes) => self.apply_routes(peer, routes),
+                        Err(e) => {
+                            tracing::warn!(peer = %peer, why = %e.why, "checkpoint: logged UPDATE skipped")
+                        }
+                    },
+                    _ => {
+                        tracing::warn!(peer = %peer, "checkpoint: logged message is not an UPDATE")
+                    }
+                }
+            }
+            self.rib.peer_stale(peer);
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.stale_until = Some(now + keep);
+                p.stale_restored = true;
+            }
+        }
+        let n: usize = self.rib.adj_in.values().map(|t| t.len()).sum();
+        tracing::info!(
+            prefixes = n,
+            loc_rib = self.rib.loc.len(),
+            "checkpoint: RIBs restored, stale until the peers re-send them"
+        );
+    }
+
+    pub async fn run(mut self) -> Result<(), BgpError> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| BgpError::Io(e.to_string()))?;
+        let hb = mts::notify::watchdog_interval().map(|d| d / 3);
+        let mut heartbeat = tokio::time::interval(hb.unwrap_or(Duration::from_secs(3600)));
+        let _ = mts::notify::notify("READY=1\n");
+        loop {
+            let deadline = self
+                .peers
+                .values()
+                .filter_map(|p| p.fsm.deadline())
+                .chain(self.peers.values().filter_map(|p| p.stale_until))
+                .chain(
+                    (!self.fib_eor_sent && self.fib_pending.is_empty()).then_some(self.fib_eor_at),
+                )
+                .min();
+            tokio::select! {
+                a = async {
+                    match &self.listener {
+                        Some(l) => l.accept().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Ok((st, std::net::SocketAddr::V4(f))) = a {
+                        self.on_accept(*f.ip(), st).await;
+                    }
+                }
+                Some(()) = self.fib_done.recv() => {
+                    self.fib_inflight = self.fib_inflight.saturating_sub(1);
+                    self.feed_fib();
+                    self.maybe_fib_eor();
+                }
+                Some(ev) = self.ev_rx.recv() => {
+                    self.on_conn(ev).await;
+                    // Drain what else is ready, then program the FIB once.
+                    while let Ok(ev) = self.ev_rx.try_recv() {
+                        self.on_conn(ev).await;
+                    }
+                    self.flush_fib();
+                    self.maybe_fib_eor();
+                    self.checkpoint();
+                }
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now = Instant::now();
+                    let due: Vec<(Ipv4Addr, Vec<Event>)> = self
+                        .peers
+                        .iter()
+                        .map(|(a, p)| (*a, p.fsm.expired(now)))
+                        .filter(|(_, e)| !e.is_empty())
+                        .collect();
+                    for (a, evs) in due {
+                        for e in evs {
+                            self.event(a, e).await;
+                        }
+                    }
+                    let expired: Vec<Ipv4Addr> = self
+                        .peers
+                        .iter()
+                        .filter(|(_, p)| p.stale_until.is_some_and(|t| t <= now))
+                        .map(|(a, _)| *a)
+                        .collect();
+                    for a in expired {
+                        if let Some(p) = self.peers.get_mut(&a) {
+                            p.stale_until = None;
+                            p.stale_restored = false;
+                        }
+                        let n = self.sweep(a);
+                        tracing::warn!(peer = %a, swept = n, "restart time ran out: stale routes swept");
+                    }
+                    self.flush_fib();
+                    self.maybe_fib_eor();
+                }
+                m = self.mts.recv() => match m {
+                    Some(m) => self.on_request(m).await,
+                    None => return Err(BgpError::Io("sysmgr closed the connection".into())),
+                },
+                _ = heartbeat.tick(), if hb.is_some() => {
+                    let _ = mts::notify::notify("WATCHDOG=1\n");
+                }
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: stopping");
+                    let addrs: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
+                    for a in addrs {
+                        self.event(a, Event::ManualStop).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
