@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # BGP ingest (root): one BIRD sender advertises N IPv4 prefixes to three receivers, one at a
 # time, each in its own namespace: our bgp (under sysmgr, with fib programming the kernel),
-# BIRD 2 and FRR 8 (bgpd, with zebra programming the kernel). For each: time from the session
+# BIRD 2 (once as a route server, once with its kernel protocol programming the kernel) and
+# FRR 8 (bgpd, with zebra programming the kernel). For each: time from the session
 # reaching Established to the last prefix in its Loc-RIB, and (ours, FRR) to every prefix in the
 # kernel (a full dump, every 0.1 s, 1.1 s above 200k prefixes); and
 # the receiver's peak RSS. Polled every 20 ms; ROUNDS sessions per receiver (the sender's session
@@ -205,6 +206,7 @@ cat > "$dir/bird/bird.conf" <<CONF
 router id 10.80.2.1;
 protocol device {}
 protocol bgp sender { local 10.80.2.1 as 65011; neighbor 10.80.2.2 as 65100; ipv4 { import all; export none; }; }
+protocol kernel k4 { disabled; ipv4 { export all; }; }
 CONF
 ip netns exec bgpi-bird bird -c "$dir/bird/bird.conf" -s "$dir/bird/ctl" -P "$dir/bird/pid"
 sleep 1
@@ -214,6 +216,14 @@ measure "BIRD 2 (no kernel protocol)" r2 \
     "" "" \
     "cat $dir/bird/pid" \
     "[ \"\$(birdc -s $dir/bird/ctl show route count | awk '/routes/ {print \$1; exit}')\" = 0 ]"
+# The same BIRD as a router: its kernel protocol programs the kernel.
+birdc -s "$dir/bird/ctl" enable k4 >/dev/null
+measure "BIRD 2 (kernel protocol → kernel)" r2 \
+    "birdc -s $dir/bird/ctl show protocols sender | grep -q Established" \
+    "birdc -s $dir/bird/ctl show route count | awk '/routes/ {print \$1; exit}'" \
+    bgpi-bird "proto bird" \
+    "cat $dir/bird/pid" \
+    "[ \"\$(ip -n bgpi-bird route show proto bird | wc -l)\" = 0 ]"
 
 # FRR receiving (zebra installs into the kernel).
 echo "hostname r" > "$dir/frr/zebra.conf"
