@@ -1,7 +1,7 @@
 //! The fib instance: one owner of the table and the kernel programmer, fed by one `select!`.
 //!
 //! ```text
-//!   MTS (updates from producers, EoR, shows, clear) ──┐        ┌── PSS shared-global: route/<prefix>
+//!   MTS (updates from producers, EoR, shows, clear) ──┐        ┌── PSS shared-global: route/<block>
 //!   stale timers (per restarted producer) ────────────┼──▶ Instance ┤   (written before the kernel)
 //!   heartbeat tick, SIGTERM ──────────────────────────┘        └── kernel: nexthops and routes
 //! ```
@@ -25,8 +25,72 @@ use crate::proto::{self, BucketRow, Cef, Prefix, RouteRow, Update};
 use crate::table::{Entry, Table};
 
 const KEY_PREFIX: &str = "route/";
-/// Keys per PSS transaction when a large update is checkpointed.
-const TXN_KEYS: usize = 2000;
+/// Blocks per PSS transaction when a large update is checkpointed (a few MB a request).
+const TXN_BLOCKS: usize = 256;
+
+/// Routes are checkpointed in blocks: every route whose address starts with the same 16 bits
+/// (per family) shares the key `route/<4|6>/<hi16>`, valued as the block's (prefix, entry)
+/// list. A table of a million /24s is about 4k keys rather than a million: sled pays per key,
+/// and that cost was most of the time from a producer's update to the kernel.
+type Block = (u8, u16);
+
+fn block_of(p: &Prefix) -> Block {
+    match p.addr {
+        std::net::IpAddr::V4(a) => (4, (u32::from(a) >> 16) as u16),
+        std::net::IpAddr::V6(a) => (6, (u128::from(a) >> 112) as u16),
+    }
+}
+
+fn block_key(b: Block) -> String {
+    format!("{KEY_PREFIX}{}/{:04x}", b.0, b.1)
+}
+
+/// The first prefix that can be in a block (the table is ordered by address, then length).
+fn block_start(b: Block) -> Prefix {
+    let addr: std::net::IpAddr = if b.0 == 4 {
+        std::net::Ipv4Addr::from(u32::from(b.1) << 16).into()
+    } else {
+        std::net::Ipv6Addr::from(u128::from(b.1) << 112).into()
+    };
+    Prefix { addr, len: 0 }
+}
+
+/// Write the blocks holding `changed` as the table has them now (a block left empty is
+/// deleted), and delete `old` keys; all or nothing per transaction.
+async fn checkpoint_blocks(
+    mts: &Client,
+    table: &Table,
+    changed: impl Iterator<Item = Prefix>,
+    old: &[String],
+) -> Result<(), FibError> {
+    let pss = Pss::new(mts);
+    let blocks: BTreeSet<Block> = changed.map(|p| block_of(&p)).collect();
+    let blocks: Vec<Block> = blocks.into_iter().collect();
+    for chunk in blocks.chunks(TXN_BLOCKS) {
+        let mut txn = pss.txn(Scope::SharedGlobal);
+        for b in chunk {
+            let rows: Vec<(&Prefix, &Entry)> = table
+                .routes
+                .range(block_start(*b)..)
+                .take_while(|(p, _)| block_of(p) == *b)
+                .collect();
+            txn = if rows.is_empty() {
+                txn.delete(block_key(*b))
+            } else {
+                txn.put(block_key(*b), &rows)?
+            };
+        }
+        txn.commit(Durability::Fast).await?;
+    }
+    for chunk in old.chunks(TXN_BLOCKS * 8) {
+        let mut txn = pss.txn(Scope::SharedGlobal);
+        for k in chunk {
+            txn = txn.delete(k);
+        }
+        txn.commit(Durability::Fast).await?;
+    }
+    Ok(())
+}
 
 pub struct Options {
     pub config: Option<PathBuf>,
@@ -57,10 +121,6 @@ fn monitor_socket() -> std::io::Result<tokio::io::unix::AsyncFd<netlink_sys::Soc
     // SAFETY: the AsyncFd owns the socket, so its descriptor stays open and refers to the same
     // socket for as long as it is registered.
     unsafe { tokio::io::unix::AsyncFd::register(s) }.map_err(|e| e.into())
-}
-
-fn key(p: &Prefix) -> String {
-    format!("{KEY_PREFIX}{p}")
 }
 
 /// Take in what the kernel did on its own: sticky groups whose slots it deleted with a link
@@ -113,20 +173,36 @@ impl Instance {
         let mts = Client::connect_from_env().await?;
         mts.bind(proto::SAP_NAME).await?;
         let mut table = Table::new(cfg.sticky.clone());
+        // Blocks; a key per route is the format before blocks, read once and rewritten.
+        let mut old_keys = Vec::new();
         for (k, v) in Pss::new(&mts)
             .scan(None, Scope::SharedGlobal, KEY_PREFIX, u32::MAX)
             .await?
         {
             let k = String::from_utf8_lossy(&k).into_owned();
-            let p = k
-                .strip_prefix(KEY_PREFIX)
-                .and_then(|p| p.parse::<Prefix>().ok());
-            match (p, pss::client::decode::<Entry>(&v)) {
-                (Some(p), Ok(e)) => {
+            let rest = k.strip_prefix(KEY_PREFIX).unwrap_or_default();
+            if rest.starts_with("4/") || rest.starts_with("6/") {
+                match pss::client::decode::<Vec<(Prefix, Entry)>>(&v) {
+                    Ok(rows) => table.routes.extend(rows),
+                    Err(_) => tracing::warn!(key = %k, "unreadable route checkpoint skipped"),
+                }
+                continue;
+            }
+            match (rest.parse::<Prefix>(), pss::client::decode::<Entry>(&v)) {
+                (Ok(p), Ok(e)) => {
                     table.routes.insert(p, e);
                 }
                 _ => tracing::warn!(key = %k, "unreadable route checkpoint skipped"),
             }
+            old_keys.push(k);
+        }
+        if !old_keys.is_empty() {
+            let all: Vec<Prefix> = table.routes.keys().copied().collect();
+            checkpoint_blocks(&mts, &table, all.into_iter(), &old_keys).await?;
+            tracing::info!(
+                keys = old_keys.len(),
+                "route checkpoints rewritten as blocks"
+            );
         }
         let backend: Box<dyn Backend> = match cfg.backend {
             BackendKind::Kernel => Box::new(Kernel::open().map_err(FibError::Kernel)?),
@@ -205,22 +281,9 @@ impl Instance {
         }
     }
 
-    /// Write the entries of `changed` (deleting those no longer in the table), all or nothing
-    /// per transaction.
+    /// Write the blocks of `changed` (see [`block_of`]).
     async fn checkpoint(&self, changed: &BTreeSet<Prefix>) -> Result<(), FibError> {
-        let pss = Pss::new(&self.mts);
-        let list: Vec<&Prefix> = changed.iter().collect();
-        for chunk in list.chunks(TXN_KEYS) {
-            let mut txn = pss.txn(Scope::SharedGlobal);
-            for p in chunk {
-                txn = match self.table.routes.get(p) {
-                    Some(e) => txn.put(key(p), e)?,
-                    None => txn.delete(key(p)),
-                };
-            }
-            txn.commit(Durability::Fast).await?;
-        }
-        Ok(())
+        checkpoint_blocks(&self.mts, &self.table, changed.iter().copied(), &[]).await
     }
 
     /// Checkpoint, then program the kernel.
@@ -494,5 +557,53 @@ impl Instance {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_contiguous_ranges_of_the_table() {
+        let p = |s: &str| s.parse::<Prefix>().expect("prefix");
+        let all = [
+            "9.255.255.0/24",
+            "10.0.0.0/8",
+            "10.0.0.0/16",
+            "10.0.255.0/24",
+            "10.1.0.0/16",
+            "255.255.0.0/16",
+            "::/0",
+            "2001:db8::/32",
+            "2001:db8:ffff::/48",
+            "2002::/16",
+        ];
+        let table: std::collections::BTreeMap<Prefix, u8> = all.iter().map(|s| (p(s), 0)).collect();
+        let block = |b: Block| -> Vec<String> {
+            table
+                .range(block_start(b)..)
+                .take_while(|(q, _)| block_of(q) == b)
+                .map(|(q, _)| q.to_string())
+                .collect()
+        };
+        assert_eq!(
+            block((4, 0x0a00)),
+            ["10.0.0.0/8", "10.0.0.0/16", "10.0.255.0/24"]
+        );
+        assert_eq!(block((4, 0x0a01)), ["10.1.0.0/16"]);
+        assert_eq!(block((4, 0xffff)), ["255.255.0.0/16"]);
+        assert_eq!(block((6, 0)), ["::/0"]);
+        assert_eq!(block((6, 0x2001)), ["2001:db8::/32", "2001:db8:ffff::/48"]);
+        // Every route is in exactly the block its key names.
+        let n: usize = all
+            .iter()
+            .map(|s| block_of(&p(s)))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(|b| block(b).len())
+            .sum();
+        assert_eq!(n, all.len());
+        assert_eq!(block_key((4, 0x0a00)), "route/4/0a00");
     }
 }
