@@ -94,7 +94,8 @@ impl Rib {
     }
 
     fn select(&self, p: &Prefix) -> Option<Selected> {
-        let mut cands: Vec<(Ipv4Addr, Arc<Attrs>)> = self
+        // Candidates on the stack for the usual few peers.
+        let mut cands: SmallVec<[(Ipv4Addr, Arc<Attrs>); 4]> = self
             .adj_in
             .iter()
             .filter_map(|(peer, t)| t.get(p).map(|a| (*peer, a.clone())))

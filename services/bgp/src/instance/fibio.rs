@@ -121,8 +121,9 @@ impl Instance {
         if self.dirty.is_empty() {
             return;
         }
-        let mut dirty: Vec<Prefix> = self.dirty.drain().collect();
+        let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
+        dirty.dedup();
         tracing::debug!(
             changed = dirty.len(),
             loc_rib = self.rib.loc.len(),
@@ -144,10 +145,10 @@ impl Instance {
         if self.fib_inflight > 0 || self.fib_pending.is_empty() {
             return;
         }
-        let chunk: Vec<Prefix> = self.fib_pending.iter().take(FIB_CHUNK).copied().collect();
-        for p in &chunk {
-            self.fib_pending.remove(p);
-        }
+        let n = self.fib_pending.len().min(FIB_CHUNK);
+        let mut chunk: Vec<Prefix> = self.fib_pending.drain(..n).collect();
+        chunk.sort_unstable();
+        chunk.dedup();
         let mut u = fp::Update {
             producer: "bgp".into(),
             announce: Vec::new(),

@@ -101,7 +101,8 @@ pub struct Instance {
     /// sessions never wait for the kernel.
     fib_tx: mpsc::UnboundedSender<ToFib>,
     fib_done: mpsc::UnboundedReceiver<()>,
-    fib_pending: rustc_hash::FxHashSet<Prefix>,
+    /// In order; a prefix that changed twice may be in twice (it is sent as it is then).
+    fib_pending: std::collections::VecDeque<Prefix>,
     fib_inflight: usize,
     peers: HashMap<Ipv4Addr, Peer>,
     rib: Rib,
@@ -110,7 +111,9 @@ pub struct Instance {
     ev_rx: mpsc::UnboundedReceiver<ConnEv>,
     next_conn: u64,
     /// Loc-RIB prefixes not yet sent to the FIB.
-    dirty: rustc_hash::FxHashSet<Prefix>,
+    /// Duplicates allowed; sorted and deduplicated once per batch (a vector grows without
+    /// rehashing: a full table into a hash set was mostly page faults).
+    dirty: Vec<Prefix>,
     /// This batch's checkpoint operations, and where they go ([`checkpoint::writer`]).
     ckpt: Ckpt,
     ckpt_tx: mpsc::UnboundedSender<Vec<pss::proto::Op>>,
@@ -212,7 +215,7 @@ impl Instance {
             fib_sap,
             fib_tx,
             fib_done,
-            fib_pending: rustc_hash::FxHashSet::default(),
+            fib_pending: std::collections::VecDeque::new(),
             fib_inflight: 0,
             peers,
             rib,
@@ -220,7 +223,7 @@ impl Instance {
             ev_tx,
             ev_rx,
             next_conn: 1,
-            dirty: rustc_hash::FxHashSet::default(),
+            dirty: Vec::new(),
             ckpt: Ckpt::default(),
             ckpt_tx,
             fib_eor_sent: false,
