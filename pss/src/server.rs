@@ -41,6 +41,18 @@ fn tree_name(service: &str, scope: Scope) -> String {
     format!("pss/{service}/{}", scope.word())
 }
 
+/// The sequence number after the one in a service's meta value (16 bytes: sequence, time).
+fn next_seq(meta: Option<&[u8]>) -> u64 {
+    match meta {
+        Some(v) if v.len() == 16 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&v[..8]);
+            u64::from_be_bytes(a) + 1
+        }
+        _ => 1,
+    }
+}
+
 impl Server {
     pub fn new(store: &Store) -> Result<Server, PssError> {
         Ok(Server {
@@ -170,14 +182,7 @@ impl Server {
                     }
                 }
             }
-            let seq = match m.get(me.as_bytes())? {
-                Some(v) if v.len() == 16 => {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(&v[..8]);
-                    u64::from_be_bytes(a) + 1
-                }
-                _ => 1,
-            };
+            let seq = next_seq(m.get(me.as_bytes())?.as_deref());
             let mut meta = seq.to_be_bytes().to_vec();
             meta.extend_from_slice(&crate::now_ms().to_be_bytes());
             m.insert(me.as_bytes(), meta)?;
@@ -207,14 +212,7 @@ impl Server {
         let meta = self
             .meta
             .update_and_fetch(me.as_bytes(), |old| {
-                let seq = match old {
-                    Some(v) if v.len() == 16 => {
-                        let mut a = [0u8; 8];
-                        a.copy_from_slice(&v[..8]);
-                        u64::from_be_bytes(a) + 1
-                    }
-                    _ => 1,
-                };
+                let seq = next_seq(old);
                 let mut m = seq.to_be_bytes().to_vec();
                 m.extend_from_slice(&now.to_be_bytes());
                 Some(m)

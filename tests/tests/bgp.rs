@@ -38,6 +38,19 @@ fn addr6(ns: &Netns, dev: &str, addr: &str) {
     assert!(out.status.success(), "ip -6 addr add {addr}: {out:?}");
 }
 
+/// The first neighbour Established again, with its End-of-RIB in.
+fn wait_established_with_eor(lab: &Lab, secs: u64) {
+    wait_for(
+        Duration::from_secs(secs),
+        "the session back with End-of-RIB",
+        || {
+            let s = lab.json(&["show", "bgp", "summary"]);
+            let n = &s["neighbors"][0];
+            (n["state"] == "Established" && n["end_of_rib_received"] == true).then_some(())
+        },
+    );
+}
+
 /// fib (kernel backend) and bgp (stateless restarts, `bgp.conf` written by the test), and
 /// with `bfd` the bfd service too.
 fn services(lab: &Lab, bfd: bool) {
@@ -415,15 +428,7 @@ fn a_sigkill_of_bgp_loses_no_route_on_either_side() {
     });
     let watch = KernelWatch::start(&sut, &["route"]);
     lab.kill9("bgp");
-    wait_for(
-        Duration::from_secs(20),
-        "the session back with End-of-RIB",
-        || {
-            let s = lab.json(&["show", "bgp", "summary"]);
-            let n = &s["neighbors"][0];
-            (n["state"] == "Established" && n["end_of_rib_received"] == true).then_some(())
-        },
-    );
+    wait_established_with_eor(&lab, 20);
     std::thread::sleep(Duration::from_secs(1));
     let deleted = watch.deleted();
     // BIRD logs every change of its table (debug routes): our route was never removed, and the
@@ -550,15 +555,7 @@ fn a_stateful_restart_rebuilds_the_rib_from_the_pss_checkpoint() {
         "{log}"
     );
     block("del");
-    wait_for(
-        Duration::from_secs(30),
-        "the session back with End-of-RIB",
-        || {
-            let s = lab.json(&["show", "bgp", "summary"]);
-            let n = &s["neighbors"][0];
-            (n["state"] == "Established" && n["end_of_rib_received"] == true).then_some(())
-        },
-    );
+    wait_established_with_eor(&lab, 30);
     std::thread::sleep(Duration::from_secs(1));
     let deleted = watch.deleted();
     let logs = || {
