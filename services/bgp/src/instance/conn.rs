@@ -31,9 +31,8 @@ impl Drop for Conn {
 }
 
 /// The receive buffer of every BGP connection (accepted ones inherit the listener's). Set
-/// before the handshake so the window scale covers it: a sender feeding a full table then
-/// never waits on our window, which stalls some (BIRD 2.0 holds its last UPDATE for its 3 s
-/// poll timeout after a write that would block).
+/// before the handshake so the window scale covers it: a sender feeding a full table does not
+/// wait on our window while the owner loop is busy with earlier batches.
 pub(super) const RECV_BUFFER: u32 = 4 << 20;
 
 pub(super) fn listen_179() -> std::io::Result<TcpListener> {

@@ -97,9 +97,6 @@ impl Instance {
         } else {
             None
         };
-        let Some(p) = self.peers.get(&addr) else {
-            return;
-        };
         let t = Target {
             addr,
             ebgp: p.cfg.remote_as != self.cfg.local_as,
