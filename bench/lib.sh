@@ -26,6 +26,18 @@ lab_sysmgr() {
     printf 'name = "%s"\ndata-dir = "data"\n[lab]\nmin-lifetime-floor = "1s"\n' "$2" > "$1/sysmgr.toml"
 }
 
+# lab_fib DIR ROOT: DIR/fib.toml running ROOT's release fib with DIR/fib.conf (the caller writes
+# fib.conf).
+lab_fib() {
+    cat > "$1/fib.toml" <<CONF
+command = ["$2/target/release/fib", "--config", "fib.conf"]
+restart = ["stateful", "stateless"]
+readiness = "notify"
+[saps]
+fib = 130
+CONF
+}
+
 # frr_start NS DIR DAEMON [ARGS...]: zebra, then DAEMON, with DIR/zebra.conf and DIR/DAEMON.conf
 # (written by the caller), run as frr inside NS; vtysh --vty_socket DIR talks to them.
 frr_start() {

@@ -143,13 +143,7 @@ measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel na
 
 # Ours: sysmgr + fib + bgp.
 lab_sysmgr "$dir/lab" sup-bench
-cat > "$dir/lab/fib.toml" <<CONF
-command = ["$root/target/release/fib", "--config", "fib.conf"]
-restart = ["stateful", "stateless"]
-readiness = "notify"
-[saps]
-fib = 130
-CONF
+lab_fib "$dir/lab" "$root"
 echo 'backend = "kernel"' > "$dir/lab/fib.conf"
 cat > "$dir/lab/bgp.toml" <<CONF
 command = ["$root/target/release/bgp", "--config", "bgp.conf"]

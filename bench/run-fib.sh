@@ -29,13 +29,7 @@ for ns in fibb-fib fibb-ip; do
 done
 
 lab_sysmgr "$dir/lab" sup-bench
-cat > "$dir/lab/fib.toml" <<CONF
-command = ["$root/target/release/fib", "--config", "fib.conf"]
-restart = ["stateful", "stateless"]
-readiness = "notify"
-[saps]
-fib = 130
-CONF
+lab_fib "$dir/lab" "$root"
 printf 'backend = "kernel"\nprotocol = 199\n[sticky]\nbuckets = 16\n' > "$dir/lab/fib.conf"
 ip netns exec fibb-fib "$root/target/release/sysmgr" boot --config "$dir/lab/sysmgr.toml" \
     > "$dir/sysmgr.log" 2>&1 &
