@@ -26,6 +26,9 @@ pub enum Death {
     },
     /// Not a service instance: a supervisor event (boot, reset).
     Supervisor,
+    /// Not a death: the running instance quarantined poison input (DESIGN.md §4.5) and said
+    /// so (`X_SYSMGR_QUARANTINE=` on its notify socket); the record's action says what.
+    Quarantine,
 }
 
 impl Death {
@@ -33,7 +36,7 @@ impl Death {
     pub fn normal(&self) -> bool {
         matches!(
             self,
-            Death::Stopped { .. } | Death::Exit(0) | Death::Supervisor
+            Death::Stopped { .. } | Death::Exit(0) | Death::Supervisor | Death::Quarantine
         )
     }
     pub fn signal(&self) -> Option<i32> {
@@ -66,6 +69,7 @@ impl Death {
             } => format!("stopped on request (signal {s}, {})", signal_name(*s)),
             Death::Stopped { .. } => "stopped on request".into(),
             Death::Supervisor => "supervisor event".into(),
+            Death::Quarantine => "running; quarantined poison input".into(),
         }
     }
 }

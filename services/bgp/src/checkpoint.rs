@@ -11,14 +11,18 @@
 //! - `in/<peer>/log/<seq>`: every UPDATE received after the snapshot, as received (and the
 //!   withdrawals a Graceful Restart sweep made, as UPDATEs of our own);
 //! - `out/<peer>/log/<seq>`: every UPDATE sent on the current session (compaction replaces
-//!   the log with the packed Adj-RIB-Out).
+//!   the log with the packed Adj-RIB-Out);
+//! - `rx/<peer>`: the stream offset through which received messages are applied (the bytes
+//!   after it are still in the kernel: peek, apply, checkpoint, consume);
+//! - `tx/<peer>/<offset>`: every message of the current connection from the moment it is
+//!   recorded until the kernel has all of it, so a restarted speaker writes what is missing.
 //!
 //! The Loc-RIB is not stored: best-path selection over the restored Adj-RIBs-In rebuilds it.
 //! The owner loop collects each batch's operations ([`Ckpt`]) and hands them to [`writer`], a
 //! task on its own MTS connection that merges whatever queued meanwhile into one PSS write, so
 //! ingest never waits for sled. A batch is never split, so a compaction is atomic.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -45,9 +49,20 @@ pub struct SessionCk {
     pub router_id: Option<Ipv4Addr>,
     pub four_octet: bool,
     pub local_addr: Option<Ipv4Addr>,
-    /// The peer's Graceful Restart restart time, if it offered the capability.
-    pub gr_restart_time: Option<u16>,
+    /// The peer's Graceful Restart capability, if it offered it.
+    pub gr: Option<crate::wire::Gr>,
     pub flaps: u32,
+    /// Negotiated hold time, seconds.
+    pub hold: u16,
+    pub enhanced_refresh: bool,
+    pub ipv6: bool,
+    /// End-of-RIB received, per family.
+    pub eor4: bool,
+    pub eor6: bool,
+    /// Established since (Unix ms), for the uptime a resumed session shows.
+    pub up_since_ms: u64,
+    /// The kernel's (consumed, written) counters at the connection's stream offset 0.
+    pub kernel_base: (u64, u64),
 }
 
 /// Which Adj-RIB a log belongs to.
@@ -74,6 +89,12 @@ fn log_key(side: Side, peer: Ipv4Addr, seq: u64) -> String {
 }
 fn snap_key(peer: Ipv4Addr, n: u32) -> String {
     format!("in/{peer}/snap/{n:08x}")
+}
+fn rx_key(peer: Ipv4Addr) -> String {
+    format!("rx/{peer}")
+}
+fn tx_key(peer: Ipv4Addr, offset: u64) -> String {
+    format!("tx/{peer}/{offset:016x}")
 }
 
 fn put<T: Serialize + ?Sized>(key: String, v: &T) -> Option<Op> {
@@ -111,6 +132,8 @@ pub struct LogPos {
 pub struct Ckpt {
     ops: Vec<Op>,
     logs: HashMap<(Side, Ipv4Addr), LogPos>,
+    /// Per peer, the (start, end) stream offsets of the recorded outgoing messages.
+    tx: HashMap<Ipv4Addr, VecDeque<(u64, u64)>>,
 }
 
 impl Ckpt {
@@ -174,6 +197,42 @@ impl Ckpt {
         }
     }
 
+    /// Received messages are applied through stream offset `offset`.
+    pub fn rx(&mut self, peer: Ipv4Addr, offset: u64) {
+        self.ops.extend(put(rx_key(peer), &offset));
+    }
+
+    /// Record an outgoing message that starts at stream offset `start` (before it is written).
+    pub fn tx_record(&mut self, peer: Ipv4Addr, start: u64, msg: &[u8]) {
+        self.tx
+            .entry(peer)
+            .or_default()
+            .push_back((start, start + msg.len() as u64));
+        self.ops.extend(put(tx_key(peer, start), msg));
+    }
+
+    /// The kernel has the stream through `written`: those records can go.
+    pub fn tx_trim(&mut self, peer: Ipv4Addr, written: u64) {
+        let Some(q) = self.tx.get_mut(&peer) else {
+            return;
+        };
+        while let Some(&(start, end)) = q.front() {
+            if end > written {
+                break;
+            }
+            q.pop_front();
+            self.ops.push(del(tx_key(peer, start)));
+        }
+    }
+
+    /// The connection is gone: its records and its receive offset go.
+    pub fn forget_stream(&mut self, peer: Ipv4Addr) {
+        for (start, _) in self.tx.remove(&peer).unwrap_or_default() {
+            self.ops.push(del(tx_key(peer, start)));
+        }
+        self.ops.push(del(rx_key(peer)));
+    }
+
     pub fn session(&mut self, peer: Ipv4Addr, s: &SessionCk) {
         self.ops.extend(put(session_key(peer), s));
     }
@@ -192,12 +251,45 @@ impl Ckpt {
         for (k, l) in &r.positions {
             self.logs.insert(*k, l.clone());
         }
+        for (peer, recs) in &r.tx {
+            self.tx.insert(
+                *peer,
+                recs.iter().map(|(s, m)| (*s, s + m.len() as u64)).collect(),
+            );
+        }
+    }
+}
+
+/// What waits for a batch to be checkpointed: messages to write (in order, per connection)
+/// and received bytes to consume (through a stream offset, per connection).
+#[derive(Default)]
+pub struct After {
+    pub sends: Vec<(mpsc::UnboundedSender<Vec<u8>>, Vec<u8>)>,
+    pub consumes: Vec<(mpsc::UnboundedSender<u64>, u64)>,
+}
+
+impl After {
+    pub fn is_empty(&self) -> bool {
+        self.sends.is_empty() && self.consumes.is_empty()
+    }
+    fn extend(&mut self, o: After) {
+        self.sends.extend(o.sends);
+        self.consumes.extend(o.consumes);
+    }
+    fn run(self) {
+        for (tx, m) in self.sends {
+            let _ = tx.send(m);
+        }
+        for (tx, off) in self.consumes {
+            let _ = tx.send(off);
+        }
     }
 }
 
 /// Write batches in order; whatever queued while a write was in flight goes in the next one.
-/// With `clear`, first delete every key a previous life left (a fresh start).
-pub async fn writer(mut rx: mpsc::UnboundedReceiver<Vec<Op>>, clear: bool) {
+/// Only once a batch is in PSS do its messages go out and its received bytes leave the
+/// kernel. With `clear`, first delete every key a previous life left (a fresh start).
+pub async fn writer(mut rx: mpsc::UnboundedReceiver<(Vec<Op>, After)>, clear: bool) {
     let mts = match mts::client::Client::connect_from_env().await {
         Ok(c) => c,
         Err(e) => {
@@ -221,13 +313,15 @@ pub async fn writer(mut rx: mpsc::UnboundedReceiver<Vec<Op>>, clear: bool) {
             Err(e) => tracing::warn!(error = %e, "checkpoint: cannot list old keys"),
         }
     }
-    while let Some(mut ops) = rx.recv().await {
+    while let Some((mut ops, mut after)) = rx.recv().await {
         while ops.len() < MERGE_OPS
-            && let Ok(more) = rx.try_recv()
+            && let Ok((more, a)) = rx.try_recv()
         {
             ops.extend(more);
+            after.extend(a);
         }
         write(&pss, ops).await;
+        after.run();
     }
 }
 
@@ -261,7 +355,7 @@ async fn scan(pss: &Pss<'_>, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, pss
 
 async fn old_keys(pss: &Pss<'_>) -> Result<Vec<String>, pss::PssError> {
     let mut keys = Vec::new();
-    for prefix in ["session/", "in/", "out/"] {
+    for prefix in ["session/", "in/", "out/", "rx/", "tx/"] {
         // Keys only matter here; the values of a previous life are small per key.
         keys.extend(scan(pss, prefix).await?.into_iter().map(|(k, _)| k));
     }
@@ -275,6 +369,12 @@ pub struct Restored {
     /// Per peer: its Adj-RIB-In snapshot, then the UPDATEs received after it, in order.
     pub snapshots: HashMap<Ipv4Addr, Vec<(Attrs, Vec<Prefix>)>>,
     pub received: HashMap<Ipv4Addr, Vec<Vec<u8>>>,
+    /// Per peer: the UPDATEs of its Adj-RIB-Out log, in order.
+    pub sent: HashMap<Ipv4Addr, Vec<Vec<u8>>>,
+    /// Per peer: received messages applied through this stream offset.
+    pub rx: HashMap<Ipv4Addr, u64>,
+    /// Per peer: recorded outgoing messages (stream offset, bytes), in order.
+    pub tx: HashMap<Ipv4Addr, Vec<(u64, Vec<u8>)>>,
     positions: HashMap<(Side, Ipv4Addr), LogPos>,
 }
 
@@ -330,13 +430,32 @@ pub async fn restore() -> Result<Restored, String> {
                     pos.next = pos.next.max(n + 1);
                     let msg: Vec<u8> = decode(&v).map_err(e)?;
                     pos.bytes += msg.len();
-                    if side == Side::In {
-                        r.received.entry(peer).or_default().push(msg);
+                    match side {
+                        Side::In => r.received.entry(peer).or_default().push(msg),
+                        Side::Out => r.sent.entry(peer).or_default().push(msg),
                     }
                 }
                 _ => tracing::warn!(key = k, "checkpoint: unknown key ignored"),
             }
         }
+    }
+    for (k, v) in scan(&pss, "rx/").await.map_err(e)? {
+        if let Some(peer) = k.strip_prefix("rx/").and_then(|p| p.parse().ok()) {
+            r.rx.insert(peer, decode(&v).map_err(e)?);
+        }
+    }
+    for (k, v) in scan(&pss, "tx/").await.map_err(e)? {
+        let mut it = k.split('/').skip(1);
+        let (Some(peer), Some(off)) = (
+            it.next().and_then(|p| p.parse::<Ipv4Addr>().ok()),
+            it.next().and_then(|o| u64::from_str_radix(o, 16).ok()),
+        ) else {
+            tracing::warn!(key = k, "checkpoint: unknown key ignored");
+            continue;
+        };
+        r.tx.entry(peer)
+            .or_default()
+            .push((off, decode(&v).map_err(e)?));
     }
     for l in r.positions.values_mut() {
         if l.first == u64::MAX {

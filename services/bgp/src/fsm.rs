@@ -177,6 +177,29 @@ impl Fsm {
         self.connect_retry_at = Some(now + self.connect_retry);
     }
 
+    /// A session that outlived the previous instance (its socket came back from sysmgr's fd
+    /// store): Established at once with the negotiated hold time, the hold timer restarted.
+    /// The owner sends a KEEPALIVE at once (the pause may have eaten most of the peer's
+    /// patience); the next is due an interval later.
+    pub fn resume(
+        &mut self,
+        now: Instant,
+        passive: bool,
+        negotiated_hold: u16,
+        up_since: Instant,
+        flaps: u32,
+    ) {
+        self.state = State::Established;
+        self.passive = passive;
+        self.negotiated_hold = negotiated_hold;
+        self.connect_retry_at = None;
+        self.connect_retry_counter = 0;
+        self.restart_hold(now);
+        self.restart_keepalive(now);
+        self.up_since = Some(up_since);
+        self.flaps = flaps;
+    }
+
     pub fn handle(&mut self, now: Instant, ev: Event) -> Vec<Action> {
         let mut out = Vec::new();
         use Event as E;

@@ -15,9 +15,11 @@ pub mod checkpoint;
 pub mod config;
 pub mod export;
 pub mod fsm;
+pub mod inflight;
 pub mod instance;
 pub mod proto;
 pub mod rib;
+pub mod tcp;
 pub mod wire;
 
 use std::path::PathBuf;

@@ -51,7 +51,7 @@ pub const REFRESH_BEGIN: u8 = 1;
 pub const REFRESH_END: u8 = 2;
 
 /// A Graceful Restart capability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Gr {
     /// R bit: the sender has just restarted.
     pub restarted: bool,

@@ -89,6 +89,30 @@ impl Supervisor {
             let _ = kill(inst.pid, Signal::SIGABRT);
             inst.abort_sent = Some((now, 0));
         }
+        if let Some(what) = m.get("X_SYSMGR_QUARANTINE") {
+            syslog::err(
+                2,
+                "SERVICE_QUARANTINE",
+                &format!("service \"{name}\": {what}"),
+            );
+            let rec = ProcRecord {
+                seq: 0,
+                supervisor: self.sys.name.clone(),
+                service: name.to_string(),
+                pid: inst.pid.as_raw(),
+                start_kind: inst.kind,
+                start_count: s.start_count,
+                started_ms: inst.started_ms,
+                ended_ms: now_ms(),
+                death: Death::Quarantine,
+                action: what.to_string(),
+                policy: String::new(),
+                new_pid: None,
+            };
+            if let Err(e) = self.log.append(rec) {
+                tracing::error!("process log: {e}");
+            }
+        }
         if m.get("FDSTOREREMOVE") == Some("1") {
             if let Some(n) = m.get("FDNAME") {
                 s.fdstore.retain(|(k, _)| k != n);

@@ -1,25 +1,63 @@
 //! Connections: the TCP 179 listener, connect attempts, a reader and a writer task per
 //! connection, connection collision (RFC 4271 §6.8).
+//!
+//! The reader never consumes: it peeks (`SO_PEEK_OFF` moves on by itself) and hands complete
+//! messages with their stream offsets to the owner, which applies them, checkpoints how far it
+//! got, and only then, through [`checkpoint::After`], tells the reader to consume. The writer
+//! counts what the kernel has taken, so the owner can drop the records of written messages.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::*;
+use crate::tcp;
 
 pub(super) enum ConnEv {
     Up(Ipv4Addr, u64, TcpStream),
     ConnectFailed(Ipv4Addr, u64),
-    /// A message, and its bytes as received (for the checkpoint log).
-    Message(Ipv4Addr, u64, Result<Msg, wire::Malformed>, Vec<u8>),
+    /// A message, its bytes as received (UPDATEs only, for the checkpoint log), and the
+    /// stream offsets where it starts and ends.
+    Message(
+        Ipv4Addr,
+        u64,
+        Result<Msg, wire::Malformed>,
+        Vec<u8>,
+        u64,
+        u64,
+    ),
     Closed(Ipv4Addr, u64),
 }
 
 pub(super) struct Conn {
-    id: u64,
+    pub(super) id: u64,
     /// We opened it (else the peer did): connection collision keeps the one the higher BGP
     /// Identifier opened.
-    outgoing: bool,
+    pub(super) outgoing: bool,
     /// Our address on it (next hop self).
-    local: Option<Ipv4Addr>,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    pub(super) local: Option<Ipv4Addr>,
+    pub(super) tx: mpsc::UnboundedSender<Vec<u8>>,
     reader: tokio::task::JoinHandle<()>,
+    /// The socket (a duplicate, for the fd store and the kernel's counters).
+    pub(super) fd: OwnedFd,
+    /// Consume through this stream offset (to the reader).
+    pub(super) consume_tx: mpsc::UnboundedSender<u64>,
+    /// Stream offset through which the kernel has every byte we queued (from the writer).
+    pub(super) written: Arc<AtomicU64>,
+    /// Stream offset of the next byte we queue.
+    pub(super) tx_next: u64,
+    /// Received messages applied through this offset, and through this one checkpointed.
+    pub(super) rx_done: u64,
+    pub(super) rx_ckpt: u64,
+    /// Peeking works (`SO_PEEK_OFF`): the session can outlive the process.
+    pub(super) hitless: bool,
+    /// The kernel's (consumed, written) counters at our stream offset 0.
+    pub(super) base: (u64, u64),
+}
+
+impl Conn {
+    pub(super) fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for Conn {
@@ -43,15 +81,34 @@ pub(super) fn listen_179() -> std::io::Result<TcpListener> {
     s.listen(64)
 }
 
+/// Where a connection's streams start: a new one at 0, a resumed one where the previous
+/// instance left them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct StreamStart {
+    pub(super) rx: u64,
+    pub(super) tx: u64,
+    /// The kernel's counters (consumed, written) at our offset 0; None: a new connection,
+    /// read them now.
+    pub(super) base: Option<(u64, u64)>,
+}
+
+/// Read complete messages off a connection without consuming them (peek), and consume when the
+/// owner says their effect is checkpointed. Without `peek` (no `SO_PEEK_OFF`), plain reads.
 pub(super) fn reader(
     peer: Ipv4Addr,
     id: u64,
     mut rd: tokio::net::tcp::OwnedReadHalf,
     tx: mpsc::UnboundedSender<ConnEv>,
+    mut consume_rx: mpsc::UnboundedReceiver<u64>,
+    start: u64,
+    peek: bool,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf: Vec<u8> = Vec::with_capacity(65536);
         let mut chunk = vec![0u8; 65536];
+        // Stream offset of buf[0], and through where the kernel's copy was consumed.
+        let mut base = start;
+        let mut consumed = start;
         loop {
             // Every complete message, then the partial rest moves to the front once.
             let mut at = 0;
@@ -66,27 +123,49 @@ pub(super) fn reader(
                         } else {
                             Vec::new()
                         };
+                        let from = base + at as u64;
                         at += n;
-                        if tx.send(ConnEv::Message(peer, id, m, raw)).is_err() {
+                        let ev = ConnEv::Message(peer, id, m, raw, from, from + n as u64);
+                        if tx.send(ev).is_err() {
                             return;
                         }
                     }
                     Ok(_) => break,
                     Err(e) => {
-                        let _ = tx.send(ConnEv::Message(peer, id, Err(e), Vec::new()));
+                        let from = base + at as u64;
+                        let ev = ConnEv::Message(peer, id, Err(e), Vec::new(), from, from);
+                        let _ = tx.send(ev);
                         return;
                     }
                 }
             }
             buf.drain(..at);
-            match rd.read(&mut chunk).await {
-                Ok(0) | Err(_) => {
-                    let _ = tx.send(ConnEv::Closed(peer, id));
-                    return;
+            base += at as u64;
+            tokio::select! {
+                biased;
+                Some(upto) = consume_rx.recv() => {
+                    if peek && upto > consumed {
+                        match tcp::consume(rd.as_ref(), upto - consumed) {
+                            Ok(n) => consumed += n,
+                            Err(e) => {
+                                tracing::warn!(peer = %peer, error = %e, "consume failed");
+                                let _ = tx.send(ConnEv::Closed(peer, id));
+                                return;
+                            }
+                        }
+                    }
                 }
-                Ok(n) => {
-                    tracing::trace!(peer = %peer, bytes = n, "read");
-                    buf.extend_from_slice(&chunk[..n])
+                r = async {
+                    if peek { rd.peek(&mut chunk).await } else { rd.read(&mut chunk).await }
+                } => match r {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(ConnEv::Closed(peer, id));
+                        return;
+                    }
+                    Ok(n) => {
+                        tracing::trace!(peer = %peer, bytes = n, "read");
+                        buf.extend_from_slice(&chunk[..n])
+                    }
                 }
             }
         }
@@ -129,35 +208,86 @@ impl Instance {
         }
     }
 
-    /// Reader and writer tasks for a new connection.
-    pub(super) fn open_conn(&self, addr: Ipv4Addr, id: u64, st: TcpStream, outgoing: bool) -> Conn {
+    /// Reader and writer tasks for a new connection (or one resumed at `start`).
+    pub(super) fn open_conn(
+        &self,
+        addr: Ipv4Addr,
+        id: u64,
+        st: TcpStream,
+        outgoing: bool,
+        start: StreamStart,
+    ) -> std::io::Result<Conn> {
         let _ = st.set_nodelay(true);
         let local = match st.local_addr() {
             Ok(std::net::SocketAddr::V4(a)) => Some(*a.ip()),
             _ => None,
         };
+        let fd = st.as_fd().try_clone_to_owned()?;
+        let base = match start.base {
+            Some(b) => b,
+            None => {
+                let p = tcp::positions(&st)?;
+                (p.consumed, p.written)
+            }
+        };
+        // A resumed socket keeps the previous instance's peek offset: start from the first
+        // unconsumed byte.
+        let hitless = match tcp::set_peek_off(&st, 0) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(peer = %addr, error = %e, "SO_PEEK_OFF unsupported: this session cannot survive a restart");
+                false
+            }
+        };
         let (rd, mut wr) = st.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let written = Arc::new(AtomicU64::new(start.tx));
+        let w = written.clone();
         tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
                 match tokio::time::timeout(Duration::from_secs(10), wr.write_all(&b)).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => {
+                        w.fetch_add(b.len() as u64, Ordering::AcqRel);
+                    }
                     _ => return,
                 }
             }
         });
-        let reader = reader(addr, id, rd, self.ev_tx.clone());
-        Conn {
+        let (consume_tx, consume_rx) = mpsc::unbounded_channel();
+        let reader = reader(
+            addr,
+            id,
+            rd,
+            self.ev_tx.clone(),
+            consume_rx,
+            start.rx,
+            hitless,
+        );
+        Ok(Conn {
             id,
             outgoing,
             local,
             tx,
             reader,
-        }
+            fd,
+            consume_tx,
+            written,
+            tx_next: start.tx,
+            rx_done: start.rx,
+            rx_ckpt: start.rx,
+            hitless,
+            base,
+        })
     }
 
     pub(super) fn attach(&mut self, addr: Ipv4Addr, id: u64, st: TcpStream, outgoing: bool) {
-        let c = self.open_conn(addr, id, st, outgoing);
+        let c = match self.open_conn(addr, id, st, outgoing, StreamStart::default()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(peer = %addr, error = %e, "connection unusable");
+                return;
+            }
+        };
         if let Some(p) = self.peers.get_mut(&addr) {
             p.local_addr = c.local;
             p.conn = Some(c);
@@ -200,8 +330,12 @@ impl Instance {
         {
             let id = self.next_conn;
             self.next_conn += 1;
-            let c = self.open_conn(ip, id, st, false);
-            let _ = c.tx.send(self.open_msg(ip));
+            let Ok(mut c) = self.open_conn(ip, id, st, false, StreamStart::default()) else {
+                return;
+            };
+            let open = self.open_msg(ip);
+            c.tx_next += open.len() as u64;
+            let _ = c.tx.send(open);
             tracing::info!(peer = %ip, "connection collision: the peer's connection waits for its OPEN");
             if let Some(p) = self.peers.get_mut(&ip) {
                 p.incoming = Some(c);
@@ -209,8 +343,9 @@ impl Instance {
             return;
         }
         tracing::info!(peer = %ip, state = state.word(), "connection from the peer refused (connection collision)");
-        let c = self.open_conn(ip, 0, st, false);
-        let _ = c.tx.send(wire::notification(6, 7));
+        if let Ok(c) = self.open_conn(ip, 0, st, false, StreamStart::default()) {
+            let _ = c.tx.send(wire::notification(6, 7));
+        }
     }
 
     /// A message on the peer's connection held for collision resolution: its OPEN decides.
@@ -238,6 +373,8 @@ impl Instance {
             return;
         };
         self.event(addr, Event::OpenCollisionDump).await;
+        // Our connection's records go with it.
+        self.ckpt.forget_stream(addr);
         let now = Instant::now();
         if let Some(p) = self.peers.get_mut(&addr) {
             p.local_addr = theirs.local;
@@ -264,12 +401,18 @@ impl Instance {
         )
     }
 
+    /// Queue a message on the session's connection: recorded in this batch's checkpoint, and
+    /// written once that is in PSS (checkpoint before effect).
     pub(super) fn send(&mut self, addr: Ipv4Addr, bytes: Vec<u8>) {
         if let Some(p) = self.peers.get_mut(&addr)
-            && let Some(c) = &p.conn
+            && let Some(c) = &mut p.conn
         {
             p.msgs_out += 1;
-            let _ = c.tx.send(bytes);
+            if c.hitless {
+                self.ckpt.tx_record(addr, c.tx_next, &bytes);
+            }
+            c.tx_next += bytes.len() as u64;
+            self.after.sends.push((c.tx.clone(), bytes));
         }
     }
 
@@ -297,14 +440,36 @@ impl Instance {
                     self.event(addr, Event::TcpConnectionFails).await;
                 }
             }
-            ConnEv::Message(addr, id, m, raw) => {
+            ConnEv::Message(addr, id, m, raw, from, to) => {
                 let Some(p) = self.peers.get(&addr) else {
                     return;
                 };
                 if p.conn.as_ref().is_some_and(|c| c.id == id) {
-                    self.on_message(addr, m, raw).await;
+                    if p.quarantine == Some(from) {
+                        self.quarantine(addr, m, raw, from);
+                    } else {
+                        let slot = p.inflight_slot;
+                        if let (Some(f), Some(i)) = (&self.inflight, slot) {
+                            f.begin(i, from);
+                        }
+                        self.on_message(addr, m, raw).await;
+                        if let (Some(f), Some(i)) = (&self.inflight, slot) {
+                            f.end(i);
+                        }
+                    }
                 } else if p.incoming.as_ref().is_some_and(|c| c.id == id) {
                     self.on_incoming(addr, m, raw).await;
+                }
+                // Applied (or the connection is gone, and its bytes with it).
+                for c in self
+                    .peers
+                    .get_mut(&addr)
+                    .into_iter()
+                    .flat_map(|p| p.conn.iter_mut().chain(p.incoming.iter_mut()))
+                {
+                    if c.id == id {
+                        c.rx_done = c.rx_done.max(to);
+                    }
                 }
             }
             ConnEv::Closed(addr, id) => {

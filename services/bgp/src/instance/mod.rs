@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::BgpError;
-use crate::checkpoint::{self, Ckpt, SessionCk, Side};
+use crate::checkpoint::{self, After, Ckpt, SessionCk, Side};
 use crate::config::{Config, Neighbor};
 use crate::export::{self, OutAttrs, Target};
 use crate::fsm::{Action, Event, Fsm};
@@ -35,10 +35,29 @@ use crate::wire::{self, Msg};
 
 mod conn;
 mod fibio;
+mod resume;
 mod show;
 
 use conn::{Conn, ConnEv, listen_179};
 use fibio::{Iface, ToFib, fib_writer, local_ifaces};
+
+/// Test-only fault injection (`--features fault-injection`).
+#[cfg(feature = "fault-injection")]
+mod fault {
+    /// Abort, as a crash would, on an UPDATE carrying the community in `BGP_FAULT_COMMUNITY`.
+    pub(super) fn check(r: &crate::wire::Routes) {
+        let Some(c) = std::env::var("BGP_FAULT_COMMUNITY").ok().and_then(|v| {
+            let (a, b) = v.split_once(':')?;
+            Some((a.parse::<u32>().ok()? << 16) | b.parse::<u32>().ok()?)
+        }) else {
+            return;
+        };
+        if r.announce.iter().any(|(_, a)| a.communities.contains(&c)) {
+            eprintln!("fault injection: community in BGP_FAULT_COMMUNITY seen; aborting");
+            std::process::abort();
+        }
+    }
+}
 
 /// How long a peer's routes stay stale after its BoRR without an EoRR (RFC 7313 §4).
 const REFRESH_STALE: Duration = Duration::from_secs(300);
@@ -88,6 +107,12 @@ struct Peer {
     /// Its stale routes are ours from a checkpoint (we restarted), not its own restart: kept
     /// until its End-of-RIB whatever its forwarding-state bit says.
     stale_restored: bool,
+    /// The connection is in sysmgr's fd store.
+    stored: bool,
+    /// Its slot in the in-flight page.
+    inflight_slot: Option<usize>,
+    /// The stream offset of a poison message to skip (in flight at two consecutive crashes).
+    quarantine: Option<u64>,
 }
 
 pub struct Instance {
@@ -116,15 +141,39 @@ pub struct Instance {
     dirty: Vec<Prefix>,
     /// This batch's checkpoint operations, and where they go ([`checkpoint::writer`]).
     ckpt: Ckpt,
-    ckpt_tx: mpsc::UnboundedSender<Vec<pss::proto::Op>>,
+    /// What waits for this batch's checkpoint: messages to write, bytes to consume.
+    after: After,
+    ckpt_tx: mpsc::UnboundedSender<(Vec<pss::proto::Op>, After)>,
+    /// Which message is being applied, in memory that outlives the process.
+    inflight: Option<crate::inflight::Inflight>,
     fib_eor_sent: bool,
     fib_eor_at: Instant,
     /// Next-hop → interface (the connected subnet that contains it).
     ifaces: Vec<Iface>,
 }
 
+/// What a peer's session negotiated, for its checkpoint.
+fn session_ck(p: &Peer) -> SessionCk {
+    SessionCk {
+        state: p.fsm.state.word().to_string(),
+        router_id: p.router_id,
+        four_octet: p.four_octet,
+        local_addr: p.local_addr,
+        gr: p.gr,
+        flaps: p.fsm.flaps,
+        hold: p.fsm.negotiated_hold,
+        enhanced_refresh: p.enhanced_refresh,
+        ipv6: p.ipv6,
+        eor4: p.eor4,
+        eor6: p.eor6,
+        up_since_ms: p.fsm.up_since.map_or(0, resume::unix_ms),
+        kernel_base: p.conn.as_ref().map_or((0, 0), |c| c.base),
+    }
+}
+
 impl Instance {
     pub async fn start(opts: &Options) -> Result<Instance, BgpError> {
+        let t0 = Instant::now();
         let cfg = crate::config::load(&opts.config)?;
         let mts = Client::connect_from_env().await?;
         let sap = mts.bind(proto::SAP_NAME).await?;
@@ -132,18 +181,16 @@ impl Instance {
             mts.subscribe(sap, bfd::proto::OP_EVENT).await?;
         }
         let fib_sap = mts.lookup(fp::SAP_NAME).await.ok();
+        // What the fd store kept (a stateful restart): the listener, the sessions, the
+        // in-flight page.
+        let handed = resume::take_fds();
         // Listen only when there is someone to listen for.
         let listener = if cfg.neighbors.is_empty() {
             None
         } else {
-            match listen_179() {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen on TCP 179: active sessions only");
-                    None
-                }
-            }
+            resume::listener(handed.listener)
         };
+        let inflight = resume::inflight(handed.inflight);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (fib_tx, fib_rx) = mpsc::unbounded_channel();
         let (done_tx, fib_done) = mpsc::unbounded_channel();
@@ -205,6 +252,9 @@ impl Instance {
                     send_restarted: restarted,
                     incoming: None,
                     stale_restored: false,
+                    stored: false,
+                    inflight_slot: None,
+                    quarantine: None,
                 },
             );
         }
@@ -225,13 +275,28 @@ impl Instance {
             next_conn: 1,
             dirty: Vec::new(),
             ckpt: Ckpt::default(),
+            after: After::default(),
             ckpt_tx,
+            inflight,
             fib_eor_sent: false,
             fib_eor_at: now + Duration::from_secs(60),
             ifaces: local_ifaces(),
         };
         if let Some(r) = restored {
-            me.adopt(r, now);
+            me.ckpt.adopt(&r);
+            let resumed = me.resume_sessions(handed.sessions, &r, now);
+            // Their KEEPALIVEs go out before the RIBs are rebuilt.
+            me.checkpoint();
+            let gone: BTreeSet<Ipv4Addr> = r.tx.keys().chain(r.rx.keys()).copied().collect();
+            for a in gone.difference(&resumed) {
+                me.ckpt.forget_stream(*a);
+            }
+            me.adopt(r, &resumed, now);
+            me.mark_poison();
+        } else {
+            for a in handed.sessions.keys() {
+                tracing::warn!(peer = %a, "a stored session without a checkpoint is closed");
+            }
         }
         // Our routes in the FIB from a previous life are stale until we have re-learnt them.
         if let Some(f) = me.fib_sap {
@@ -250,9 +315,20 @@ impl Instance {
         me.ask_bfd().await;
         let addrs: Vec<Ipv4Addr> = me.peers.keys().copied().collect();
         for a in addrs {
+            if me.peers[&a].fsm.state == crate::fsm::State::Established {
+                // Resumed: whatever changed while we were away goes out now.
+                me.advertise_all(a);
+                continue;
+            }
             let passive = me.peers[&a].cfg.passive;
             me.event(a, Event::ManualStart { passive }).await;
         }
+        me.end_batch();
+        tracing::info!(
+            ms = t0.elapsed().as_millis() as u64,
+            loc_rib = me.rib.loc.len(),
+            "started"
+        );
         Ok(me)
     }
 
@@ -272,20 +348,14 @@ impl Instance {
         if p.fsm.state != before {
             p.changed_at = now;
             tracing::info!(peer = %addr, from = before.word(), to = p.fsm.state.word(), "%BGP-5-ADJCHANGE");
-            let ck = SessionCk {
-                state: p.fsm.state.word().to_string(),
-                router_id: p.router_id,
-                four_octet: p.four_octet,
-                local_addr: p.local_addr,
-                gr_restart_time: p.gr.map(|g| g.restart_time),
-                flaps: p.fsm.flaps,
-            };
+            let ck = session_ck(p);
             self.ckpt.session(addr, &ck);
         }
         for a in actions {
             match a {
                 Action::Connect => self.connect(addr),
                 Action::Disconnect => {
+                    self.unstore_session(addr);
                     if let Some(p) = self.peers.get_mut(&addr) {
                         p.conn = None;
                         p.incoming = None;
@@ -307,6 +377,7 @@ impl Instance {
                     self.send(addr, wire::notification(code, subcode))
                 }
                 Action::Established => {
+                    self.store_session(addr);
                     if let Some(p) = self.peers.get_mut(&addr) {
                         p.send_restarted = false;
                         // Back without forwarding preserved: its stale routes cannot be trusted.
@@ -457,6 +528,10 @@ impl Instance {
                                     p.stale_restored = false;
                                 }
                             }
+                            if let Some(p) = self.peers.get(&addr) {
+                                let ck = session_ck(p);
+                                self.ckpt.session(addr, &ck);
+                            }
                             let family = if r.end_of_rib { "ipv4" } else { "ipv6" };
                             tracing::info!(peer = %addr, family, all, loc_rib = self.rib.loc.len(), "End-of-RIB received");
                             if sweep {
@@ -486,6 +561,8 @@ impl Instance {
 
     /// Apply the routes of one UPDATE from `addr` through its import list.
     fn apply_routes(&mut self, addr: Ipv4Addr, r: wire::Routes) {
+        #[cfg(feature = "fault-injection")]
+        fault::check(&r);
         let import = self
             .peers
             .get(&addr)
@@ -545,18 +622,47 @@ impl Instance {
                 }
             }
         }
-        let ops = self.ckpt.take();
-        if !ops.is_empty() {
-            let _ = self.ckpt_tx.send(ops);
+        // Received bytes: applied through rx_done, consumed once that is checkpointed.
+        // Sent: records the kernel has all of go.
+        for (addr, p) in self.peers.iter_mut() {
+            if let Some(c) = &mut p.conn {
+                if c.rx_done > c.rx_ckpt {
+                    if p.stored {
+                        self.ckpt.rx(*addr, c.rx_done);
+                    }
+                    c.rx_ckpt = c.rx_done;
+                    self.after.consumes.push((c.consume_tx.clone(), c.rx_done));
+                }
+                self.ckpt.tx_trim(*addr, c.written());
+            }
+            if let Some(c) = &mut p.incoming
+                && c.rx_done > c.rx_ckpt
+            {
+                c.rx_ckpt = c.rx_done;
+                self.after.consumes.push((c.consume_tx.clone(), c.rx_done));
+            }
         }
+        let ops = self.ckpt.take();
+        let after = std::mem::take(&mut self.after);
+        if !ops.is_empty() || !after.is_empty() {
+            let _ = self.ckpt_tx.send((ops, after));
+        }
+    }
+
+    /// The end of every turn of the loop: best paths to the FIB and the neighbours, then the
+    /// checkpoint, after which the turn's messages go out and its received bytes are consumed.
+    fn end_batch(&mut self) {
+        self.flush_fib();
+        self.maybe_fib_eor();
+        self.checkpoint();
     }
 
     /// Take over a previous instance's RIBs (stateful restart): each peer's Adj-RIB-In is
     /// rebuilt from its snapshot and log and stays, stale, until the peer has re-sent it
     /// (End-of-RIB) or the restart time runs out; the Loc-RIB is selected from it at once, so
-    /// the FIB keeps forwarding. The sessions did not survive, so the Adj-RIBs-Out go.
-    fn adopt(&mut self, r: checkpoint::Restored, now: Instant) {
-        self.ckpt.adopt(&r);
+    /// the FIB keeps forwarding. Sessions that did not survive lose their Adj-RIBs-Out;
+    /// `resumed` ones keep everything, current.
+    fn adopt(&mut self, r: checkpoint::Restored, resumed: &BTreeSet<Ipv4Addr>, now: Instant) {
         let keep = Duration::from_secs(u64::from(
             self.cfg.graceful_restart.unwrap_or(DEFAULT_STALE_SECS),
         ));
@@ -565,7 +671,9 @@ impl Instance {
         let mut snapshots = r.snapshots;
         let mut received = r.received;
         for peer in peers {
-            self.ckpt.forget(Side::Out, peer);
+            if !resumed.contains(&peer) {
+                self.ckpt.forget(Side::Out, peer);
+            }
             if !self.peers.contains_key(&peer) {
                 self.ckpt.forget(Side::In, peer); // no longer a neighbour
                 continue;
@@ -590,6 +698,9 @@ impl Instance {
                     }
                 }
             }
+            if resumed.contains(&peer) {
+                continue; // the session is still up: its routes are current
+            }
             self.rib.peer_stale(peer);
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.stale_until = Some(now + keep);
@@ -600,7 +711,8 @@ impl Instance {
         tracing::info!(
             prefixes = n,
             loc_rib = self.rib.loc.len(),
-            "checkpoint: RIBs restored, stale until the peers re-send them"
+            resumed = resumed.len(),
+            "checkpoint: RIBs restored (those of sessions not resumed stale until their peers re-send them)"
         );
     }
 
@@ -634,7 +746,6 @@ impl Instance {
                 Some(()) = self.fib_done.recv() => {
                     self.fib_inflight = self.fib_inflight.saturating_sub(1);
                     self.feed_fib();
-                    self.maybe_fib_eor();
                 }
                 Some(ev) = self.ev_rx.recv() => {
                     self.on_conn(ev).await;
@@ -642,9 +753,6 @@ impl Instance {
                     while let Ok(ev) = self.ev_rx.try_recv() {
                         self.on_conn(ev).await;
                     }
-                    self.flush_fib();
-                    self.maybe_fib_eor();
-                    self.checkpoint();
                 }
                 _ = async {
                     match deadline {
@@ -678,8 +786,6 @@ impl Instance {
                         let n = self.sweep(a);
                         tracing::warn!(peer = %a, swept = n, "restart time ran out: stale routes swept");
                     }
-                    self.flush_fib();
-                    self.maybe_fib_eor();
                 }
                 m = self.mts.recv() => match m {
                     Some(m) => self.on_request(m).await,
@@ -694,10 +800,12 @@ impl Instance {
                     for a in addrs {
                         self.event(a, Event::ManualStop).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    self.end_batch();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     return Ok(());
                 }
             }
+            self.end_batch();
         }
     }
 }
