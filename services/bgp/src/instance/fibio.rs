@@ -8,6 +8,8 @@ pub(super) const FIB_CHUNK: usize = 100_000;
 
 /// What goes to the FIB, in order.
 pub(super) enum ToFib {
+    /// Our routes there are stale until our End-of-RIB (a new instance).
+    ProducerStart,
     Update(fp::Update),
     EndOfRib,
 }
@@ -29,6 +31,18 @@ pub(super) async fn fib_writer(
     };
     while let Some(m) = rx.recv().await {
         match m {
+            ToFib::ProducerStart => {
+                let r: Result<Result<u64, String>, _> = mts
+                    .request(
+                        0,
+                        fib,
+                        fp::OP_PRODUCER_START,
+                        &"bgp".to_string(),
+                        Duration::from_secs(30),
+                    )
+                    .await;
+                tracing::info!(?r, "fib: bgp routes marked stale until End-of-RIB");
+            }
             ToFib::Update(u) => {
                 let r: Result<Result<(), String>, _> = mts
                     .request(0, fib, fp::OP_UPDATE, &u, Duration::from_secs(120))

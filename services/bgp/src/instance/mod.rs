@@ -213,6 +213,7 @@ impl Instance {
         } else {
             None
         };
+        let t_restore = t0.elapsed();
         let (ckpt_tx, ckpt_rx) = mpsc::unbounded_channel();
         tokio::spawn(checkpoint::writer(ckpt_rx, restored.is_none()));
         let mut rib = Rib::new(cfg.maximum_paths);
@@ -291,33 +292,33 @@ impl Instance {
             for a in gone.difference(&resumed) {
                 me.ckpt.forget_stream(*a);
             }
+            let t = Instant::now();
             me.adopt(r, &resumed, now);
+            tracing::debug!(ms = t.elapsed().as_millis() as u64, "RIBs rebuilt");
             me.mark_poison();
         } else {
             for a in handed.sessions.keys() {
                 tracing::warn!(peer = %a, "a stored session without a checkpoint is closed");
             }
         }
-        // Our routes in the FIB from a previous life are stale until we have re-learnt them.
-        if let Some(f) = me.fib_sap {
-            let r: Result<Result<u64, String>, _> = me
-                .mts
-                .request(
-                    0,
-                    f,
-                    fp::OP_PRODUCER_START,
-                    &"bgp".to_string(),
-                    Duration::from_secs(10),
-                )
-                .await;
-            tracing::info!(?r, "fib: bgp routes marked stale until End-of-RIB");
+        // Our routes in the FIB from a previous life are stale until we have re-learnt them:
+        // the first request of the FIB writer, ahead of every route (it keeps the order), so
+        // the start does not wait for the FIB to mark them.
+        if me.fib_sap.is_some() {
+            me.fib_inflight += 1;
+            let _ = me.fib_tx.send(ToFib::ProducerStart);
         }
         me.ask_bfd().await;
         let addrs: Vec<Ipv4Addr> = me.peers.keys().copied().collect();
         for a in addrs {
             if me.peers[&a].fsm.state == crate::fsm::State::Established {
-                // Resumed: whatever changed while we were away goes out now.
-                me.advertise_all(a);
+                // Resumed: the rebuilt Loc-RIB is all dirty, so the batch's end compares every
+                // prefix with what the peer has (normally nothing differs: the checkpoint held
+                // both); our own networks are not in it.
+                let mut own = me.cfg.networks.clone();
+                own.sort_unstable();
+                own.dedup();
+                me.advertise(a, &own);
                 continue;
             }
             let passive = me.peers[&a].cfg.passive;
@@ -326,6 +327,7 @@ impl Instance {
         me.end_batch();
         tracing::info!(
             ms = t0.elapsed().as_millis() as u64,
+            checkpoint_read_ms = t_restore.as_millis() as u64,
             loc_rib = me.rib.loc.len(),
             "started"
         );
