@@ -293,7 +293,12 @@ pub async fn writer(mut rx: mpsc::UnboundedReceiver<(Vec<Op>, After)>, clear: bo
     let mts = match mts::client::Client::connect_from_env().await {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(error = %e, "checkpoint writer: no MTS connection");
+            // Without PSS the sessions still run (they just cannot survive a restart): the
+            // messages and consumes of every batch go on at once.
+            tracing::warn!(error = %e, "checkpoint writer: no MTS connection; no checkpoints");
+            while let Some((_, after)) = rx.recv().await {
+                after.run();
+            }
             return;
         }
     };
