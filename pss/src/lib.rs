@@ -61,11 +61,24 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// One write as the standby supervisor applies it: a tree's puts (`Some`) and deletes
+/// (`None`), all at once; `clear` empties the tree first.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Change {
+    pub tree: Vec<u8>,
+    pub clear: bool,
+    pub ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// Where the writes of a store go besides sled (the link to the standby supervisor).
+pub type ReplicaTx = std::sync::mpsc::Sender<Change>;
+
 /// The sled database of one supervisor.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    replica: std::sync::Arc<std::sync::Mutex<Option<ReplicaTx>>>,
 }
 
 impl Store {
@@ -105,6 +118,7 @@ impl Store {
         Ok(Store {
             db,
             path: dir.to_path_buf(),
+            replica: Default::default(),
         })
     }
 
@@ -141,6 +155,86 @@ impl Store {
     /// Flush everything to disk.
     pub fn flush(&self) -> Result<usize, sled::Error> {
         self.db.flush()
+    }
+
+    /// Send every write from now on to `tx` as well (None: stop). Every writer of the store
+    /// calls [`Store::replicate`] after its write, in the order it wrote.
+    pub fn set_replica(&self, tx: Option<ReplicaTx>) {
+        *self.replica.lock().unwrap_or_else(|p| p.into_inner()) = tx;
+    }
+
+    /// Whether writes go to a standby.
+    pub fn replicating(&self) -> bool {
+        self.replica
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// A write just made to `tree`, for the standby. Cheap when there is none.
+    pub fn replicate(&self, tree: &sled::Tree, clear: bool, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+        let mut g = self.replica.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = g.as_ref() {
+            let c = Change {
+                tree: tree.name().to_vec(),
+                clear,
+                ops,
+            };
+            if tx.send(c).is_err() {
+                *g = None;
+            }
+        }
+    }
+
+    /// Every tree and its entries (the standby's first copy), the default tree excepted.
+    pub fn snapshot(&self) -> Vec<Change> {
+        let mut v = Vec::new();
+        for name in self.db.tree_names() {
+            if name.as_ref() == b"__sled__default" {
+                continue;
+            }
+            let Ok(t) = self.db.open_tree(&name) else {
+                continue;
+            };
+            let ops = t
+                .iter()
+                .filter_map(|e| e.ok())
+                .map(|(k, val)| (k.to_vec(), Some(val.to_vec())))
+                .collect();
+            v.push(Change {
+                tree: name.to_vec(),
+                clear: true,
+                ops,
+            });
+        }
+        v
+    }
+
+    /// Apply a change from the active supervisor (atomically per change).
+    pub fn apply(&self, c: &Change) -> Result<(), sled::Error> {
+        let t = self.db.open_tree(&c.tree)?;
+        if c.clear {
+            t.clear()?;
+        }
+        let mut b = sled::Batch::default();
+        for (k, v) in &c.ops {
+            match v {
+                Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                None => b.remove(k.as_slice()),
+            }
+        }
+        t.apply_batch(b)
+    }
+
+    /// Every tree emptied (a standby about to take the active's copy).
+    pub fn clear_all(&self) -> Result<(), sled::Error> {
+        for name in self.db.tree_names() {
+            if name.as_ref() == b"__sled__default" {
+                continue;
+            }
+            self.db.open_tree(&name)?.clear()?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {

@@ -189,7 +189,10 @@ impl Server {
             Ok(seq)
         });
         match res {
-            Ok(seq) => Ok(Response::Written { seq }),
+            Ok(seq) => {
+                self.replicate_write(me, &tree, ops);
+                Ok(Response::Written { seq })
+            }
             Err(TransactionError::Abort(r)) => Ok(r),
             Err(TransactionError::Storage(e)) => Err(PssError::Db(e)),
         }
@@ -219,29 +222,59 @@ impl Server {
             })
             .map_err(PssError::Db)?;
         let mut a = [0u8; 8];
-        if let Some(m) = meta
+        if let Some(m) = &meta
             && m.len() == 16
         {
             a.copy_from_slice(&m[..8]);
         }
+        self.replicate_write(me, tree, ops);
         Ok(Response::Written {
             seq: u64::from_be_bytes(a),
         })
     }
 
+    /// A write applied: its operations (a CAS as the put or delete it became) and the
+    /// service's new sequence go to the standby, if any.
+    fn replicate_write(&self, me: &str, tree: &sled::Tree, ops: &[Op]) {
+        if !self.store.replicating() {
+            return;
+        }
+        let v = ops
+            .iter()
+            .map(|o| match o {
+                Op::Put { key, value } => (key.clone(), Some(value.clone())),
+                Op::Delete { key } => (key.clone(), None),
+                Op::Cas { key, new, .. } => (key.clone(), new.clone()),
+            })
+            .collect();
+        self.store.replicate(tree, false, v);
+        if let Ok(m) = self.meta.get(me.as_bytes()) {
+            self.store.replicate(
+                &self.meta,
+                false,
+                vec![(me.as_bytes().to_vec(), m.map(|m| m.to_vec()))],
+            );
+        }
+    }
+
     /// A stateless restart starts with the service's private state cleared.
     pub fn clear_private(&self, service: &str) -> Result<(), PssError> {
-        self.tree(service, Scope::Private)?
-            .clear()
-            .map_err(PssError::Db)
+        let t = self.tree(service, Scope::Private)?;
+        t.clear().map_err(PssError::Db)?;
+        self.store.replicate(&t, true, Vec::new());
+        Ok(())
     }
 
     /// `clear pss service NAME`: every scope and the sequence.
     pub fn clear_service(&self, service: &str) -> Result<(), PssError> {
         for s in Scope::ALL {
-            self.tree(service, s)?.clear().map_err(PssError::Db)?;
+            let t = self.tree(service, s)?;
+            t.clear().map_err(PssError::Db)?;
+            self.store.replicate(&t, true, Vec::new());
         }
         self.meta.remove(service).map_err(PssError::Db)?;
+        self.store
+            .replicate(&self.meta, false, vec![(service.as_bytes().to_vec(), None)]);
         Ok(())
     }
 

@@ -63,6 +63,17 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ClearCmd,
     },
+    /// system switchover: the active supervisor hands over to the standby
+    System {
+        #[command(subcommand)]
+        cmd: SystemActionCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemActionCmd {
+    /// Stop the services here and let the standby supervisor take over.
+    Switchover,
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,6 +272,17 @@ pub enum SystemCmd {
         #[command(subcommand)]
         cmd: InternalCmd,
     },
+    /// show system redundancy status
+    Redundancy {
+        #[command(subcommand)]
+        cmd: RedundancyCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RedundancyCmd {
+    /// Redundancy mode, this supervisor, the other one.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -347,6 +369,12 @@ pub fn request_for(cmd: &Cmd) -> Option<(Request, View)> {
                             },
                     },
             } => (Request::ShowService { name: name.clone() }, View::Plain),
+            ShowCmd::System {
+                cmd:
+                    SystemCmd::Redundancy {
+                        cmd: RedundancyCmd::Status,
+                    },
+            } => (Request::ShowRedundancy, View::Plain),
             ShowCmd::Bfd { .. }
             | ShowCmd::Ip { .. }
             | ShowCmd::Ipv6 { .. }
@@ -368,6 +396,9 @@ pub fn request_for(cmd: &Cmd) -> Option<(Request, View)> {
                 cmd: ClearPssCmd::Service { name },
             },
         } => (Request::ClearPss { name: name.clone() }, View::Plain),
+        Cmd::System {
+            cmd: SystemActionCmd::Switchover,
+        } => (Request::Switchover, View::Plain),
         Cmd::Boot { .. }
         | Cmd::Policy { .. }
         | Cmd::Ip { .. }
@@ -778,6 +809,7 @@ pub fn render(resp: &Response, view: View, json: bool) -> String {
             Response::PssEntries(r) => serde_json::to_string_pretty(r),
             Response::MtsQueues(r) => serde_json::to_string_pretty(r),
             Response::MtsDead(r) => serde_json::to_string_pretty(r),
+            Response::Redundancy(r) => serde_json::to_string_pretty(r),
         };
         return v.unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n";
     }
@@ -795,5 +827,35 @@ pub fn render(resp: &Response, view: View, json: bool) -> String {
         (Response::PssEntries(r), _) => pss_entries(r),
         (Response::MtsQueues(r), _) => mts_queues(r),
         (Response::MtsDead(r), _) => mts_dead(r),
+        (Response::Redundancy(r), _) => redundancy(r),
     }
+}
+
+/// `show system redundancy status`, in the NX-OS layout.
+fn redundancy(r: &crate::control::proto::RedundancyStatus) -> String {
+    let sup = |title: &str, s: &crate::control::proto::SupStatus| {
+        let head = format!("{title} ({})", s.name);
+        format!(
+            "{head}\n{}\n    Redundancy state:   {}\n    Supervisor state:   {}\n      Internal state:   {}\n",
+            "-".repeat(head.len()),
+            s.redundancy_state,
+            s.supervisor_state,
+            s.internal_state
+        )
+    };
+    let mut out = format!(
+        "Redundancy mode\n---------------\n      administrative:   {}\n         operational:   {}\n\n",
+        r.administrative, r.operational
+    );
+    out += &sup("This supervisor", &r.this);
+    out += "\n";
+    out += &sup("Other supervisor", &r.other);
+    out += &format!(
+        "\nEpoch {} (arbiter: {}), replication: {} changes sent, {} applied\n",
+        r.epoch,
+        r.lock_file.as_deref().unwrap_or("none"),
+        r.replication_sent,
+        r.replication_applied
+    );
+    out
 }

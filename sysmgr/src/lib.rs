@@ -23,6 +23,7 @@ pub mod notify;
 pub mod outlog;
 pub mod procfs;
 pub mod proclog;
+pub mod redundancy;
 pub mod services;
 pub mod spawn;
 pub mod supervisor;

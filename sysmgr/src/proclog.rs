@@ -146,26 +146,41 @@ impl ProcLog {
     }
 
     fn put(&self, tree: &sled::Tree, seq: u64, bytes: Vec<u8>) -> Result<(), SysmgrError> {
-        tree.insert(seq.to_be_bytes(), bytes)
-            .map_err(SysmgrError::Db)?;
+        let key = seq.to_be_bytes().to_vec();
+        tree.insert(&key, bytes.clone()).map_err(SysmgrError::Db)?;
+        let mut ops = vec![(key, Some(bytes))];
         while tree.len() as u64 > self.max {
-            if tree.pop_min().map_err(SysmgrError::Db)?.is_none() {
-                break;
+            match tree.pop_min().map_err(SysmgrError::Db)? {
+                Some((k, _)) => ops.push((k.to_vec(), None)),
+                None => break,
             }
         }
         self.store.flush().map_err(SysmgrError::Db)?;
+        self.store.replicate(tree, false, ops);
         Ok(())
+    }
+
+    /// The next record number: after both the database's ids and the last record (records
+    /// replicated from the other supervisor carry its numbers).
+    fn next_seq(&self, tree: &sled::Tree) -> Result<u64, SysmgrError> {
+        let id = self.store.next_id().map_err(SysmgrError::Db)?;
+        let last = tree
+            .last()
+            .map_err(SysmgrError::Db)?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        Ok(id.max(last + 1))
     }
 
     /// Append a record (its `seq` is assigned here) and flush it to disk.
     pub fn append(&self, mut rec: ProcRecord) -> Result<u64, SysmgrError> {
-        rec.seq = self.store.next_id().map_err(SysmgrError::Db)?;
+        rec.seq = self.next_seq(&self.records)?;
         self.put(&self.records, rec.seq, enc(&rec)?)?;
         Ok(rec.seq)
     }
 
     pub fn append_core(&self, mut rec: CoreRecord) -> Result<u64, SysmgrError> {
-        rec.seq = self.store.next_id().map_err(SysmgrError::Db)?;
+        rec.seq = self.next_seq(&self.cores)?;
         self.put(&self.cores, rec.seq, enc(&rec)?)?;
         Ok(rec.seq)
     }

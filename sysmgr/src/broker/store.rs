@@ -33,9 +33,10 @@ impl QueueStore {
 
     pub fn put(&self, m: &Msg) -> Result<(), String> {
         let v = mts::codec::encode(m).map_err(|e| e.to_string())?;
-        self.queue
-            .insert(key(m.dst_sap, m.seq), v)
-            .map_err(|e| e.to_string())?;
+        let k = key(m.dst_sap, m.seq);
+        self.queue.insert(k, v.clone()).map_err(|e| e.to_string())?;
+        self.store
+            .replicate(&self.queue, false, vec![(k.to_vec(), Some(v))]);
         Ok(())
     }
 
@@ -44,9 +45,12 @@ impl QueueStore {
     }
 
     pub fn remove(&self, sap: u32, seq: u64) {
-        if let Err(e) = self.queue.remove(key(sap, seq)) {
+        let k = key(sap, seq);
+        if let Err(e) = self.queue.remove(k) {
             tracing::error!("mts/queue remove: {e}");
         }
+        self.store
+            .replicate(&self.queue, false, vec![(k.to_vec(), None)]);
     }
 
     /// Every persistent message of a SAP, oldest first.
@@ -66,16 +70,23 @@ impl QueueStore {
             .keys()
             .filter_map(|k| k.ok())
         {
-            let _ = self.queue.remove(k);
+            let _ = self.queue.remove(&k);
+            self.store
+                .replicate(&self.queue, false, vec![(k.to_vec(), None)]);
         }
     }
 
     pub fn put_dead(&self, d: &DeadLetter) {
         match mts::codec::encode(d) {
             Ok(v) => {
-                if let Err(e) = self.dead.insert(d.seq.to_be_bytes(), v) {
+                if let Err(e) = self.dead.insert(d.seq.to_be_bytes(), v.clone()) {
                     tracing::error!("mts/dead insert: {e}");
                 }
+                self.store.replicate(
+                    &self.dead,
+                    false,
+                    vec![(d.seq.to_be_bytes().to_vec(), Some(v))],
+                );
                 let _ = self.store.flush();
             }
             Err(e) => tracing::error!("mts/dead encode: {e}"),

@@ -47,6 +47,22 @@ pub struct FailureWindow {
     pub window: Duration,
 }
 
+/// `[redundancy]`: this supervisor and the other one (DESIGN.md §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redundancy {
+    /// The arbiter: whoever holds an exclusive `flock` on this file is active.
+    pub lock_file: PathBuf,
+    /// Where this supervisor serves the replication stream when it is active.
+    pub link: PathBuf,
+    /// The other supervisor's name and link.
+    pub peer: String,
+    pub peer_link: PathBuf,
+    /// The active's heartbeat on the link, and how long the standby waits for one before it
+    /// declares the active stalled (and fences it).
+    pub heartbeat: Duration,
+    pub dead_after: Duration,
+}
+
 /// The supervisor's own configuration (`sysmgr.toml`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SysmgrConfig {
@@ -72,6 +88,8 @@ pub struct SysmgrConfig {
     pub log_max_bytes: u64,
     /// Process-log records kept (oldest dropped first).
     pub proclog_max_records: u64,
+    /// Two supervisors on one host (None: this one alone).
+    pub redundancy: Option<Redundancy>,
     /// Per-queue MTS limits.
     pub mts_limits: crate::broker::Limits,
 }
@@ -259,6 +277,61 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
         }
         m.finish(&mut ctx);
     }
+    let mut redundancy = None;
+    if let Some(mut r) = t.sub(&mut ctx, "redundancy") {
+        let path = |ctx: &mut Ctx<'_>, r: &mut Tbl<'_>, key: &str| {
+            r.get(key)
+                .and_then(|i| walk::non_empty_string(ctx, key, i))
+                .map(|p| {
+                    if Path::new(&p).is_absolute() {
+                        PathBuf::from(p)
+                    } else {
+                        base.join(p)
+                    }
+                })
+        };
+        let lock_file = path(&mut ctx, &mut r, "lock-file");
+        let link = path(&mut ctx, &mut r, "link").unwrap_or_else(|| data_dir.join("repl.sock"));
+        let peer_link = path(&mut ctx, &mut r, "peer-link");
+        let peer = r
+            .get("peer")
+            .and_then(|i| walk::non_empty_string(&mut ctx, "peer", i));
+        let heartbeat = r
+            .get("heartbeat")
+            .and_then(|i| walk::duration(&mut ctx, "heartbeat", i))
+            .unwrap_or(Duration::from_millis(100));
+        let dead_after = r
+            .get("dead-after")
+            .and_then(|i| walk::duration(&mut ctx, "dead-after", i))
+            .unwrap_or(Duration::from_secs(1));
+        let span = t.get("redundancy").and_then(|i| i.span());
+        for (key, missing) in [
+            ("lock-file", lock_file.is_none()),
+            ("peer", peer.is_none()),
+            ("peer-link", peer_link.is_none()),
+        ] {
+            if missing {
+                ctx.err(span.clone(), format!("[redundancy] needs `{key}`"));
+            }
+        }
+        if supervisors != 2 {
+            ctx.err(span.clone(), "[redundancy] needs `supervisors = 2`");
+        }
+        if dead_after <= heartbeat {
+            ctx.err(span.clone(), "`dead-after` must be longer than `heartbeat`");
+        }
+        r.finish(&mut ctx);
+        if let (Some(lock_file), Some(peer), Some(peer_link)) = (lock_file, peer, peer_link) {
+            redundancy = Some(Redundancy {
+                lock_file,
+                link,
+                peer,
+                peer_link,
+                heartbeat,
+                dead_after,
+            });
+        }
+    }
     t.finish(&mut ctx);
     (ctx.errors.len() == n0).then_some(SysmgrConfig {
         path,
@@ -272,6 +345,7 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
         failure_window,
         log_max_bytes,
         proclog_max_records,
+        redundancy,
         mts_limits,
     })
 }
@@ -399,6 +473,7 @@ pub fn check_dir(dir: &Path) -> Result<Lab, ConfigErrors> {
         },
         log_max_bytes: 1 << 20,
         proclog_max_records: 10_000,
+        redundancy: None,
         mts_limits: crate::broker::Limits::default(),
     };
     let mut errors = Vec::new();

@@ -35,6 +35,10 @@ pub enum Request {
     ClearPss {
         name: String,
     },
+    /// `show system redundancy status`
+    ShowRedundancy,
+    /// `system switchover`: the active hands over to the standby.
+    Switchover,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +56,37 @@ pub enum Response {
     MtsDead(Vec<crate::broker::DeadLetter>),
     Pss(Vec<pss::server::Usage>),
     PssEntries(Vec<PssEntry>),
+    Redundancy(Box<RedundancyStatus>),
+}
+
+/// `show system redundancy status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedundancyStatus {
+    /// `HA` with two supervisors configured, else `Simplex`.
+    pub administrative: String,
+    /// `HA` while a standby follows the active, else `Simplex`.
+    pub operational: String,
+    pub this: SupStatus,
+    pub other: SupStatus,
+    /// Takeovers so far (the arbiter's count).
+    pub epoch: u64,
+    pub lock_file: Option<String>,
+    /// Changes streamed by the active and applied by the standby.
+    pub replication_sent: u64,
+    pub replication_applied: u64,
+    /// This supervisor's role since (Unix ms).
+    pub since_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupStatus {
+    pub name: String,
+    /// Active, Standby, Not present.
+    pub redundancy_state: String,
+    /// Active, HA standby, Not present.
+    pub supervisor_state: String,
+    pub internal_state: String,
+    pub pid: Option<i32>,
 }
 
 /// One key of `show pss service NAME`.

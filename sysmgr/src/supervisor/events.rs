@@ -449,7 +449,7 @@ impl Supervisor {
 
     /// Start every pending service whose dependencies are ready.
     pub(super) fn try_start_pending(&mut self) {
-        if matches!(self.phase, Phase::ShuttingDown(_)) {
+        if matches!(self.phase, Phase::ShuttingDown(_)) || self.standby() {
             return;
         }
         loop {
@@ -725,6 +725,8 @@ impl Supervisor {
 
     fn handle(&mut self, req: Request) -> Result<Response, String> {
         match req {
+            Request::ShowRedundancy => Ok(Response::Redundancy(Box::new(self.redundancy_status()))),
+            Request::Switchover => self.switchover().map(Response::Done),
             Request::ShowProcesses => Ok(Response::Processes(self.show_processes())),
             Request::ShowProcessLog { pid } => {
                 let records = self

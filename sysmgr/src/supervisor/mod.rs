@@ -13,6 +13,7 @@
 mod events;
 pub mod instance;
 mod show;
+mod standby;
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -150,6 +151,12 @@ pub struct Supervisor {
     notify_rx: mpsc::UnboundedReceiver<(String, NotifyMsg)>,
     log_dir: PathBuf,
     notify_dir: PathBuf,
+    /// The database (the replication link reads and writes it too).
+    store: pss::Store,
+    /// Two supervisors: who is active, the link, the other one.
+    red: Option<crate::redundancy::Red>,
+    red_tx: mpsc::UnboundedSender<crate::redundancy::RedEvent>,
+    red_rx: mpsc::UnboundedReceiver<crate::redundancy::RedEvent>,
 }
 
 fn io_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SysmgrError {
@@ -226,6 +233,14 @@ impl Supervisor {
             .map_err(io_err("open", Path::new("/dev/null")))?
             .into();
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+        let (red_tx, red_rx) = mpsc::unbounded_channel();
+        let red = match &sys.redundancy {
+            Some(r) => Some(
+                crate::redundancy::Red::open(r.clone(), red_tx.clone())
+                    .map_err(io_err("lock", &r.lock_file))?,
+            ),
+            None => None,
+        };
         let mut s = Supervisor {
             opts,
             broker,
@@ -241,6 +256,10 @@ impl Supervisor {
             notify_rx,
             log_dir,
             notify_dir,
+            store: store.clone(),
+            red,
+            red_tx,
+            red_rx,
         };
         for (name, p) in lab.services {
             s.add_service(name, p)?;
@@ -318,6 +337,7 @@ impl Supervisor {
         let mut sighup = sig(SignalKind::hangup())?;
         // Children may have exited before the handler existed.
         self.reap();
+        self.start_redundancy();
         self.try_start_pending();
         loop {
             if let Some(exit) = self.finished {
@@ -325,6 +345,9 @@ impl Supervisor {
                     Exit::Shutdown => "shutdown",
                     Exit::Reset => "supervisor reset",
                 }));
+                if exit == Exit::Reset {
+                    self.hand_over();
+                }
                 return Ok(exit);
             }
             // No timer at all when nothing is due: an armed timer makes every idle epoll_wait
@@ -343,6 +366,7 @@ impl Supervisor {
                     }
                 }
                 Some(msg) = control.recv() => self.on_control(msg),
+                Some(ev) = self.red_rx.recv() => self.on_red(ev),
                 _ = async {
                     match deadline {
                         Some(d) => tokio::time::sleep_until(d.into()).await,

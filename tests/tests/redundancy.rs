@@ -1,0 +1,190 @@
+//! Two supervisors on one host (issue 9, first slice): the flock arbiter and its epoch, the
+//! standby's copy of the active's store, takeover when the active dies or stalls, and the
+//! operator's switchover.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sysmgr_tests::{Lab, wait_for};
+
+/// Two labs sharing a lock file; `sup-1` is booted first, so it is the active.
+fn pair() -> (Lab, Lab) {
+    let a = Lab::new("1s");
+    let b = Lab::new("1s");
+    let lock = a.path("active.lock");
+    for (me, other, lab, peer_lab) in [("sup-1", "sup-2", &a, &b), ("sup-2", "sup-1", &b, &a)] {
+        lab.write(
+            "sysmgr.toml",
+            &format!(
+                "name = \"{me}\"\ndata-dir = \"data\"\nsupervisors = 2\n[lab]\nmin-lifetime-floor = \"1s\"\n\
+                 [redundancy]\nlock-file = {:?}\nlink = {:?}\npeer = \"{other}\"\npeer-link = {:?}\n\
+                 heartbeat = \"50ms\"\ndead-after = \"500ms\"\n",
+                lock.display().to_string(),
+                lab.path("repl.sock").display().to_string(),
+                peer_lab.path("repl.sock").display().to_string(),
+            ),
+        );
+        lab.service(
+            "store",
+            &[
+                "--notify",
+                "--pss-stream",
+                "--report",
+                &lab.path("store.report").display().to_string(),
+            ],
+            "readiness = \"notify\"\nrestart = [\"stateful\", \"stateless\"]\n",
+        );
+    }
+    (a, b)
+}
+
+fn status(lab: &Lab) -> Option<serde_json::Value> {
+    let out = lab.cli(&["show", "system", "redundancy", "status", "--json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+fn role(lab: &Lab) -> Option<String> {
+    status(lab).and_then(|s| s["this"]["redundancy_state"].as_str().map(str::to_string))
+}
+
+fn store_row(lab: &Lab) -> Option<serde_json::Value> {
+    let v = lab.json(&["show", "processes"]);
+    v.as_array()?.iter().find(|r| r["name"] == "store").cloned()
+}
+
+/// The standby has the active's store (checked while the writer is paused), runs nothing, and
+/// takes over with every service started as `switchover` when the active is SIGKILLed; the
+/// old active comes back as the standby.
+#[test]
+fn the_standby_mirrors_the_store_and_takes_over_when_the_active_dies() {
+    let (mut a, mut b) = pair();
+    a.boot();
+    wait_for(Duration::from_secs(10), "sup-1 active", || {
+        (role(&a).as_deref() == Some("Active")).then_some(())
+    });
+    b.boot();
+    wait_for(Duration::from_secs(10), "sup-2 standby, following", || {
+        let s = status(&b)?;
+        (s["this"]["redundancy_state"] == "Standby" && s["operational"] == "HA").then_some(())
+    });
+    let sa = status(&a).expect("status");
+    assert_eq!(
+        sa["this"]["internal_state"], "Active with HA standby",
+        "{sa}"
+    );
+    assert_eq!(sa["epoch"], 1);
+    // The standby runs nothing.
+    let row = store_row(&b).expect("store listed on the standby");
+    assert!(row["pid"].is_null(), "the standby started a service: {row}");
+    // A stream of durable checkpoints; pause the writer, then the standby must equal the active.
+    let writer = wait_for(Duration::from_secs(10), "the writer", || {
+        store_row(&a)?["pid"].as_i64()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    kill(Pid::from_raw(writer as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    wait_for(Duration::from_secs(10), "the standby caught up", || {
+        let s = status(&b)?;
+        let sent = s["replication_sent"].as_u64()?;
+        (sent > 0 && s["replication_applied"].as_u64() == Some(sent)).then_some(())
+    });
+    let pa = a.json(&["show", "pss", "service", "store"]);
+    let pb = b.json(&["show", "pss", "service", "store"]);
+    let n = pa.as_array().map_or(0, |v| v.len());
+    assert!(n > 10, "the writer wrote {n} keys: {pa}");
+    assert_eq!(pa, pb, "the standby's PSS differs from the active's");
+    kill(Pid::from_raw(writer as i32), Signal::SIGCONT).expect("SIGCONT");
+    // SIGKILL the active: its services die with it; the standby takes over.
+    let t0 = Instant::now();
+    kill(Pid::from_raw(a.daemon_pid()), Signal::SIGKILL).expect("SIGKILL");
+    let row = wait_for(Duration::from_secs(10), "store running on sup-2", || {
+        let r = store_row(&b)?;
+        (r["state"] == "running").then_some(r)
+    });
+    let took = t0.elapsed();
+    eprintln!("SIGKILL of the active → its services running on the standby: {took:?}");
+    assert!(took < Duration::from_secs(1), "takeover took {took:?}");
+    assert_eq!(row["start_kind"], "switchover", "{row}");
+    let sb = status(&b).expect("status");
+    assert_eq!(sb["this"]["redundancy_state"], "Active", "{sb}");
+    assert_eq!(sb["epoch"], 2, "{sb}");
+    // The process log came over, and says what happened.
+    let log = b.json(&["show", "processes", "log"]).to_string();
+    assert!(log.contains("active supervisor, epoch 1"), "{log}");
+    assert!(log.contains("switchover: sup-2 active, epoch 2"), "{log}");
+    // Every checkpoint the writer had acknowledged before the pause is there.
+    let report = b.report("store.report");
+    assert!(
+        report.iter().any(|l| l.contains("switchover")),
+        "the writer did not start as switchover: {report:?}"
+    );
+    // The old active comes back as the standby of the new one.
+    let _ = a.daemon.take().map(|mut d| d.wait());
+    a.boot();
+    wait_for(Duration::from_secs(10), "sup-1 standby", || {
+        let s = status(&a)?;
+        (s["this"]["redundancy_state"] == "Standby" && s["operational"] == "HA").then_some(())
+    });
+    assert!(store_row(&a).expect("listed")["pid"].is_null());
+}
+
+/// A stalled active (SIGSTOP) stops its heartbeats; after `dead-after` the standby fences it
+/// with SIGKILL (the kernel releases its lock) and takes over. The operator's switchover hands
+/// back: the active stops its services, the standby takes them, the old one follows.
+#[test]
+fn a_stalled_active_is_fenced_and_a_switchover_hands_over() {
+    let (mut a, mut b) = pair();
+    a.boot();
+    wait_for(Duration::from_secs(10), "sup-1 active", || {
+        (role(&a).as_deref() == Some("Active")).then_some(())
+    });
+    b.boot();
+    wait_for(Duration::from_secs(10), "sup-2 following", || {
+        (status(&b)?["operational"] == "HA").then_some(())
+    });
+    let pid_a = a.daemon_pid();
+    kill(Pid::from_raw(pid_a), Signal::SIGSTOP).expect("SIGSTOP");
+    let t0 = Instant::now();
+    wait_for(Duration::from_secs(10), "sup-2 active", || {
+        (role(&b).as_deref() == Some("Active")).then_some(())
+    });
+    eprintln!("SIGSTOP of the active → standby active: {:?}", t0.elapsed());
+    let st = wait_for(Duration::from_secs(5), "the stalled active gone", || {
+        a.daemon.as_mut().and_then(|d| d.try_wait().ok().flatten())
+    });
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(9),
+        "fenced with SIGKILL"
+    );
+    a.daemon = None;
+    wait_for(Duration::from_secs(10), "store running on sup-2", || {
+        (store_row(&b)?["state"] == "running").then_some(())
+    });
+    assert_eq!(status(&b).expect("status")["epoch"], 2);
+    // sup-1 back as standby; then the operator switches over to it.
+    a.boot();
+    wait_for(Duration::from_secs(10), "sup-1 following", || {
+        let s = status(&a)?;
+        (s["this"]["redundancy_state"] == "Standby" && s["operational"] == "HA").then_some(())
+    });
+    let out = b.cli(&["system", "switchover"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(
+        Duration::from_secs(15),
+        "sup-1 active with its services",
+        || {
+            (role(&a).as_deref() == Some("Active") && store_row(&a)?["state"] == "running")
+                .then_some(())
+        },
+    );
+    assert_eq!(status(&a).expect("status")["epoch"], 3);
+    wait_for(Duration::from_secs(15), "sup-2 back as the standby", || {
+        let s = status(&b)?;
+        (s["this"]["redundancy_state"] == "Standby" && s["operational"] == "HA").then_some(())
+    });
+    assert!(store_row(&b).expect("listed")["pid"].is_null());
+}
