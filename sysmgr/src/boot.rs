@@ -54,6 +54,9 @@ pub fn boot(opts: BootOptions) -> Result<Exit, SysmgrError> {
         let (tx, rx) = mpsc::channel(64);
         let server = tokio::spawn(crate::broker::conn::serve(listener, sup.broker(), tx));
         let exit = sup.run(rx).await;
+        // The answer to the request that ended this boot (`system switchover`) still has to
+        // reach its caller.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         server.abort();
         exit
     })

@@ -6,10 +6,27 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sysmgr_tests::{Lab, wait_for};
+use sysmgr_tests::netns::{Bird, KernelWatch, Netns, veth};
+use sysmgr_tests::{Lab, bin, is_root, wait_for};
 
-/// Two labs sharing a lock file; `sup-1` is booted first, so it is the active.
+/// Two labs sharing a lock file, each with the demo `store` service; `sup-1` is booted
+/// first, so it is the active.
 fn pair() -> (Lab, Lab) {
+    pair_with(|lab| {
+        lab.service(
+            "store",
+            &[
+                "--notify",
+                "--pss-stream",
+                "--report",
+                &lab.path("store.report").display().to_string(),
+            ],
+            "readiness = \"notify\"\nrestart = [\"stateful\", \"stateless\"]\n",
+        );
+    })
+}
+
+fn pair_with(services: impl Fn(&Lab)) -> (Lab, Lab) {
     let a = Lab::new("1s");
     let b = Lab::new("1s");
     let lock = a.path("active.lock");
@@ -25,16 +42,7 @@ fn pair() -> (Lab, Lab) {
                 peer_lab.path("repl.sock").display().to_string(),
             ),
         );
-        lab.service(
-            "store",
-            &[
-                "--notify",
-                "--pss-stream",
-                "--report",
-                &lab.path("store.report").display().to_string(),
-            ],
-            "readiness = \"notify\"\nrestart = [\"stateful\", \"stateless\"]\n",
-        );
+        services(lab);
     }
     (a, b)
 }
@@ -187,4 +195,126 @@ fn a_stalled_active_is_fenced_and_a_switchover_hands_over() {
         (s["this"]["redundancy_state"] == "Standby" && s["operational"] == "HA").then_some(())
     });
     assert!(store_row(&b).expect("listed")["pid"].is_null());
+}
+
+/// A switchover with a BGP peer: the new active's fib takes the routing table from the
+/// replicated PSS and deletes no kernel route; its bgp re-opens the session with Graceful
+/// Restart, and BIRD keeps our route (stale) until we have sent it again.
+#[test]
+fn a_switchover_keeps_bgp_routes_in_the_peer_and_the_kernel() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
+        return;
+    }
+    let sut = Netns::new("red1-sut");
+    let bird_ns = Netns::new("red1-bird");
+    veth(&sut, "vs0", "10.85.1.1/24", &bird_ns, "vb0", "10.85.1.2/24");
+    let (mut a, mut b) = pair_with(|lab| {
+        lab.write(
+            "fib.toml",
+            &format!(
+                "command = [{:?}, \"--config\", \"fib.conf\"]\nreadiness = \"notify\"\n\
+                 restart = [\"stateful\", \"stateless\"]\n[saps]\nfib = 130\n",
+                bin("fib").display().to_string()
+            ),
+        );
+        lab.write("fib.conf", "backend = \"kernel\"\n");
+        lab.write(
+            "bgp.toml",
+            &format!(
+                "command = [{:?}, \"--config\", \"bgp.conf\"]\nreadiness = \"notify\"\n\
+                 restart = [\"stateful\", \"stateless\"]\ndepends-on = [\"fib\"]\n[saps]\nbgp = 179\n",
+                bin("bgp").display().to_string()
+            ),
+        );
+        lab.write(
+            "bgp.conf",
+            "router-id = \"10.85.1.1\"\nlocal-as = 65001\nhold-time = 9\nconnect-retry = \"1s\"\n\
+             networks = [\"203.0.113.0/24\"]\n\
+             [[neighbor]]\naddress = \"10.85.1.2\"\nremote-as = 65002\nlocal-address = \"10.85.1.1\"\n",
+        );
+    });
+    let statics: String = (0..100)
+        .map(|i| format!("  route 10.122.{i}.0/24 blackhole;\n"))
+        .collect();
+    let bird = Bird::start(
+        &bird_ns,
+        &a.path("bird"),
+        &format!(
+            "router id 10.85.1.2;\nprotocol device {{}}\nprotocol static st {{\n  ipv4;\n{statics}}}\n\
+             protocol bgp peer1 {{\n  local 10.85.1.2 as 65002;\n  neighbor 10.85.1.1 as 65001;\n  \
+             hold time 9;\n  graceful restart on;\n  error wait time 1, 10;\n  debug {{ states, routes }};\n  \
+             ipv4 {{ import all; export all; next hop self; }};\n}}\n"
+        ),
+    );
+    a.wrapper = sut.wrapper();
+    b.wrapper = sut.wrapper();
+    a.boot();
+    wait_for(Duration::from_secs(10), "sup-1 active", || {
+        (role(&a).as_deref() == Some("Active")).then_some(())
+    });
+    b.boot();
+    wait_for(Duration::from_secs(10), "sup-2 following", || {
+        (status(&b)?["operational"] == "HA").then_some(())
+    });
+    let kernel = || {
+        let out = sut.ip(&["-j", "route", "show", "proto", "199"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(|a| a.len()))
+            .unwrap_or(0)
+    };
+    wait_for(Duration::from_secs(20), "100 routes in the kernel", || {
+        (kernel() == 100).then_some(())
+    });
+    wait_for(Duration::from_secs(10), "BIRD has our network", || {
+        bird.birdc("show route 203.0.113.0/24")
+            .contains("203.0.113.0/24")
+            .then_some(())
+    });
+    // fib's table is in PSS (shared-global scope), so on the standby too.
+    wait_for(
+        Duration::from_secs(10),
+        "fib's checkpoint on the standby",
+        || {
+            let s = status(&b)?;
+            let sent = s["replication_sent"].as_u64()?;
+            (sent > 0 && s["replication_applied"].as_u64() == Some(sent)).then_some(())
+        },
+    );
+    let watch = KernelWatch::start(&sut, &["route"]);
+    let out = a.cli(&["system", "switchover"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(Duration::from_secs(20), "bgp Established on sup-2", || {
+        let out = b.cli(&["show", "bgp", "summary", "--json"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (s["neighbors"][0]["state"] == "Established"
+            && s["neighbors"][0]["end_of_rib_received"] == true)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let deleted = watch.deleted();
+    assert!(deleted.is_empty(), "kernel routes deleted: {deleted:?}");
+    assert_eq!(kernel(), 100);
+    let row = wait_for(Duration::from_secs(5), "bgp on sup-2", || {
+        let v = b.json(&["show", "processes"]);
+        v.as_array()?.iter().find(|r| r["name"] == "bgp").cloned()
+    });
+    assert_eq!(row["start_kind"], "switchover", "{row}");
+    let log = std::fs::read_to_string(bird.dir.join("bird.log")).unwrap_or_default();
+    let ours: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("203.0.113.0/24"))
+        .collect();
+    assert!(
+        !ours.iter().any(|l| l.contains("removed")),
+        "BIRD removed our route: {ours:?}"
+    );
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("peer1: State changed to up"))
+            .count()
+            >= 2,
+        "the session did not restart (Graceful Restart):\n{log}"
+    );
 }

@@ -302,11 +302,16 @@ impl Supervisor {
                     "SUPERVISOR_RESET",
                     &format!("Service \"{name}\" failed: {what} ({}).", rec.policy),
                 );
-                // One supervisor: a switchover is not possible until the two-supervisor work lands.
                 rec.action.push_str(&dead_note);
                 self.report_failure(name, &inst, &rec.death, sig, core);
                 self.append(rec);
-                self.begin_shutdown(Exit::Reset, "supervisor reset");
+                // Two supervisors with the standby following: hand over at once; otherwise
+                // (or one supervisor) a reset.
+                if action == SupAction::Switchover && self.standby_ready() {
+                    self.switch_now(&format!("switchover: service \"{name}\" failed"));
+                } else {
+                    self.begin_shutdown(Exit::Reset, "supervisor reset");
+                }
                 return;
             }
         }

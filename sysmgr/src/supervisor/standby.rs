@@ -116,9 +116,38 @@ impl Supervisor {
             return Err(format!("no standby: {} is not following", r.cfg.peer));
         }
         let peer = r.cfg.peer.clone();
-        self.record("switchover requested by the operator");
-        self.begin_shutdown(Exit::Reset, "switchover");
-        Ok(format!("switchover to {peer}: services stopping here"))
+        self.switch_now("switchover requested by the operator");
+        Ok(format!("switchover to {peer}"))
+    }
+
+    /// Whether a standby follows this active (a switchover is possible).
+    pub(super) fn standby_ready(&self) -> bool {
+        self.red.as_ref().is_some_and(|r| {
+            r.role == Role::Active && r.peer.lock().map(|p| p.connected).unwrap_or(false)
+        })
+    }
+
+    /// Hand over to the standby now. The services die as in a crash (SIGKILL to each process
+    /// group, reaped before the lock goes), not by an orderly stop: an orderly stop would
+    /// withdraw what they installed (bgp's routes from the FIB, fib's from the kernel), and
+    /// the new active's instances take it over instead (`SYSMGR_START=switchover`).
+    pub(super) fn switch_now(&mut self, why: &str) {
+        let pids: Vec<Pid> = self
+            .services
+            .values()
+            .filter_map(|s| s.inst.as_ref().map(|i| i.pid))
+            .collect();
+        for pid in &pids {
+            Self::signal_group(*pid, Signal::SIGKILL);
+        }
+        for pid in pids {
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        for s in self.services.values_mut() {
+            s.inst = None;
+        }
+        self.record(why);
+        self.finished = Some(Exit::Reset);
     }
 
     /// A reset (switchover) of the active with a standby following: release the lock and
