@@ -318,3 +318,164 @@ fn a_switchover_keeps_bgp_routes_in_the_peer_and_the_kernel() {
         "the session did not restart (Graceful Restart):\n{log}"
     );
 }
+
+/// The pid holding a `flock` on `path`, from /proc/locks.
+fn lock_holder(path: &std::path::Path) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(path).ok()?.ino();
+    std::fs::read_to_string("/proc/locks")
+        .ok()?
+        .lines()
+        .filter(|l| l.contains("FLOCK"))
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "1: FLOCK  ADVISORY  WRITE 1234 00:2f:5678 0 EOF"
+            let (pid, dev_ino) = (f.get(4)?, f.get(5)?);
+            (dev_ino.rsplit(':').next()?.parse::<u64>().ok()? == ino)
+                .then(|| pid.parse().ok())
+                .flatten()
+        })
+}
+
+/// 200 random rounds of SIGKILL, SIGSTOP, operator switchover and reboot of the two
+/// supervisors: at every step at most one of them says it is active, that one holds the
+/// lock, and every change of active comes with a higher epoch.
+#[test]
+fn two_hundred_random_rounds_never_make_two_actives() {
+    let (a, b) = pair_with(|lab| {
+        lab.service("svc", &["--notify"], "readiness = \"notify\"\n");
+    });
+    let mut labs = [a, b];
+    let lock = labs[0].path("active.lock");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    eprintln!("seed {seed}");
+    let mut rng = seed;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    labs[0].boot();
+    labs[1].boot();
+    let alive = |l: &mut Lab| {
+        l.daemon
+            .as_mut()
+            .is_some_and(|d| matches!(d.try_wait(), Ok(None)))
+    };
+    // (active index, its epoch) once settled; checks the invariants on the way.
+    let mut last_epoch = 0u64;
+    let mut settle = |labs: &mut [Lab; 2], what: &str| -> (usize, u64) {
+        let t0 = Instant::now();
+        loop {
+            let roles: Vec<Option<serde_json::Value>> = labs.iter().map(status).collect();
+            let actives: Vec<usize> = (0..2)
+                .filter(|&i| {
+                    roles[i]
+                        .as_ref()
+                        .is_some_and(|s| s["this"]["redundancy_state"] == "Active")
+                })
+                .collect();
+            assert!(actives.len() <= 1, "two actives after {what}: {roles:?}");
+            if let [i] = actives[..] {
+                let s = roles[i].as_ref().expect("answered");
+                let pid = s["this"]["pid"].as_i64().map(|p| p as i32);
+                let holder = lock_holder(&lock);
+                assert_eq!(
+                    holder, pid,
+                    "the active does not hold the lock after {what}"
+                );
+                let epoch = s["epoch"].as_u64().expect("epoch");
+                let other = 1 - i;
+                let other_alive = alive(&mut labs[other]);
+                let settled = !other_alive
+                    || roles[other].as_ref().is_some_and(|o| {
+                        o["this"]["redundancy_state"] == "Standby" && o["operational"] == "HA"
+                    });
+                if settled {
+                    assert!(epoch >= last_epoch, "epoch went back after {what}");
+                    last_epoch = epoch;
+                    return (i, epoch);
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(15) {
+                let tails: Vec<String> = labs
+                    .iter_mut()
+                    .map(|l| {
+                        let up = alive(l);
+                        let log = l.daemon_log();
+                        let t: Vec<&str> = log.lines().filter(|x| !x.contains("DEBUG")).collect();
+                        format!(
+                            "alive {up}:\n{}",
+                            t[t.len().saturating_sub(12)..].join("\n")
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "no settled pair after {what}: {roles:?}\n{}",
+                    tails.join("\n---\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let (mut act, mut epoch) = settle(&mut labs, "boot");
+    for round in 0..200 {
+        let stby = 1 - act;
+        let stby_alive = alive(&mut labs[stby]);
+        let what = match next() % 5 {
+            0 => {
+                kill(Pid::from_raw(labs[act].daemon_pid()), Signal::SIGKILL).expect("kill");
+                let _ = labs[act].daemon.take().map(|mut d| d.wait());
+                "SIGKILL of the active"
+            }
+            1 if stby_alive => {
+                kill(Pid::from_raw(labs[act].daemon_pid()), Signal::SIGSTOP).expect("stop");
+                "SIGSTOP of the active"
+            }
+            2 if stby_alive => {
+                let out = labs[act].cli(&["system", "switchover"]);
+                assert!(out.status.success(), "switchover: {out:?}");
+                "switchover"
+            }
+            3 if stby_alive => {
+                kill(Pid::from_raw(labs[stby].daemon_pid()), Signal::SIGKILL).expect("kill");
+                let _ = labs[stby].daemon.take().map(|mut d| d.wait());
+                "SIGKILL of the standby"
+            }
+            _ => "nothing",
+        };
+        // A fenced (SIGKILLed) supervisor is reaped; dead ones come back.
+        for l in labs.iter_mut() {
+            if let Some(d) = l.daemon.as_mut()
+                && let Ok(Some(_)) = d.try_wait()
+            {
+                l.daemon = None;
+            }
+        }
+        let (a2, e2) = settle(&mut labs, what);
+        if a2 != act {
+            assert!(
+                e2 > epoch,
+                "round {round}: a new active with epoch {e2} after {epoch}"
+            );
+        }
+        act = a2;
+        for l in labs.iter_mut() {
+            if !alive(l) {
+                let _ = l.daemon.take().map(|mut d| d.wait());
+                l.boot();
+            }
+        }
+        (act, epoch) = {
+            let (a3, e3) = settle(&mut labs, "reboot");
+            assert_eq!(a3, act, "round {round}: a reboot changed the active");
+            (a3, e3)
+        };
+    }
+    eprintln!("200 rounds; epoch {epoch}");
+}
