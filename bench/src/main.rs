@@ -9,6 +9,8 @@
 //! - `sysmgr-bench bgp-decode [--prefixes N]`: 1M-prefix decode through `bgp::wire` (see
 //!   `bgp.rs`).
 //! - `sysmgr-bench mts-echo`: the receiver service of the MTS benchmark (run by sysmgr).
+//! - `sysmgr-bench switchover [--rounds N]`: two supervisors, switchover time against a cold
+//!   boot, and replication lag under the PSS writer (see `switchover.rs`).
 
 mod bfd;
 mod bgp;
@@ -16,6 +18,7 @@ mod fib;
 mod mts;
 mod pss;
 mod restart;
+mod switchover;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -28,11 +31,12 @@ fn main() -> anyhow::Result<()> {
         Some("mts-echo") => mts::echo(),
         Some("pss") => pss::main(args),
         Some("pss-writer") => pss::writer(args),
+        Some("switchover") => switchover::main(args),
         Some("floor-echo") => {
             mts::floor_echo(std::path::Path::new(&args.next().unwrap_or_default()))
         }
         _ => anyhow::bail!(
-            "usage: sysmgr-bench restart [--kills N] [--out CSV] | mts [--quick] | pss [--quick] | bfd-restart --iface IF --from ADDR [--kills N]"
+            "usage: sysmgr-bench restart [--kills N] [--out CSV] | mts [--quick] | pss [--quick] | switchover [--rounds N] | bfd-restart --iface IF --from ADDR [--kills N]"
         ),
     }
 }

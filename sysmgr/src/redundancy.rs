@@ -316,8 +316,9 @@ fn serve_one(
             Ok(c) => {
                 write_frame(&mut s, &LinkMsg::Change(c))?;
                 sent += 1;
-                // Whatever else is queued, then one heartbeat.
-                while let Ok(c) = rx.try_recv() {
+                // Whatever else is queued (a bounded run), then one heartbeat.
+                for _ in 0..256 {
+                    let Ok(c) = rx.try_recv() else { break };
                     write_frame(&mut s, &LinkMsg::Change(c))?;
                     sent += 1;
                 }
@@ -405,6 +406,9 @@ fn follow_one(
                     tracing::error!(error = %e, "replication: cannot apply a change");
                 }
                 applied += 1;
+                if let Ok(mut p) = peer.lock() {
+                    p.applied = applied;
+                }
             }
             LinkMsg::Heartbeat { pos } => {
                 if let Ok(mut p) = peer.lock() {
