@@ -50,17 +50,47 @@ pub struct FailureWindow {
 /// `[redundancy]`: this supervisor and the other one (DESIGN.md §5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redundancy {
-    /// The arbiter: whoever holds an exclusive `flock` on this file is active.
-    pub lock_file: PathBuf,
+    /// Who decides which supervisor is active.
+    pub arbiter: Arbiter,
     /// Where this supervisor serves the replication stream when it is active.
-    pub link: PathBuf,
+    pub link: Endpoint,
     /// The other supervisor's name and link.
     pub peer: String,
-    pub peer_link: PathBuf,
+    pub peer_link: Endpoint,
     /// The active's heartbeat on the link, and how long the standby waits for one before it
     /// declares the active stalled (and fences it).
     pub heartbeat: Duration,
     pub dead_after: Duration,
+}
+
+/// The arbiter of two supervisors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arbiter {
+    /// One host: whoever holds an exclusive `flock` on this file is active.
+    Flock(PathBuf),
+    /// Two hosts: whoever holds the etcd key (under a lease of `ttl`) is active.
+    Etcd {
+        /// `host:port` of the etcd client URL (plain HTTP).
+        endpoint: String,
+        key: String,
+        ttl: Duration,
+    },
+}
+
+/// A replication link address: a Unix socket path, or `tcp:HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
 }
 
 /// The supervisor's own configuration (`sysmgr.toml`).
@@ -279,23 +309,29 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
     }
     let mut redundancy = None;
     if let Some(mut r) = t.sub(&mut ctx, "redundancy") {
-        let path = |ctx: &mut Ctx<'_>, r: &mut Tbl<'_>, key: &str| {
-            r.get(key)
-                .and_then(|i| walk::non_empty_string(ctx, key, i))
-                .map(|p| {
-                    if Path::new(&p).is_absolute() {
-                        PathBuf::from(p)
-                    } else {
-                        base.join(p)
-                    }
-                })
+        let abs = |p: String| {
+            if Path::new(&p).is_absolute() {
+                PathBuf::from(p)
+            } else {
+                base.join(p)
+            }
         };
-        let lock_file = path(&mut ctx, &mut r, "lock-file");
-        let link = path(&mut ctx, &mut r, "link").unwrap_or_else(|| data_dir.join("repl.sock"));
-        let peer_link = path(&mut ctx, &mut r, "peer-link");
-        let peer = r
-            .get("peer")
-            .and_then(|i| walk::non_empty_string(&mut ctx, "peer", i));
+        let endpoint = |p: String| match p.strip_prefix("tcp:") {
+            Some(a) => Endpoint::Tcp(a.to_string()),
+            None => Endpoint::Unix(abs(p)),
+        };
+        fn string(ctx: &mut Ctx<'_>, r: &mut Tbl<'_>, key: &str) -> Option<String> {
+            r.get(key).and_then(|i| walk::non_empty_string(ctx, key, i))
+        }
+        let lock_file = string(&mut ctx, &mut r, "lock-file").map(abs);
+        let etcd = string(&mut ctx, &mut r, "etcd");
+        let etcd_key =
+            string(&mut ctx, &mut r, "etcd-key").unwrap_or_else(|| "/sysmgr/active".into());
+        let link = string(&mut ctx, &mut r, "link")
+            .map(endpoint)
+            .unwrap_or_else(|| Endpoint::Unix(data_dir.join("repl.sock")));
+        let peer_link = string(&mut ctx, &mut r, "peer-link").map(endpoint);
+        let peer = string(&mut ctx, &mut r, "peer");
         let heartbeat = r
             .get("heartbeat")
             .and_then(|i| walk::duration(&mut ctx, "heartbeat", i))
@@ -304,12 +340,37 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
             .get("dead-after")
             .and_then(|i| walk::duration(&mut ctx, "dead-after", i))
             .unwrap_or(Duration::from_secs(1));
+        let ttl = r
+            .get("lease-ttl")
+            .and_then(|i| walk::duration(&mut ctx, "lease-ttl", i))
+            .unwrap_or(Duration::from_secs(2));
         let span = t.get("redundancy").and_then(|i| i.span());
-        for (key, missing) in [
-            ("lock-file", lock_file.is_none()),
-            ("peer", peer.is_none()),
-            ("peer-link", peer_link.is_none()),
-        ] {
+        let arbiter = match (lock_file, etcd) {
+            (Some(f), None) => Some(Arbiter::Flock(f)),
+            (None, Some(e)) => Some(Arbiter::Etcd {
+                endpoint: e
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_string(),
+                key: etcd_key,
+                ttl,
+            }),
+            (Some(_), Some(_)) => {
+                ctx.err(
+                    span.clone(),
+                    "[redundancy]: `lock-file` (one host) or `etcd` (two hosts), not both",
+                );
+                None
+            }
+            (None, None) => {
+                ctx.err(
+                    span.clone(),
+                    "[redundancy] needs an arbiter: `lock-file` (one host) or `etcd` (two hosts)",
+                );
+                None
+            }
+        };
+        for (key, missing) in [("peer", peer.is_none()), ("peer-link", peer_link.is_none())] {
             if missing {
                 ctx.err(span.clone(), format!("[redundancy] needs `{key}`"));
             }
@@ -320,10 +381,16 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
         if dead_after <= heartbeat {
             ctx.err(span.clone(), "`dead-after` must be longer than `heartbeat`");
         }
+        if ttl < Duration::from_secs(2) {
+            ctx.err(
+                span.clone(),
+                "`lease-ttl` must be at least 2s (etcd's own minimum is about 1.5s)",
+            );
+        }
         r.finish(&mut ctx);
-        if let (Some(lock_file), Some(peer), Some(peer_link)) = (lock_file, peer, peer_link) {
+        if let (Some(arbiter), Some(peer), Some(peer_link)) = (arbiter, peer, peer_link) {
             redundancy = Some(Redundancy {
-                lock_file,
+                arbiter,
                 link,
                 peer,
                 peer_link,

@@ -236,8 +236,8 @@ impl Supervisor {
         let (red_tx, red_rx) = mpsc::unbounded_channel();
         let red = match &sys.redundancy {
             Some(r) => Some(
-                crate::redundancy::Red::open(r.clone(), red_tx.clone())
-                    .map_err(io_err("lock", &r.lock_file))?,
+                crate::redundancy::Red::open(r.clone(), &sys.name, red_tx.clone())
+                    .map_err(io_err("arbiter", &sys.path))?,
             ),
             None => None,
         };

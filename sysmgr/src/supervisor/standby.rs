@@ -13,8 +13,9 @@ use crate::syslog;
 
 impl Supervisor {
     /// A standby runs no service; it follows the active.
+    /// (Or an active whose lease lapsed: it must not start anything either.)
     pub(super) fn standby(&self) -> bool {
-        self.red.as_ref().is_some_and(|r| r.role == Role::Standby)
+        self.red.as_ref().is_some_and(|r| !r.active_now())
     }
 
     /// At the start of `run`: the active serves the link, the standby follows it.
@@ -83,6 +84,21 @@ impl Supervisor {
                     }
                 }
                 self.try_start_pending();
+            }
+            RedEvent::Fenced => {
+                if self.red.as_ref().is_none_or(|r| r.role != Role::Active) {
+                    return;
+                }
+                // Someone else may be active now: nothing of ours may run on.
+                syslog::err(
+                    2,
+                    "FENCED",
+                    &format!(
+                        "Supervisor \"{}\" lost its arbiter lease; its services are stopped and it comes back as the standby.",
+                        self.sys.name
+                    ),
+                );
+                self.switch_now("fenced: the arbiter's lease is gone");
             }
             RedEvent::PeerStalled { pid } => {
                 if !self.standby() {
@@ -160,16 +176,8 @@ impl Supervisor {
             self.red = Some(r);
             return;
         }
-        let (path, epoch) = (r.cfg.lock_file.clone(), r.epoch);
-        drop(r); // closes the lock file: the standby's waiter gets the lock
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while crate::redundancy::read_epoch(&path) <= epoch && std::time::Instant::now() < until {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        tracing::info!(
-            epoch = crate::redundancy::read_epoch(&path),
-            "switchover: the standby holds the lock"
-        );
+        r.release_and_wait();
+        tracing::info!("switchover: the standby holds the arbiter");
     }
 
     pub(super) fn redundancy_status(&self) -> RedundancyStatus {
@@ -201,6 +209,22 @@ impl Supervisor {
         };
         let p = r.peer.lock().map(|p| p.clone()).unwrap_or_default();
         let (this, other) = match r.role {
+            Role::Active if !r.active_now() => (
+                SupStatus {
+                    name: me.clone(),
+                    redundancy_state: "Fenced".into(),
+                    supervisor_state: "Fenced".into(),
+                    internal_state: "Arbiter lease lost; stopping".into(),
+                    pid: Some(std::process::id() as i32),
+                },
+                SupStatus {
+                    name: r.cfg.peer.clone(),
+                    redundancy_state: "Unknown".into(),
+                    supervisor_state: "Unknown".into(),
+                    internal_state: "Unknown".into(),
+                    pid: None,
+                },
+            ),
             Role::Active => (
                 SupStatus {
                     name: me.clone(),
@@ -266,7 +290,7 @@ impl Supervisor {
             this,
             other,
             epoch: r.epoch.max(p.epoch),
-            lock_file: Some(r.cfg.lock_file.display().to_string()),
+            lock_file: Some(r.arbiter()),
             replication_sent: p.sent,
             replication_applied: p.applied,
             since_ms: r.since_ms,

@@ -1,0 +1,293 @@
+//! The replication link: frames, the active's side (a copy, then the stream, heartbeats) and
+//! the standby's (apply, acknowledge, notice a stall), over a Unix socket or TCP.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::PeerView;
+use crate::config::Endpoint;
+
+/// Largest frame accepted on the link.
+const MAX_FRAME: usize = 256 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkMsg {
+    Hello {
+        name: String,
+        pid: i32,
+        epoch: u64,
+    },
+    Change(pss::Change),
+    /// The active is alive; `pos` changes were sent so far.
+    Heartbeat {
+        pos: u64,
+    },
+    /// From the standby: changes applied so far.
+    Ack {
+        applied: u64,
+    },
+}
+
+/// A connection of either kind.
+pub(super) enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    pub(super) fn connect(e: &Endpoint) -> std::io::Result<Stream> {
+        Ok(match e {
+            Endpoint::Unix(p) => Stream::Unix(UnixStream::connect(p)?),
+            Endpoint::Tcp(a) => {
+                let s = TcpStream::connect(a)?;
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }
+        })
+    }
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(d),
+            Stream::Tcp(s) => s.set_read_timeout(d),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(b),
+            Stream::Tcp(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(b),
+            Stream::Tcp(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.flush(),
+            Stream::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+pub(super) enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    pub(super) fn bind(e: &Endpoint) -> std::io::Result<Listener> {
+        Ok(match e {
+            Endpoint::Unix(p) => {
+                let _ = std::fs::remove_file(p);
+                Listener::Unix(UnixListener::bind(p)?)
+            }
+            Endpoint::Tcp(a) => Listener::Tcp(TcpListener::bind(a)?),
+        })
+    }
+    pub(super) fn accept(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Listener::Unix(l) => Stream::Unix(l.accept()?.0),
+            Listener::Tcp(l) => {
+                let s = l.accept()?.0;
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }
+        })
+    }
+}
+
+fn write_frame(s: &mut Stream, m: &LinkMsg) -> std::io::Result<()> {
+    let b = mts::codec::encode(m).map_err(std::io::Error::other)?;
+    let mut out = Vec::with_capacity(4 + b.len());
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(&b);
+    s.write_all(&out)
+}
+
+fn read_frame(s: &mut Stream) -> std::io::Result<LinkMsg> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(std::io::Error::other(format!("link frame of {n} bytes")));
+    }
+    let mut b = vec![0u8; n];
+    s.read_exact(&mut b)?;
+    mts::codec::decode(&b).map_err(std::io::Error::other)
+}
+
+pub(super) fn serve_one(
+    mut s: Stream,
+    store: &pss::Store,
+    name: &str,
+    epoch: u64,
+    hb: Duration,
+    peer: &Arc<Mutex<PeerView>>,
+) -> std::io::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Writes from now on are captured before the copy is taken: the stream that follows
+    // brings every key to its latest value whatever the copy saw.
+    store.set_replica(Some(tx));
+    write_frame(
+        &mut s,
+        &LinkMsg::Hello {
+            name: name.to_string(),
+            pid: std::process::id() as i32,
+            epoch,
+        },
+    )?;
+    let mut sent = 0u64;
+    for c in store.snapshot() {
+        write_frame(&mut s, &LinkMsg::Change(c))?;
+        sent += 1;
+    }
+    // The standby's acknowledgements, on their own thread.
+    let mut r = s.try_clone()?;
+    let p2 = peer.clone();
+    std::thread::spawn(move || {
+        while let Ok(LinkMsg::Ack { applied }) = read_frame(&mut r) {
+            if let Ok(mut p) = p2.lock() {
+                p.applied = applied;
+                p.last_seen = Some(Instant::now());
+            }
+        }
+    });
+    if let Ok(mut p) = peer.lock() {
+        p.connected = true;
+        p.last_seen = Some(Instant::now());
+    }
+    tracing::info!(
+        changes = sent,
+        "replication: the standby has the copy; streaming"
+    );
+    loop {
+        match rx.recv_timeout(hb) {
+            Ok(c) => {
+                write_frame(&mut s, &LinkMsg::Change(c))?;
+                sent += 1;
+                // Whatever else is queued (a bounded run), then one heartbeat.
+                for _ in 0..256 {
+                    let Ok(c) = rx.try_recv() else { break };
+                    write_frame(&mut s, &LinkMsg::Change(c))?;
+                    sent += 1;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(std::io::Error::other("replication source gone"));
+            }
+        }
+        write_frame(&mut s, &LinkMsg::Heartbeat { pos: sent })?;
+        if let Ok(mut p) = peer.lock() {
+            p.sent = sent;
+        }
+    }
+}
+
+pub(super) enum FollowEnd {
+    Stalled(i32),
+    Closed(std::io::Error),
+}
+
+pub(super) fn follow_one(
+    s: &mut Stream,
+    store: &pss::Store,
+    dead_after: Duration,
+    peer: &Arc<Mutex<PeerView>>,
+    min_epoch: &mut u64,
+    stop: &AtomicU64,
+    round: u64,
+) -> Result<(), FollowEnd> {
+    s.set_read_timeout(Some(dead_after))
+        .map_err(FollowEnd::Closed)?;
+    let mut w = s.try_clone().map_err(FollowEnd::Closed)?;
+    let first = read_frame(s).map_err(FollowEnd::Closed)?;
+    let LinkMsg::Hello { name, pid, epoch } = first else {
+        return Err(FollowEnd::Closed(std::io::Error::other(
+            "the link did not start with a hello",
+        )));
+    };
+    if epoch < *min_epoch {
+        return Err(FollowEnd::Closed(std::io::Error::other(format!(
+            "{name} speaks for epoch {epoch}, older than {min_epoch}: fenced"
+        ))));
+    }
+    *min_epoch = epoch;
+    tracing::info!(
+        active = name,
+        pid,
+        epoch,
+        "replication: following the active"
+    );
+    store
+        .clear_all()
+        .map_err(|e| FollowEnd::Closed(std::io::Error::other(e)))?;
+    let mut applied = 0u64;
+    if let Ok(mut p) = peer.lock() {
+        *p = PeerView {
+            connected: true,
+            pid: Some(pid),
+            epoch,
+            last_seen: Some(Instant::now()),
+            sent: 0,
+            applied: 0,
+        };
+    }
+    loop {
+        if stop.load(Ordering::SeqCst) != round {
+            return Ok(());
+        }
+        let m = match read_frame(s) {
+            Ok(m) => m,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(FollowEnd::Stalled(pid));
+            }
+            Err(e) => return Err(FollowEnd::Closed(e)),
+        };
+        match m {
+            LinkMsg::Change(c) => {
+                if let Err(e) = store.apply(&c) {
+                    tracing::error!(error = %e, "replication: cannot apply a change");
+                }
+                applied += 1;
+                if let Ok(mut p) = peer.lock() {
+                    p.applied = applied;
+                }
+            }
+            LinkMsg::Heartbeat { pos } => {
+                if let Ok(mut p) = peer.lock() {
+                    p.sent = pos;
+                    p.applied = applied;
+                    p.last_seen = Some(Instant::now());
+                }
+                let _ = write_frame(&mut w, &LinkMsg::Ack { applied });
+            }
+            _ => {}
+        }
+    }
+}
