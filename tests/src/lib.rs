@@ -174,6 +174,21 @@ impl Lab {
         serde_json::from_slice(&out.stdout).expect("json")
     }
 
+    /// `show system redundancy status --json`, None while the daemon does not answer.
+    pub fn redundancy(&self) -> Option<serde_json::Value> {
+        let out = self.cli(&["show", "system", "redundancy", "status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    /// This supervisor's redundancy state (`Active`, `Standby`, `Fenced`).
+    pub fn role(&self) -> Option<String> {
+        self.redundancy()
+            .and_then(|s| s["this"]["redundancy_state"].as_str().map(str::to_string))
+    }
+
     /// The process log records of one service.
     pub fn records(&self, service: &str) -> Vec<serde_json::Value> {
         let v = self.json(&["show", "processes", "log"]);

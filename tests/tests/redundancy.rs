@@ -48,15 +48,11 @@ fn pair_with(services: impl Fn(&Lab)) -> (Lab, Lab) {
 }
 
 fn status(lab: &Lab) -> Option<serde_json::Value> {
-    let out = lab.cli(&["show", "system", "redundancy", "status", "--json"]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
+    lab.redundancy()
 }
 
 fn role(lab: &Lab) -> Option<String> {
-    status(lab).and_then(|s| s["this"]["redundancy_state"].as_str().map(str::to_string))
+    lab.role()
 }
 
 fn store_row(lab: &Lab) -> Option<serde_json::Value> {

@@ -1,0 +1,238 @@
+//! Two supervisors on two hosts (issue 9): two network namespaces, the replication link over
+//! TCP between them, etcd (Debian's etcd-server, started here) as the arbiter.
+//!
+//! ```text
+//!   ns rede-a  10.86.0.1 (sup-1, etcd)  ──veth──  10.86.0.2 (sup-2)  ns rede-b
+//! ```
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sysmgr_tests::netns::{Netns, veth};
+use sysmgr_tests::{Lab, is_root, wait_for};
+
+struct Etcd(Child);
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn etcd(ns: &Netns, dir: &std::path::Path) -> Etcd {
+    let child = ns
+        .command("etcd")
+        .args([
+            "--name",
+            "t",
+            "--data-dir",
+            &dir.join("etcd").display().to_string(),
+            "--listen-client-urls",
+            "http://10.86.0.1:2379",
+            "--advertise-client-urls",
+            "http://10.86.0.1:2379",
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "t=http://127.0.0.1:2380",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd (apt-get install etcd-server; scripts/test-all does)");
+    let e = Etcd(child);
+    wait_for(Duration::from_secs(20), "etcd healthy", || {
+        ns.command("etcdctl")
+            .args(["--endpoints", "http://10.86.0.1:2379", "endpoint", "health"])
+            .env("ETCDCTL_API", "3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?
+            .success()
+            .then_some(())
+    });
+    e
+}
+
+/// Two hosts, each with its own lab and the demo `svc` service.
+fn hosts() -> (Netns, Netns, Lab, Lab) {
+    let na = Netns::new("rede-a");
+    let nb = Netns::new("rede-b");
+    veth(&na, "va", "10.86.0.1/24", &nb, "vb", "10.86.0.2/24");
+    let mut a = Lab::new("1s");
+    let mut b = Lab::new("1s");
+    for (me, other, addr, peer_addr, lab) in [
+        ("sup-1", "sup-2", "10.86.0.1", "10.86.0.2", &a),
+        ("sup-2", "sup-1", "10.86.0.2", "10.86.0.1", &b),
+    ] {
+        lab.write(
+            "sysmgr.toml",
+            &format!(
+                "name = \"{me}\"\ndata-dir = \"data\"\nsupervisors = 2\n[lab]\nmin-lifetime-floor = \"1s\"\n\
+                 [redundancy]\netcd = \"http://10.86.0.1:2379\"\nlease-ttl = \"2s\"\n\
+                 link = \"tcp:{addr}:7101\"\npeer = \"{other}\"\npeer-link = \"tcp:{peer_addr}:7101\"\n\
+                 heartbeat = \"100ms\"\ndead-after = \"1s\"\n"
+            ),
+        );
+        lab.service(
+            "svc",
+            &["--notify", "--pss-counter"],
+            "readiness = \"notify\"\n",
+        );
+    }
+    a.wrapper = na.wrapper();
+    b.wrapper = nb.wrapper();
+    (na, nb, a, b)
+}
+
+fn svc_running(lab: &Lab) -> bool {
+    lab.cli(&["show", "processes", "--json"])
+        .stdout
+        .windows(9)
+        .any(|w| w == b"\"running\"")
+}
+
+/// Who says Active now; panics if both do.
+fn one_active(labs: &[&Lab; 2], what: &str) -> Option<(usize, u64)> {
+    let st: Vec<Option<serde_json::Value>> = labs.iter().map(|l| l.redundancy()).collect();
+    let actives: Vec<usize> = (0..2)
+        .filter(|&i| {
+            st[i]
+                .as_ref()
+                .is_some_and(|s| s["this"]["redundancy_state"] == "Active")
+        })
+        .collect();
+    assert!(actives.len() <= 1, "two actives ({what}): {st:?}");
+    let i = *actives.first()?;
+    Some((i, st[i].as_ref()?["epoch"].as_u64()?))
+}
+
+/// Wait until one is active and the other (if alive) follows it; checks at every poll that
+/// never both say Active.
+fn settle(labs: [&Lab; 2], what: &str) -> (usize, u64) {
+    let t0 = Instant::now();
+    loop {
+        if let Some((i, e)) = one_active(&labs, what) {
+            let other = labs[1 - i];
+            let alive = other.daemon.is_some();
+            let follows = !alive
+                || other.redundancy().is_some_and(|s| {
+                    s["this"]["redundancy_state"] == "Standby" && s["operational"] == "HA"
+                });
+            if follows && svc_running(labs[i]) {
+                return (i, e);
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "nothing settled after {what}:\n{}\n---\n{}",
+            labs[0]
+                .daemon_log()
+                .lines()
+                .filter(|l| !l.contains("DEBUG"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            labs[1]
+                .daemon_log()
+                .lines()
+                .filter(|l| !l.contains("DEBUG"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// etcd decides across hosts: SIGKILL of the active, a stalled active (SIGSTOP until its
+/// lease runs out, then SIGCONT: it finds itself fenced and comes back as the standby), the
+/// operator's switchover, and random rounds of all of them; never two actives, and every
+/// new active with a higher epoch.
+#[test]
+fn two_hosts_with_etcd_never_make_two_actives() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
+        return;
+    }
+    let (na, _nb, mut a, mut b) = hosts();
+    let _etcd = etcd(&na, a.dir.path());
+    a.boot();
+    wait_for(Duration::from_secs(10), "sup-1 active", || {
+        (a.role().as_deref() == Some("Active")).then_some(())
+    });
+    b.boot();
+    let (mut act, mut epoch) = settle([&a, &b], "boot");
+    assert_eq!(act, 0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    eprintln!("seed {seed}");
+    let mut rng = seed;
+    let rounds = 24;
+    for round in 0..rounds {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // The first three rounds go through each action once.
+        let pick = if round < 3 { round as u64 } else { rng % 3 };
+        let labs: [&mut Lab; 2] = if act == 0 {
+            [&mut a, &mut b]
+        } else {
+            [&mut b, &mut a]
+        };
+        let [active, standby] = labs;
+        let what = match pick {
+            0 => {
+                kill(Pid::from_raw(active.daemon_pid()), Signal::SIGKILL).expect("kill");
+                let _ = active.daemon.take().map(|mut d| d.wait());
+                "SIGKILL of the active"
+            }
+            1 => {
+                let pid = Pid::from_raw(active.daemon_pid());
+                kill(pid, Signal::SIGSTOP).expect("stop");
+                // The standby takes over once the lease is gone; the stopped one cannot answer.
+                wait_for(Duration::from_secs(15), "the standby active", || {
+                    (standby.role().as_deref() == Some("Active")).then_some(())
+                });
+                kill(pid, Signal::SIGCONT).expect("cont");
+                "SIGSTOP of the active, then SIGCONT"
+            }
+            _ => {
+                let out = active.cli(&["system", "switchover"]);
+                assert!(out.status.success(), "switchover: {out:?}");
+                "switchover"
+            }
+        };
+        let (a2, e2) = {
+            // While it settles, poll for two actives.
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_millis(300) {
+                let _ = one_active(&[&a, &b], what);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            settle([&a, &b], what)
+        };
+        assert_ne!(a2, act, "round {round}: {what} left the same active");
+        assert!(e2 > epoch, "round {round}: epoch {e2} after {epoch}");
+        (act, epoch) = (a2, e2);
+        // A killed one comes back as the standby.
+        for l in [&mut a, &mut b] {
+            if l.daemon.is_none() {
+                l.boot();
+            }
+        }
+        let (a3, _) = settle([&a, &b], "reboot");
+        assert_eq!(a3, act, "round {round}: a reboot changed the active");
+    }
+    eprintln!("{rounds} rounds; epoch {epoch}");
+    // The fenced or re-executed one kept its services stopped while standing by.
+    let standby = if act == 0 { &b } else { &a };
+    assert!(!svc_running(standby), "the standby runs a service");
+}
