@@ -36,7 +36,7 @@ fn pair_with(services: impl Fn(&Lab)) -> (Lab, Lab) {
             &format!(
                 "name = \"{me}\"\ndata-dir = \"data\"\nsupervisors = 2\n[lab]\nmin-lifetime-floor = \"1s\"\n\
                  [redundancy]\nlock-file = {:?}\nlink = {:?}\npeer = \"{other}\"\npeer-link = {:?}\n\
-                 heartbeat = \"50ms\"\ndead-after = \"500ms\"\n",
+                 heartbeat = \"50ms\"\ndead-after = \"500ms\"\nstandby-restart-delay = \"1s\"\n",
                 lock.display().to_string(),
                 lab.path("repl.sock").display().to_string(),
                 peer_lab.path("repl.sock").display().to_string(),
@@ -474,4 +474,88 @@ fn two_hundred_random_rounds_never_make_two_actives() {
         };
     }
     eprintln!("200 rounds; epoch {epoch}");
+}
+
+/// A service that also runs on the standby (`run-on-standby`): there, when it fails, it is
+/// restarted after `standby-restart-delay` (NX-OS: 30 s) and no HA policy applies; the standby
+/// still runs nothing else.
+#[test]
+fn on_the_standby_a_failed_service_is_restarted_after_the_delay_without_policies() {
+    let (mut a, mut b) = pair_with(|lab| {
+        lab.service("idle", &["--notify"], "readiness = \"notify\"\n");
+        lab.service(
+            "sb",
+            &[
+                "--notify",
+                "--crash-after",
+                "300",
+                "--crash-times",
+                "1",
+                "--counter",
+                &lab.path("sb.count").display().to_string(),
+            ],
+            "readiness = \"notify\"\nrun-on-standby = true\n\
+             [ha.dual-sup.primary]\naction = \"stateless\"\nmax-retries = 3\nmin-lifetime = \"1s\"\n",
+        );
+    });
+    a.boot();
+    wait_for(Duration::from_secs(10), "sup-1 active", || {
+        (role(&a).as_deref() == Some("Active")).then_some(())
+    });
+    b.boot();
+    let recs = wait_for(
+        Duration::from_secs(10),
+        "the standby's restart of sb",
+        || {
+            // The process log holds the active's records too (replicated): the standby's own.
+            let r: Vec<serde_json::Value> = b
+                .records("sb")
+                .into_iter()
+                .filter(|x| x["supervisor"] == "sup-2")
+                .collect();
+            let second = r.iter().find(|x| {
+                x["action"]
+                    .as_str()
+                    .is_some_and(|a| a.contains("on the standby"))
+            })?;
+            let row = b.json(&["show", "processes"]);
+            let sb = row.as_array()?.iter().find(|x| x["name"] == "sb")?.clone();
+            (sb["state"] == "running" && sb["start_count"] == 2).then(|| (second.clone(), r.len()))
+        },
+    );
+    let (rec, n) = recs;
+    assert_eq!(n, 1, "one failure on the standby");
+    assert_eq!(rec["policy"], "standby: no HA policies", "{rec}");
+    // The restart came a delay after the crash, not at once.
+    let row = b.json(&["show", "processes"]);
+    let sb = row
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|x| x["name"] == "sb")
+        .expect("sb")
+        .clone();
+    let ended = rec["ended_ms"].as_u64().expect("ended");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let started = now_ms - sb["uptime_ms"].as_u64().expect("uptime");
+    assert!(
+        started >= ended + 900,
+        "restarted {} ms after the crash",
+        started as i64 - ended as i64
+    );
+    // Nothing else runs on the standby.
+    let idle = row
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|x| x["name"] == "idle")
+        .expect("idle")
+        .clone();
+    assert!(idle["pid"].is_null(), "{idle}");
+    assert_eq!(role(&b).as_deref(), Some("Standby"));
+    drop(b);
+    drop(a);
 }

@@ -61,6 +61,9 @@ pub struct Redundancy {
     /// declares the active stalled (and fences it).
     pub heartbeat: Duration,
     pub dead_after: Duration,
+    /// On the standby, a failed service (`run-on-standby`) is restarted after this long,
+    /// without HA policies (NX-OS: 30 s).
+    pub standby_restart_delay: Duration,
 }
 
 /// The arbiter of two supervisors.
@@ -340,6 +343,10 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
             .get("dead-after")
             .and_then(|i| walk::duration(&mut ctx, "dead-after", i))
             .unwrap_or(Duration::from_secs(1));
+        let standby_restart_delay = r
+            .get("standby-restart-delay")
+            .and_then(|i| walk::duration(&mut ctx, "standby-restart-delay", i))
+            .unwrap_or(Duration::from_secs(30));
         let ttl = r
             .get("lease-ttl")
             .and_then(|i| walk::duration(&mut ctx, "lease-ttl", i))
@@ -396,6 +403,7 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
                 peer_link,
                 heartbeat,
                 dead_after,
+                standby_restart_delay,
             });
         }
     }

@@ -134,6 +134,9 @@ pub struct ServicePolicy {
     pub stop_timeout: Duration,
     pub heartbeat: Option<Heartbeat>,
     pub fd_store_max: u32,
+    /// Also runs on the standby supervisor (where a failure is restarted after
+    /// `standby-restart-delay`, without HA policies).
+    pub run_on_standby: bool,
     /// MTS SAPs this service may bind: name -> number.
     pub saps: BTreeMap<String, u32>,
     /// Policies with one supervisor.
@@ -466,6 +469,10 @@ pub fn parse_service(
         .get("fd-store-max")
         .and_then(|i| walk::int(&mut ctx, "fd-store-max", i, 0, 4096))
         .unwrap_or(64) as u32;
+    let run_on_standby = t
+        .get("run-on-standby")
+        .and_then(|i| walk::boolean(&mut ctx, "run-on-standby", i))
+        .unwrap_or(false);
 
     let mut saps = BTreeMap::new();
     let mut sap_spans = BTreeMap::new();
@@ -512,6 +519,7 @@ pub fn parse_service(
         stop_timeout,
         heartbeat,
         fd_store_max,
+        run_on_standby,
         saps,
         single_sup,
         dual_sup,

@@ -140,6 +140,7 @@ impl Supervisor {
     fn on_exit(&mut self, name: &str, st: WaitStatus) {
         let now = Instant::now();
         self.drain_notify(name);
+        let standby_delay = self.standby_restart_delay();
         let sups = self.sys.supervisors;
         // MTS: unacked messages go back to the queue; poison (in flight at two consecutive
         // crashes) goes to the dead-letter queue.
@@ -224,6 +225,21 @@ impl Supervisor {
             return;
         }
 
+        if let Some(delay) = standby_delay {
+            // NX-OS: on the standby a failed service is restarted after a delay, without HA
+            // policies (none of them may switch over or reset the active's supervisor).
+            let s = self.services.get_mut(name).expect("service exists");
+            s.standby_restart_at = Some(now + delay);
+            rec.policy = "standby: no HA policies".into();
+            rec.action = format!(
+                "restart on the standby in {}",
+                humantime::format_duration(delay)
+            );
+            rec.action.push_str(&dead_note);
+            self.report_failure(name, &inst, &rec.death, sig, core);
+            self.append(rec);
+            return;
+        }
         let ha = s.policy.ha(sups);
         let multi = self.failures.record(&self.sys.failure_window, name, now);
         let s = self
@@ -454,9 +470,11 @@ impl Supervisor {
 
     /// Start every pending service whose dependencies are ready.
     pub(super) fn try_start_pending(&mut self) {
-        if matches!(self.phase, Phase::ShuttingDown(_)) || self.standby() {
+        if matches!(self.phase, Phase::ShuttingDown(_)) {
             return;
         }
+        // The standby starts only what runs there too.
+        let standby = self.standby();
         loop {
             let mut started = false;
             for name in self.order.clone() {
@@ -465,6 +483,9 @@ impl Supervisor {
                 };
                 let Some(kind) = s.pending else { continue };
                 if s.inst.is_some() || s.stop.is_some() {
+                    continue;
+                }
+                if standby && !s.policy.run_on_standby {
                     continue;
                 }
                 let deps_ready = s.policy.depends_on.iter().all(|d| {
@@ -491,6 +512,19 @@ impl Supervisor {
     }
 
     pub(super) fn on_tick(&mut self, now: Instant) {
+        let mut due = false;
+        for s in self.services.values_mut() {
+            if s.standby_restart_at.is_some_and(|t| t <= now) {
+                s.standby_restart_at = None;
+                if s.inst.is_none() && s.stop.is_none() {
+                    s.pending = Some(StartKind::Fresh);
+                    due = true;
+                }
+            }
+        }
+        if due {
+            self.try_start_pending();
+        }
         for (name, s) in self.services.iter_mut() {
             if s.ha.on_tick(now) {
                 tracing::info!(service = %name, "restart succeeded: ran for its min-lifetime; retries reset");

@@ -112,6 +112,8 @@ struct Svc {
     last_failure: Option<(String, u64)>,
     notify: NotifySock,
     logs: ServiceLogs,
+    /// On the standby: restart due then (no HA policies there).
+    standby_restart_at: Option<Instant>,
 }
 
 enum Phase {
@@ -293,6 +295,7 @@ impl Supervisor {
             last_failure: None,
             notify: NotifySock { path, fd, task },
             logs,
+            standby_restart_at: None,
         };
         self.services.insert(name, svc);
         Ok(())
@@ -406,6 +409,9 @@ impl Supervisor {
         let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for s in self.services.values() {
             if let Some(t) = s.ha.deadline() {
+                at(t);
+            }
+            if let Some(t) = s.standby_restart_at {
                 at(t);
             }
             if let Some(stop) = &s.stop

@@ -18,6 +18,14 @@ impl Supervisor {
         self.red.as_ref().is_some_and(|r| !r.active_now())
     }
 
+    /// On the standby: how long before a failed service is restarted.
+    pub(super) fn standby_restart_delay(&self) -> Option<std::time::Duration> {
+        self.red
+            .as_ref()
+            .filter(|r| r.role == Role::Standby)
+            .map(|r| r.cfg.standby_restart_delay)
+    }
+
     /// At the start of `run`: the active serves the link, the standby follows it.
     pub(super) fn start_redundancy(&mut self) {
         let Some(r) = &self.red else { return };
@@ -79,6 +87,7 @@ impl Supervisor {
                     self.sys.name
                 ));
                 for s in self.services.values_mut() {
+                    s.standby_restart_at = None;
                     if s.inst.is_none() && s.stop.is_none() {
                         s.pending = Some(StartKind::Switchover);
                     }
