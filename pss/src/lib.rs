@@ -9,6 +9,8 @@ pub mod proto;
 pub mod server;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// The one error type of the `pss` crate.
 #[derive(Debug, thiserror::Error)]
@@ -62,23 +64,50 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// One write as the standby supervisor applies it: a tree's puts (`Some`) and deletes
-/// (`None`), all at once; `clear` empties the tree first.
+/// (`None`), all at once; `clear` empties the tree first. `pos` numbers the writes streamed
+/// to one standby (1, 2, ...; 0 for the first copy), so it can acknowledge how far it is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     pub tree: Vec<u8>,
     pub clear: bool,
     pub ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub pos: u64,
 }
 
 /// Where the writes of a store go besides sled (the link to the standby supervisor).
 pub type ReplicaTx = std::sync::mpsc::Sender<Change>;
+
+/// The link to the standby as the store sees it: where writes go, how far they went, how far
+/// the standby acknowledged them.
+#[derive(Default)]
+struct Replica {
+    tx: Option<ReplicaTx>,
+    /// One number per link, so a late acknowledgement from an old link counts for nothing.
+    link: u64,
+    sent: u64,
+    acked: u64,
+    /// How long a durable write waits for the standby before the link is given up.
+    wait: Duration,
+}
+
+/// How [`Store::wait_replicated`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicated {
+    /// No standby is attached: nothing to wait for.
+    NoStandby,
+    /// The standby has applied every write made before the call.
+    Acked,
+    /// The standby did not acknowledge in time; the link was dropped (the standby copies
+    /// everything again when it reconnects), and writes no longer wait for it.
+    GaveUp,
+}
 
 /// The sled database of one supervisor.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
-    replica: std::sync::Arc<std::sync::Mutex<Option<ReplicaTx>>>,
+    replica: Arc<(Mutex<Replica>, Condvar)>,
 }
 
 impl Store {
@@ -157,32 +186,93 @@ impl Store {
         self.db.flush()
     }
 
-    /// Send every write from now on to `tx` as well (None: stop). Every writer of the store
-    /// calls [`Store::replicate`] after its write, in the order it wrote.
-    pub fn set_replica(&self, tx: Option<ReplicaTx>) {
-        *self.replica.lock().unwrap_or_else(|p| p.into_inner()) = tx;
+    fn replica(&self) -> std::sync::MutexGuard<'_, Replica> {
+        self.replica.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Send every write from now on to `tx` as well, and let durable writes wait up to `wait`
+    /// for the standby's acknowledgement (None: stop). Every writer of the store calls
+    /// [`Store::replicate`] after its write, in the order it wrote. Returns the link's number
+    /// for [`Store::replica_acked`].
+    pub fn set_replica(&self, tx: Option<(ReplicaTx, Duration)>) -> u64 {
+        let mut r = self.replica();
+        r.link += 1;
+        r.sent = 0;
+        r.acked = 0;
+        match tx {
+            Some((tx, wait)) => {
+                r.tx = Some(tx);
+                r.wait = wait;
+            }
+            None => r.tx = None,
+        }
+        self.replica.1.notify_all();
+        r.link
     }
 
     /// Whether writes go to a standby.
     pub fn replicating(&self) -> bool {
-        self.replica
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.replica().tx.is_some()
     }
 
     /// A write just made to `tree`, for the standby. Cheap when there is none.
     pub fn replicate(&self, tree: &sled::Tree, clear: bool, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
-        let mut g = self.replica.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = g.as_ref() {
+        let mut r = self.replica();
+        if let Some(tx) = r.tx.as_ref() {
             let c = Change {
                 tree: tree.name().to_vec(),
                 clear,
                 ops,
+                pos: r.sent + 1,
             };
-            if tx.send(c).is_err() {
-                *g = None;
+            if tx.send(c).is_ok() {
+                r.sent += 1;
+            } else {
+                r.tx = None;
+                self.replica.1.notify_all();
             }
+        }
+    }
+
+    /// The standby of link `link` has applied the writes up to `pos`.
+    pub fn replica_acked(&self, link: u64, pos: u64) {
+        let mut r = self.replica();
+        if r.link == link && pos > r.acked {
+            r.acked = pos;
+            self.replica.1.notify_all();
+        }
+    }
+
+    /// Wait until the standby (if one is attached) has applied every write made so far: a
+    /// durable write is acknowledged only when it would survive a switchover too.
+    pub fn wait_replicated(&self) -> Replicated {
+        let mut r = self.replica();
+        if r.tx.is_none() {
+            return Replicated::NoStandby;
+        }
+        let (link, want) = (r.link, r.sent);
+        let until = Instant::now() + r.wait;
+        loop {
+            if r.link != link || r.tx.is_none() {
+                return Replicated::NoStandby;
+            }
+            if r.acked >= want {
+                return Replicated::Acked;
+            }
+            let now = Instant::now();
+            if now >= until {
+                // Given up: the link goes, and the standby copies everything when it is back.
+                r.tx = None;
+                r.link += 1;
+                self.replica.1.notify_all();
+                return Replicated::GaveUp;
+            }
+            r = self
+                .replica
+                .1
+                .wait_timeout(r, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -205,6 +295,7 @@ impl Store {
                 tree: name.to_vec(),
                 clear: true,
                 ops,
+                pos: 0,
             });
         }
         v
@@ -260,5 +351,37 @@ mod tests {
         let s = Store::open(d.path()).expect("reopen");
         let v = s.tree("sysmgr/test").expect("tree").get(b"k").expect("get");
         assert_eq!(v.as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_durable_write_waits_for_the_standby_and_gives_up_after_its_time() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(d.path()).expect("open");
+        let t = s.tree("pss/x/private").expect("tree");
+        assert_eq!(s.wait_replicated(), Replicated::NoStandby);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let link = s.set_replica(Some((tx, Duration::from_millis(200))));
+        s.replicate(&t, false, vec![(b"a".to_vec(), Some(b"1".to_vec()))]);
+        s.replicate(&t, false, vec![(b"b".to_vec(), Some(b"2".to_vec()))]);
+        let got: Vec<u64> = rx.try_iter().map(|c| c.pos).collect();
+        assert_eq!(got, [1, 2]);
+        // The standby acknowledges from another thread; an old link's word counts for nothing.
+        let s2 = s.clone();
+        let acker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            s2.replica_acked(link - 1, 2);
+            s2.replica_acked(link, 1);
+            std::thread::sleep(Duration::from_millis(20));
+            s2.replica_acked(link, 2);
+        });
+        let t0 = Instant::now();
+        assert_eq!(s.wait_replicated(), Replicated::Acked);
+        assert!(t0.elapsed() >= Duration::from_millis(40));
+        acker.join().expect("acker");
+        // Nobody acknowledges the third: given up, and the link is gone.
+        s.replicate(&t, false, vec![(b"c".to_vec(), Some(b"3".to_vec()))]);
+        assert_eq!(s.wait_replicated(), Replicated::GaveUp);
+        assert!(!s.replicating());
+        assert_eq!(s.wait_replicated(), Replicated::NoStandby);
     }
 }

@@ -333,9 +333,11 @@ impl Server {
         Ok(out)
     }
 
-    /// Make everything written so far durable.
-    pub fn flush(&self) -> Result<(), PssError> {
-        self.store.flush().map(|_| ()).map_err(PssError::Db)
+    /// Make everything written so far durable: on disk, and applied by the standby supervisor
+    /// when there is one (so it survives a switchover too).
+    pub fn flush(&self) -> Result<crate::Replicated, PssError> {
+        self.store.flush().map_err(PssError::Db)?;
+        Ok(self.store.wait_replicated())
     }
 }
 

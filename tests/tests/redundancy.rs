@@ -135,6 +135,84 @@ fn the_standby_mirrors_the_store_and_takes_over_when_the_active_dies() {
     assert!(store_row(&a).expect("listed")["pid"].is_null());
 }
 
+/// A durable checkpoint is acknowledged only once the standby has applied it: the writer
+/// streams durable checkpoints, the active is SIGKILLed at a random moment, and the new
+/// active's copy holds every checkpoint the old one had acknowledged. Ten rounds, back and
+/// forth.
+#[test]
+fn every_durable_checkpoint_acknowledged_by_the_active_is_on_the_new_active() {
+    let (mut a, mut b) = pair();
+    a.boot();
+    wait_for(Duration::from_secs(10), "sup-1 active", || {
+        (role(&a).as_deref() == Some("Active")).then_some(())
+    });
+    b.boot();
+    let mut rng = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    eprintln!("seed {rng}");
+    let mut total = 0usize;
+    for round in 0..10 {
+        let (active, standby) = if round % 2 == 0 {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        wait_for(Duration::from_secs(10), "the standby following", || {
+            let s = status(standby)?;
+            (s["this"]["redundancy_state"] == "Standby" && s["operational"] == "HA").then_some(())
+        });
+        let seen_a = active.report("store.report").len();
+        let seen_s = standby.report("store.report").len();
+        wait_for(Duration::from_secs(10), "acks", || {
+            active.report("store.report")[seen_a..]
+                .iter()
+                .any(|l| l.starts_with("acked"))
+                .then_some(())
+        });
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(rng % 200));
+        kill(Pid::from_raw(active.daemon_pid()), Signal::SIGKILL).expect("SIGKILL");
+        let _ = active.daemon.take().map(|mut d| d.wait());
+        // The writer died with its supervisor (no acknowledgement can come after this).
+        let acked: Vec<u64> = active.report("store.report")[seen_a..]
+            .iter()
+            .filter_map(|l| l.strip_prefix("acked ")?.parse().ok())
+            .collect();
+        let max_acked = acked.iter().copied().max().unwrap_or(0);
+        total += acked.len();
+        let present = wait_for(
+            Duration::from_secs(10),
+            "the writer on the new active",
+            || {
+                standby.report("store.report")[seen_s..]
+                    .iter()
+                    .find(|l| l.starts_with("present"))
+                    .cloned()
+            },
+        );
+        let max: u64 = present
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("max=")?.parse().ok())
+            .expect("max=");
+        assert!(
+            present.ends_with("contiguous=true"),
+            "round {round}: {present}"
+        );
+        assert!(
+            max >= max_acked,
+            "round {round}: the active acknowledged checkpoint {max_acked}, the new active has up to {max}"
+        );
+        active.boot();
+    }
+    assert!(total > 100, "the writer made progress ({total} acks)");
+    eprintln!("10 SIGKILLs of the active, {total} acknowledged durable checkpoints, none lost");
+}
+
 /// A stalled active (SIGSTOP) stops its heartbeats; after `dead-after` the standby fences it
 /// with SIGKILL (the kernel releases its lock) and takes over. The operator's switchover hands
 /// back: the active stops its services, the standby takes them, the old one follows.

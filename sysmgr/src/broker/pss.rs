@@ -43,7 +43,11 @@ impl PssHandle {
                 }
                 let s = flusher.clone();
                 let r = match tokio::task::spawn_blocking(move || s.flush()).await {
-                    Ok(Ok(())) => Ok(()),
+                    Ok(Ok(pss::Replicated::GaveUp)) => {
+                        super::store::standby_gave_up();
+                        Ok(())
+                    }
+                    Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };

@@ -40,8 +40,13 @@ impl QueueStore {
         Ok(())
     }
 
+    /// On disk, and applied by the standby supervisor when there is one.
     pub fn flush(&self) -> Result<(), String> {
-        self.store.flush().map(|_| ()).map_err(|e| e.to_string())
+        self.store.flush().map_err(|e| e.to_string())?;
+        if self.store.wait_replicated() == pss::Replicated::GaveUp {
+            standby_gave_up();
+        }
+        Ok(())
     }
 
     pub fn remove(&self, sap: u32, seq: u64) {
@@ -101,4 +106,14 @@ impl QueueStore {
             .filter_map(|v| mts::codec::decode(&v).ok())
             .collect()
     }
+}
+
+/// A durable write waited for the standby longer than `dead-after`: the link was dropped, and
+/// the standby copies everything again when it reconnects.
+pub fn standby_gave_up() {
+    crate::syslog::err(
+        2,
+        "REPLICATION_STALLED",
+        "The standby supervisor did not acknowledge a durable write in time; the replication link restarts with a full copy.",
+    );
 }

@@ -28,9 +28,10 @@ pub enum LinkMsg {
     Heartbeat {
         pos: u64,
     },
-    /// From the standby: changes applied so far.
+    /// From the standby: changes applied so far, and the `pos` of the last streamed one.
     Ack {
         applied: u64,
+        pos: u64,
     },
 }
 
@@ -142,12 +143,14 @@ pub(super) fn serve_one(
     name: &str,
     epoch: u64,
     hb: Duration,
+    sync_wait: Duration,
     peer: &Arc<Mutex<PeerView>>,
 ) -> std::io::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     // Writes from now on are captured before the copy is taken: the stream that follows
-    // brings every key to its latest value whatever the copy saw.
-    store.set_replica(Some(tx));
+    // brings every key to its latest value whatever the copy saw. Durable writes wait for
+    // the standby's acknowledgement from now on (up to `sync_wait`).
+    let link = store.set_replica(Some((tx, sync_wait)));
     write_frame(
         &mut s,
         &LinkMsg::Hello {
@@ -164,8 +167,10 @@ pub(super) fn serve_one(
     // The standby's acknowledgements, on their own thread.
     let mut r = s.try_clone()?;
     let p2 = peer.clone();
+    let st2 = store.clone();
     std::thread::spawn(move || {
-        while let Ok(LinkMsg::Ack { applied }) = read_frame(&mut r) {
+        while let Ok(LinkMsg::Ack { applied, pos }) = read_frame(&mut r) {
+            st2.replica_acked(link, pos);
             if let Ok(mut p) = p2.lock() {
                 p.applied = applied;
                 p.last_seen = Some(Instant::now());
@@ -243,6 +248,7 @@ pub(super) fn follow_one(
         .clear_all()
         .map_err(|e| FollowEnd::Closed(std::io::Error::other(e)))?;
     let mut applied = 0u64;
+    let mut pos = 0u64;
     if let Ok(mut p) = peer.lock() {
         *p = PeerView {
             connected: true,
@@ -275,6 +281,7 @@ pub(super) fn follow_one(
                     tracing::error!(error = %e, "replication: cannot apply a change");
                 }
                 applied += 1;
+                pos = pos.max(c.pos);
                 if let Ok(mut p) = peer.lock() {
                     p.applied = applied;
                 }
@@ -285,7 +292,7 @@ pub(super) fn follow_one(
                     p.applied = applied;
                     p.last_seen = Some(Instant::now());
                 }
-                let _ = write_frame(&mut w, &LinkMsg::Ack { applied });
+                let _ = write_frame(&mut w, &LinkMsg::Ack { applied, pos });
             }
             _ => {}
         }

@@ -325,12 +325,14 @@ impl Red {
         let peer = self.peer.clone();
         let epoch = self.epoch;
         let hb = self.cfg.heartbeat;
+        // A durable write waits for the standby no longer than the standby waits for us.
+        let sync_wait = self.cfg.dead_after;
         std::thread::Builder::new()
             .name("repl-out".into())
             .spawn(move || {
                 loop {
                     let Ok(s) = l.accept() else { continue };
-                    if let Err(e) = serve_one(s, &store, &name, epoch, hb, &peer) {
+                    if let Err(e) = serve_one(s, &store, &name, epoch, hb, sync_wait, &peer) {
                         tracing::warn!(error = %e, "replication link to the standby closed");
                     }
                     store.set_replica(None);
