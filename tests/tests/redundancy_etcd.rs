@@ -40,6 +40,12 @@ fn etcd(ns: &Netns, dir: &std::path::Path) -> Etcd {
             "http://127.0.0.1:2380",
             "--initial-cluster",
             "t=http://127.0.0.1:2380",
+            // etcd's lease minimum is 1.5 election timeouts (2 s by default): these timings
+            // let the 1 s leases below be 1 s. One member, so nothing else depends on them.
+            "--heartbeat-interval",
+            "10",
+            "--election-timeout",
+            "100",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -60,6 +66,27 @@ fn etcd(ns: &Netns, dir: &std::path::Path) -> Etcd {
     e
 }
 
+/// Which supervisor etcd names as the holder of the key (0 for sup-1, 1 for sup-2).
+fn holder(ns: &Netns) -> Option<usize> {
+    let out = ns
+        .command("etcdctl")
+        .args([
+            "--endpoints",
+            "http://10.86.0.1:2379",
+            "get",
+            "/sysmgr/active",
+            "--print-value-only",
+        ])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .ok()?;
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "sup-1" => Some(0),
+        "sup-2" => Some(1),
+        _ => None,
+    }
+}
+
 /// Two hosts, each with its own lab and the demo `svc` service.
 fn hosts() -> (Netns, Netns, Lab, Lab) {
     let na = Netns::new("rede-a");
@@ -75,7 +102,7 @@ fn hosts() -> (Netns, Netns, Lab, Lab) {
             "sysmgr.toml",
             &format!(
                 "name = \"{me}\"\ndata-dir = \"data\"\nsupervisors = 2\n[lab]\nmin-lifetime-floor = \"1s\"\n\
-                 [redundancy]\netcd = \"http://10.86.0.1:2379\"\nlease-ttl = \"2s\"\n\
+                 [redundancy]\netcd = \"http://10.86.0.1:2379\"\nlease-ttl = \"1s\"\n\
                  link = \"tcp:{addr}:7101\"\npeer = \"{other}\"\npeer-link = \"tcp:{peer_addr}:7101\"\n\
                  heartbeat = \"100ms\"\ndead-after = \"1s\"\n"
             ),
@@ -149,10 +176,11 @@ fn settle(labs: [&Lab; 2], what: &str) -> (usize, u64) {
     }
 }
 
-/// etcd decides across hosts: SIGKILL of the active, a stalled active (SIGSTOP until its
-/// lease runs out, then SIGCONT: it finds itself fenced and comes back as the standby), the
-/// operator's switchover, and random rounds of all of them; never two actives, and every
-/// new active with a higher epoch.
+/// etcd decides across hosts: 200 random rounds of SIGKILL of the active, a stalled active
+/// (SIGSTOP until its lease runs out, then SIGCONT: it finds itself fenced and comes back as
+/// the standby), the operator's switchover, and SIGKILL + reboot of the standby. At every
+/// poll at most one says it is active, and it is the one etcd names; every new active has a
+/// higher epoch, and the standby's restart changes neither.
 #[test]
 fn two_hosts_with_etcd_never_make_two_actives() {
     if !is_root() {
@@ -175,13 +203,15 @@ fn two_hosts_with_etcd_never_make_two_actives() {
         | 1;
     eprintln!("seed {seed}");
     let mut rng = seed;
-    let rounds = 24;
+    let rounds = 200;
+    let mut counts = [0usize; 4];
     for round in 0..rounds {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        // The first three rounds go through each action once.
-        let pick = if round < 3 { round as u64 } else { rng % 3 };
+        // The first four rounds go through each action once.
+        let pick = if round < 4 { round as u64 } else { rng % 4 };
+        counts[pick as usize] += 1;
         let labs: [&mut Lab; 2] = if act == 0 {
             [&mut a, &mut b]
         } else {
@@ -204,12 +234,31 @@ fn two_hosts_with_etcd_never_make_two_actives() {
                 kill(pid, Signal::SIGCONT).expect("cont");
                 "SIGSTOP of the active, then SIGCONT"
             }
-            _ => {
+            2 => {
                 let out = active.cli(&["system", "switchover"]);
                 assert!(out.status.success(), "switchover: {out:?}");
                 "switchover"
             }
+            _ => {
+                kill(Pid::from_raw(standby.daemon_pid()), Signal::SIGKILL).expect("kill");
+                let _ = standby.daemon.take().map(|mut d| d.wait());
+                standby.boot();
+                "SIGKILL and reboot of the standby"
+            }
         };
+        if pick == 3 {
+            let (a2, e2) = settle([&a, &b], what);
+            assert_eq!(
+                a2, act,
+                "round {round}: the standby's restart moved the active"
+            );
+            assert_eq!(
+                e2, epoch,
+                "round {round}: the standby's restart moved the epoch"
+            );
+            assert_eq!(holder(&na), Some(act), "round {round}: etcd names another");
+            continue;
+        }
         let (a2, e2) = {
             // While it settles, poll for two actives.
             let t0 = Instant::now();
@@ -221,6 +270,7 @@ fn two_hosts_with_etcd_never_make_two_actives() {
         };
         assert_ne!(a2, act, "round {round}: {what} left the same active");
         assert!(e2 > epoch, "round {round}: epoch {e2} after {epoch}");
+        assert_eq!(holder(&na), Some(a2), "round {round}: etcd names another");
         (act, epoch) = (a2, e2);
         // A killed one comes back as the standby.
         for l in [&mut a, &mut b] {
@@ -231,7 +281,9 @@ fn two_hosts_with_etcd_never_make_two_actives() {
         let (a3, _) = settle([&a, &b], "reboot");
         assert_eq!(a3, act, "round {round}: a reboot changed the active");
     }
-    eprintln!("{rounds} rounds; epoch {epoch}");
+    eprintln!(
+        "{rounds} rounds (kill, stall, switchover, standby restart: {counts:?}); epoch {epoch}"
+    );
     // The fenced or re-executed one kept its services stopped while standing by.
     let standby = if act == 0 { &b } else { &a };
     assert!(!svc_running(standby), "the standby runs a service");

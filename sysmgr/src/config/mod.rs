@@ -388,10 +388,10 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
         if dead_after <= heartbeat {
             ctx.err(span.clone(), "`dead-after` must be longer than `heartbeat`");
         }
-        if ttl < Duration::from_secs(2) {
+        if ttl < Duration::from_secs(1) {
             ctx.err(
                 span.clone(),
-                "`lease-ttl` must be at least 2s (etcd's own minimum is about 1.5s)",
+                "`lease-ttl` must be at least 1s (etcd leases are whole seconds; etcd raises a shorter one to its own minimum, 2s with its default timings)",
             );
         }
         r.finish(&mut ctx);

@@ -121,9 +121,10 @@ impl Etcd {
         if self.holder()?.is_some() {
             return Ok(None);
         }
+        // Whole seconds, rounded up: etcd keeps the key at least as long as we count on it.
         let g = self.post(
             "/v3/lease/grant",
-            &json!({"TTL": self.ttl.as_secs().max(2)}),
+            &json!({"TTL": self.ttl.as_secs_f64().ceil().max(1.0) as u64}),
         )?;
         let lease = int(&g["ID"]).ok_or_else(|| err(format!("etcd lease grant: {g}")))?;
         let key = b64(self.key.as_bytes());
