@@ -317,6 +317,42 @@ impl Store {
         t.apply_batch(b)
     }
 
+    /// Watch sled from a thread of our own, against a deadlock of sled 0.34.7 (sled#1412): a
+    /// writer holding sled's segment lock waits for a file truncation queued in sled's IO pool
+    /// while every pool thread waits for that lock (and the pool's count of idle threads has
+    /// wrapped below zero, so it never adds one). Every `every` a flush is queued as a probe;
+    /// while one has not completed, `stuck` is called about every 100 ms with how long it has
+    /// waited. Nothing inside the process can end that deadlock: the caller decides.
+    pub fn start_watchdog(
+        &self,
+        every: Duration,
+        stuck: impl Fn(Duration) + Send + 'static,
+    ) -> std::io::Result<()> {
+        let db = self.db.clone();
+        std::thread::Builder::new()
+            .name("sled-watchdog".into())
+            .spawn(move || {
+                use std::future::Future;
+                use std::task::{Context, Waker};
+                let mut cx = Context::from_waker(Waker::noop());
+                loop {
+                    std::thread::sleep(every);
+                    // The first poll queues the flush in sled's pool.
+                    let mut probe = Box::pin(db.flush_async());
+                    let t0 = Instant::now();
+                    let mut polls = 0u32;
+                    while probe.as_mut().poll(&mut cx).is_pending() {
+                        std::thread::sleep(Duration::from_millis(20));
+                        polls += 1;
+                        if polls.is_multiple_of(5) {
+                            stuck(t0.elapsed());
+                        }
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
     /// Every tree emptied (a standby about to take the active's copy).
     pub fn clear_all(&self) -> Result<(), sled::Error> {
         for name in self.db.tree_names() {

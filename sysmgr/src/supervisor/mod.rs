@@ -223,6 +223,10 @@ impl Supervisor {
                 ),
             );
         }
+        let watchdog = store.start_watchdog(Duration::from_millis(500), stalled_db);
+        if let Err(e) = watchdog {
+            tracing::error!(error = %e, "cannot start the PSS database watchdog");
+        }
         let log = ProcLog::open(&store, sys.proclog_max_records)?;
         let queues = crate::broker::QueueStore::open(&store)?;
         let mut broker = crate::broker::Broker::new(sys.mts_limits, Some(queues));
@@ -449,5 +453,39 @@ impl Supervisor {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// The PSS database has not completed a flush for `waited`: sled's IO pool is deadlocked
+/// (sled#1412) and every write waits forever, the supervisor's own included. After 2 s it is
+/// reported; after 10 s the supervisor resets itself (re-exec under the same PID, as the HA
+/// action `reset` does): sled recovers what was flushed, every acknowledged durable write
+/// among it, and the services start again; with two supervisors the lock goes with the old
+/// image, so the standby takes over.
+fn stalled_db(waited: Duration) {
+    use std::os::unix::process::CommandExt;
+    static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if waited >= Duration::from_secs(2) && !REPORTED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        crate::syslog::err(
+            2,
+            "PSS_STALLED",
+            "The PSS database has not completed a flush in 2 s (sled's IO pool is deadlocked, sled#1412); the supervisor resets itself at 10 s.",
+        );
+    }
+    if waited >= Duration::from_secs(10) {
+        crate::syslog::err(
+            2,
+            "SUPERVISOR_RESET",
+            "The PSS database is deadlocked: supervisor reset.",
+        );
+        let argv: Vec<String> = std::env::args().collect();
+        let err = std::process::Command::new("/proc/self/exe")
+            .arg0(argv.first().map_or("sysmgr", String::as_str))
+            .args(argv.iter().skip(1))
+            .env(crate::boot::REEXEC_ENV, "reset")
+            .exec();
+        crate::syslog::err(2, "SUPERVISOR_RESET", &format!("re-exec failed: {err}"));
+        std::process::abort();
     }
 }
