@@ -154,6 +154,9 @@ impl Rib {
         announce: Vec<(Prefix, Arc<Attrs>)>,
         withdraw: Vec<Prefix>,
     ) -> Vec<Prefix> {
+        // No other peer has a route: this one's path is the selection, without looking it up
+        // again (a single upstream, or the first to send a full table).
+        let alone = self.adj_in.iter().all(|(k, t)| *k == peer || t.is_empty());
         let t = self.adj_in.entry(peer).or_default();
         let stale = self.stale.get_mut(&peer);
         let mut touched = Vec::with_capacity(announce.len() + withdraw.len());
@@ -169,6 +172,34 @@ impl Rib {
             if t.remove(&p).is_some() {
                 touched.push(p);
             }
+        }
+        if alone {
+            let mut changed = Vec::with_capacity(touched.len() + announce.len());
+            for (p, a) in announce {
+                t.insert(p, a.clone());
+                let s = Selected {
+                    paths: smallvec::smallvec![(peer, a)],
+                };
+                match self.loc.entry(p) {
+                    Entry::Occupied(mut e) => {
+                        if *e.get() != s {
+                            e.insert(s);
+                            changed.push(p);
+                        }
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(s);
+                        changed.push(p);
+                    }
+                }
+            }
+            // Withdrawn and not announced again in the same UPDATE.
+            for p in touched {
+                if !t.contains_key(&p) && self.loc.remove(&p).is_some() {
+                    changed.push(p);
+                }
+            }
+            return changed;
         }
         for (p, a) in announce {
             t.insert(p, a);
@@ -246,6 +277,56 @@ mod tests {
     }
     fn pfx() -> Prefix {
         "192.0.2.0/24".parse().expect("p")
+    }
+
+    /// The Loc-RIB after any sequence of updates is what full selection gives for every
+    /// prefix, whether one peer had routes (the shortcut) or several.
+    #[test]
+    fn the_single_peer_shortcut_agrees_with_full_selection() {
+        let mut r = rib(2);
+        let p = |i: u32| Prefix::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).expect("pfx");
+        let mut x = 7u32;
+        let mut step = |r: &mut Rib, who: u8| {
+            let mut ann = Vec::new();
+            let mut wd = Vec::new();
+            // One attribute set per UPDATE, as on the wire.
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let a = attrs(&(0..1 + (x >> 12) % 3).collect::<Vec<_>>(), who);
+            for _ in 0..20 {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let i = (x >> 8) % 16;
+                if (x >> 4).is_multiple_of(3) {
+                    wd.push(p(i));
+                } else {
+                    ann.push((p(i), a.clone()));
+                }
+            }
+            let before: Vec<Option<Selected>> =
+                (0..16).map(|i| r.loc.get(&p(i)).cloned()).collect();
+            let changed = r.update(peer(who), ann, wd);
+            let mut want = Vec::new();
+            for i in 0..16 {
+                assert_eq!(r.loc.get(&p(i)), r.select(&p(i)).as_ref(), "prefix {i}");
+                if r.loc.get(&p(i)) != before[i as usize].as_ref() {
+                    want.push(p(i));
+                }
+            }
+            let mut got = changed.clone();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "changed prefixes");
+        };
+        for _ in 0..30 {
+            step(&mut r, 1);
+        }
+        for round in 0..60 {
+            step(&mut r, 1 + (round % 3) as u8);
+        }
+        r.peer_down(peer(2));
+        r.peer_down(peer(3));
+        for _ in 0..30 {
+            step(&mut r, 1);
+        }
     }
 
     #[test]
