@@ -86,6 +86,11 @@ struct Replica {
     link: u64,
     sent: u64,
     acked: u64,
+    /// The standby has its copy (its first acknowledgement): from then on every durable
+    /// write waits for it.
+    ready: bool,
+    /// The last write acknowledged without waiting while the standby was not ready.
+    unwaited: u64,
     /// How long a durable write waits for the standby before the link is given up.
     wait: Duration,
 }
@@ -102,12 +107,16 @@ pub enum Replicated {
     GaveUp,
 }
 
+/// Whether this supervisor may take writes now (None: it always may).
+type WriteGate = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// The sled database of one supervisor.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
     replica: Arc<(Mutex<Replica>, Condvar)>,
+    gate: Arc<Mutex<Option<WriteGate>>>,
 }
 
 impl Store {
@@ -148,6 +157,7 @@ impl Store {
             db,
             path: dir.to_path_buf(),
             replica: Default::default(),
+            gate: Default::default(),
         })
     }
 
@@ -199,6 +209,8 @@ impl Store {
         r.link += 1;
         r.sent = 0;
         r.acked = 0;
+        r.ready = false;
+        r.unwaited = 0;
         match tx {
             Some((tx, wait)) => {
                 r.tx = Some(tx);
@@ -208,6 +220,18 @@ impl Store {
         }
         self.replica.1.notify_all();
         r.link
+    }
+
+    /// Services' writes are taken only while `gate` says so (a fenced supervisor refuses
+    /// them, and refuses to acknowledge what it had taken but not yet acknowledged).
+    pub fn set_write_gate(&self, gate: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+        *self.gate.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(gate));
+    }
+
+    /// Err(why) when writes must be refused now.
+    pub fn may_write(&self) -> Result<(), String> {
+        let g = self.gate.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        g.map_or(Ok(()), |g| g())
     }
 
     /// Whether writes go to a standby.
@@ -237,21 +261,38 @@ impl Store {
     /// The standby of link `link` has applied the writes up to `pos`.
     pub fn replica_acked(&self, link: u64, pos: u64) {
         let mut r = self.replica();
-        if r.link == link && pos > r.acked {
-            r.acked = pos;
+        if r.link == link {
+            r.acked = r.acked.max(pos);
+            r.ready = true;
             self.replica.1.notify_all();
         }
     }
 
-    /// Wait until the standby (if one is attached) has applied every write made so far: a
-    /// durable write is acknowledged only when it would survive a switchover too.
+    /// Whether the link is HA: the standby has its copy, durable writes wait for it, and it
+    /// has applied every write acknowledged without it while it was taking the copy.
+    pub fn replica_ready(&self) -> bool {
+        let r = self.replica();
+        r.tx.is_some() && r.ready && r.acked >= r.unwaited
+    }
+
+    /// Wait until the standby (if one is attached and ready) has applied every write made so
+    /// far: a durable write is acknowledged only when it would survive a switchover too. A
+    /// standby still taking its copy or catching up is not waited for (the copy and the
+    /// stream bring it these writes; it is ready once it has applied them).
     pub fn wait_replicated(&self) -> Replicated {
         let mut r = self.replica();
         if r.tx.is_none() {
             return Replicated::NoStandby;
         }
+        if !r.ready {
+            r.unwaited = r.unwaited.max(r.sent);
+            return Replicated::NoStandby;
+        }
         let (link, want) = (r.link, r.sent);
-        let until = Instant::now() + r.wait;
+        // Given up only on a standby that makes no progress for `wait` (a slow one that
+        // keeps acknowledging is waited for: its writers go at its pace).
+        let mut until = Instant::now() + r.wait;
+        let mut seen = r.acked;
         loop {
             if r.link != link || r.tx.is_none() {
                 return Replicated::NoStandby;
@@ -260,6 +301,10 @@ impl Store {
                 return Replicated::Acked;
             }
             let now = Instant::now();
+            if r.acked > seen {
+                seen = r.acked;
+                until = now + r.wait;
+            }
             if now >= until {
                 // Given up: the link goes, and the standby copies everything when it is back.
                 r.tx = None;
@@ -401,14 +446,25 @@ mod tests {
         s.replicate(&t, false, vec![(b"b".to_vec(), Some(b"2".to_vec()))]);
         let got: Vec<u64> = rx.try_iter().map(|c| c.pos).collect();
         assert_eq!(got, [1, 2]);
+        // Until its copy is in (its first acknowledgement) the standby is not waited for; the
+        // link is HA once it has also applied what was acknowledged without it.
+        assert_eq!(s.wait_replicated(), Replicated::NoStandby);
+        s.replica_acked(link, 1);
+        assert!(!s.replica_ready());
+        s.replica_acked(link, 2);
+        assert!(s.replica_ready());
+        s.replicate(&t, false, vec![(b"b".to_vec(), Some(b"2".to_vec()))]);
+        s.replicate(&t, false, vec![(b"a".to_vec(), Some(b"1".to_vec()))]);
+        let got: Vec<u64> = rx.try_iter().map(|c| c.pos).collect();
+        assert_eq!(got, [3, 4]);
         // The standby acknowledges from another thread; an old link's word counts for nothing.
         let s2 = s.clone();
         let acker = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
-            s2.replica_acked(link - 1, 2);
-            s2.replica_acked(link, 1);
+            s2.replica_acked(link - 1, 4);
+            s2.replica_acked(link, 3);
             std::thread::sleep(Duration::from_millis(20));
-            s2.replica_acked(link, 2);
+            s2.replica_acked(link, 4);
         });
         let t0 = Instant::now();
         assert_eq!(s.wait_replicated(), Replicated::Acked);

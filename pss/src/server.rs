@@ -115,6 +115,7 @@ impl Server {
                         "operators read PSS; only a service writes its own keys".into(),
                     ));
                 };
+                self.store.may_write().map_err(PssError::Denied)?;
                 self.write(me, scope, &ops)
             }
             Request::Seq => {
@@ -335,9 +336,14 @@ impl Server {
 
     /// Make everything written so far durable: on disk, and applied by the standby supervisor
     /// when there is one (so it survives a switchover too).
+    ///
+    /// A supervisor fenced meanwhile (it stalled, and the other one took over) does not
+    /// acknowledge: what it took may not be on the new active.
     pub fn flush(&self) -> Result<crate::Replicated, PssError> {
         self.store.flush().map_err(PssError::Db)?;
-        Ok(self.store.wait_replicated())
+        let r = self.store.wait_replicated();
+        self.store.may_write().map_err(PssError::Denied)?;
+        Ok(r)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,13 @@ impl Stream {
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
         })
+    }
+    /// End the connection for every clone of it (the acknowledgement reader's too).
+    fn shutdown(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        };
     }
     fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
         match self {
@@ -137,7 +144,23 @@ fn read_frame(s: &mut Stream) -> std::io::Result<LinkMsg> {
     mts::codec::decode(&b).map_err(std::io::Error::other)
 }
 
+/// Serve one standby until the link fails; the connection is shut down either way.
 pub(super) fn serve_one(
+    s: Stream,
+    store: &pss::Store,
+    name: &str,
+    epoch: u64,
+    hb: Duration,
+    sync_wait: Duration,
+    peer: &Arc<Mutex<PeerView>>,
+) -> std::io::Result<()> {
+    let end = s.try_clone()?;
+    let r = serve_stream(s, store, name, epoch, hb, sync_wait, peer);
+    end.shutdown();
+    r
+}
+
+fn serve_stream(
     mut s: Stream,
     store: &pss::Store,
     name: &str,
@@ -172,18 +195,19 @@ pub(super) fn serve_one(
         while let Ok(LinkMsg::Ack { applied, pos }) = read_frame(&mut r) {
             st2.replica_acked(link, pos);
             if let Ok(mut p) = p2.lock() {
+                // HA once the standby has its copy and has caught up.
+                p.connected = st2.replica_ready();
                 p.applied = applied;
                 p.last_seen = Some(Instant::now());
             }
         }
     });
     if let Ok(mut p) = peer.lock() {
-        p.connected = true;
         p.last_seen = Some(Instant::now());
     }
     tracing::info!(
         changes = sent,
-        "replication: the standby has the copy; streaming"
+        "replication: the copy is sent to the standby; streaming"
     );
     loop {
         match rx.recv_timeout(hb) {
@@ -220,7 +244,7 @@ pub(super) fn follow_one(
     dead_after: Duration,
     peer: &Arc<Mutex<PeerView>>,
     min_epoch: &mut u64,
-    stop: &AtomicU64,
+    stop: &Mutex<u64>,
     round: u64,
 ) -> Result<(), FollowEnd> {
     s.set_read_timeout(Some(dead_after))
@@ -238,20 +262,23 @@ pub(super) fn follow_one(
         ))));
     }
     *min_epoch = epoch;
+    // A link that was opened before a takeover and answered after it (the old active woke
+    // up): nothing from it may touch this store any more.
+    let current = |g: &std::sync::MutexGuard<'_, u64>| **g == round;
+    if !current(&stop.lock().unwrap_or_else(|p| p.into_inner())) {
+        return Ok(());
+    }
     tracing::info!(
         active = name,
         pid,
         epoch,
-        "replication: following the active"
+        "replication: following the active, taking its copy"
     );
-    store
-        .clear_all()
-        .map_err(|e| FollowEnd::Closed(std::io::Error::other(e)))?;
     let mut applied = 0u64;
     let mut pos = 0u64;
     if let Ok(mut p) = peer.lock() {
         *p = PeerView {
-            connected: true,
+            connected: false,
             pid: Some(pid),
             epoch,
             last_seen: Some(Instant::now()),
@@ -259,10 +286,12 @@ pub(super) fn follow_one(
             applied: 0,
         };
     }
+    // The active's copy is held until it is whole (the first heartbeat or streamed change
+    // follows it), then replaces this store at once: a standby whose active dies during the
+    // copy keeps its previous, consistent store instead of half of each, and it says HA only
+    // once the copy is in.
+    let mut copy: Option<Vec<pss::Change>> = Some(Vec::new());
     loop {
-        if stop.load(Ordering::SeqCst) != round {
-            return Ok(());
-        }
         let m = match read_frame(s) {
             Ok(m) => m,
             Err(e)
@@ -275,23 +304,57 @@ pub(super) fn follow_one(
             }
             Err(e) => return Err(FollowEnd::Closed(e)),
         };
+        if let (Some(c), LinkMsg::Change(ch)) = (copy.as_mut(), &m)
+            && ch.pos == 0
+        {
+            c.push(ch.clone());
+            continue;
+        }
+        if let Some(c) = copy.take() {
+            let g = stop.lock().unwrap_or_else(|p| p.into_inner());
+            if !current(&g) {
+                return Ok(());
+            }
+            store
+                .clear_all()
+                .map_err(|e| FollowEnd::Closed(std::io::Error::other(e)))?;
+            for ch in &c {
+                if let Err(e) = store.apply(ch) {
+                    tracing::error!(error = %e, "replication: cannot apply the copy");
+                }
+            }
+            drop(g);
+            applied += c.len() as u64;
+            if let Ok(mut p) = peer.lock() {
+                p.connected = true;
+                p.applied = applied;
+            }
+            tracing::info!(trees = c.len(), "replication: the active's copy is in");
+        }
         match m {
             LinkMsg::Change(c) => {
+                let g = stop.lock().unwrap_or_else(|p| p.into_inner());
+                if !current(&g) {
+                    return Ok(());
+                }
                 if let Err(e) = store.apply(&c) {
                     tracing::error!(error = %e, "replication: cannot apply a change");
                 }
+                drop(g);
                 applied += 1;
                 pos = pos.max(c.pos);
                 if let Ok(mut p) = peer.lock() {
                     p.applied = applied;
                 }
             }
-            LinkMsg::Heartbeat { pos } => {
+            LinkMsg::Heartbeat { pos: frames } => {
                 if let Ok(mut p) = peer.lock() {
-                    p.sent = pos;
+                    p.sent = frames;
                     p.applied = applied;
                     p.last_seen = Some(Instant::now());
                 }
+                // `pos`: the last streamed change applied (not the heartbeat's frame count,
+                // which includes the copy and would acknowledge changes not yet here).
                 let _ = write_frame(&mut w, &LinkMsg::Ack { applied, pos });
             }
             _ => {}

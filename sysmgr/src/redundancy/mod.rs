@@ -24,7 +24,7 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,12 @@ pub enum Held {
     /// The locked lock file.
     Flock(File),
     /// Our etcd lease and the revision that created the key.
-    Etcd { lease: i64, revision: u64 },
+    /// `granted`: before the lease was asked for (etcd counts its TTL from later).
+    Etcd {
+        lease: i64,
+        revision: u64,
+        granted: Instant,
+    },
 }
 
 /// What the supervisor's loop hears from the redundancy threads.
@@ -81,9 +86,13 @@ pub struct Red {
     etcd: Option<Arc<etcd::Etcd>>,
     /// Two hosts: until when our lease is certainly alive.
     valid_until: Arc<Mutex<Option<Instant>>>,
+    /// `role` for the store's write gate (it changes only at a takeover).
+    active: Arc<std::sync::atomic::AtomicBool>,
     events: mpsc::UnboundedSender<RedEvent>,
     pub peer: Arc<Mutex<PeerView>>,
-    stop_link: Arc<AtomicU64>,
+    /// The standby's link round: a takeover moves it (under its lock, so no change from the
+    /// old active is applied once the takeover has returned).
+    stop_link: Arc<Mutex<u64>>,
 }
 
 fn flock(f: &File, nonblocking: bool) -> std::io::Result<bool> {
@@ -148,9 +157,10 @@ impl Red {
             held: None,
             etcd: None,
             valid_until: Default::default(),
+            active: Default::default(),
             events: events.clone(),
             peer: Default::default(),
-            stop_link: Arc::new(AtomicU64::new(0)),
+            stop_link: Arc::new(Mutex::new(0)),
             cfg,
         };
         match red.cfg.arbiter.clone() {
@@ -182,7 +192,11 @@ impl Red {
                     Ok(Some((lease, revision))) => {
                         red.epoch = revision;
                         red.role = Role::Active;
-                        red.held = Some(Held::Etcd { lease, revision });
+                        red.held = Some(Held::Etcd {
+                            lease,
+                            revision,
+                            granted: sent,
+                        });
                         *red.valid_until.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(sent + ttl);
                         red.keepalive(lease);
@@ -196,11 +210,13 @@ impl Red {
                             .spawn(move || {
                                 loop {
                                     std::thread::sleep(ttl / 4);
+                                    let granted = Instant::now();
                                     match e.try_acquire() {
                                         Ok(Some((lease, revision))) => {
                                             let _ = events.send(RedEvent::Acquired(Held::Etcd {
                                                 lease,
                                                 revision,
+                                                granted,
                                             }));
                                             return;
                                         }
@@ -213,7 +229,28 @@ impl Red {
                 }
             }
         }
+        red.active.store(red.role == Role::Active, Ordering::SeqCst);
         Ok(red)
+    }
+
+    /// For [`pss::Store::set_write_gate`]: an active whose lease is not certainly alive (two
+    /// hosts: it stalled, or lost etcd) takes no writes and acknowledges none, since another
+    /// supervisor may be active already. A standby's own services write to its own store.
+    pub fn write_gate(&self) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+        let active = self.active.clone();
+        let valid = self.valid_until.clone();
+        let lease = self.etcd.is_some();
+        move || {
+            let alive = valid
+                .lock()
+                .map(|v| v.is_some_and(|t| Instant::now() < t))
+                .unwrap_or(false);
+            if lease && active.load(Ordering::SeqCst) && !alive {
+                Err("fenced: this supervisor's lease on the arbiter is not certainly alive, so another may be active".into())
+            } else {
+                Ok(())
+            }
+        }
     }
 
     /// Two hosts: renew the lease every third of its TTL from a thread; when it is gone,
@@ -272,25 +309,33 @@ impl Red {
 
     /// The arbiter made us active: the new epoch.
     pub fn take_over(&mut self, held: Held) -> std::io::Result<u64> {
-        let sent = Instant::now();
         match held {
             Held::Flock(mut f) => {
                 self.epoch = bump_epoch(&mut f)?;
                 self.held = Some(Held::Flock(f));
             }
-            Held::Etcd { lease, revision } => {
+            Held::Etcd {
+                lease,
+                revision,
+                granted,
+            } => {
                 self.epoch = revision;
                 if let Some(e) = &self.etcd {
                     *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(sent + e.ttl);
+                        Some(granted + e.ttl);
                 }
-                self.held = Some(Held::Etcd { lease, revision });
+                self.held = Some(Held::Etcd {
+                    lease,
+                    revision,
+                    granted,
+                });
                 self.keepalive(lease);
             }
         }
         self.role = Role::Active;
+        self.active.store(true, Ordering::SeqCst);
         self.since_ms = crate::proclog::now_ms();
-        self.stop_link.fetch_add(1, Ordering::SeqCst);
+        *self.stop_link.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         Ok(self.epoch)
     }
 
@@ -351,13 +396,13 @@ impl Red {
         let at = self.cfg.peer_link.clone();
         let dead_after = self.cfg.dead_after;
         let stop = self.stop_link.clone();
-        let round = stop.load(Ordering::SeqCst);
+        let round = *stop.lock().unwrap_or_else(|p| p.into_inner());
         let fence_by_kill = matches!(self.cfg.arbiter, Arbiter::Flock(_));
         let mut min_epoch = self.epoch;
         let _ = std::thread::Builder::new()
             .name("repl-in".into())
             .spawn(move || {
-                while stop.load(Ordering::SeqCst) == round {
+                while *stop.lock().unwrap_or_else(|p| p.into_inner()) == round {
                     let Ok(mut s) = Stream::connect(&at) else {
                         std::thread::sleep(Duration::from_millis(50));
                         continue;

@@ -247,6 +247,9 @@ impl Supervisor {
             ),
             None => None,
         };
+        if let Some(r) = &red {
+            store.set_write_gate(r.write_gate());
+        }
         let mut s = Supervisor {
             opts,
             broker,

@@ -185,6 +185,9 @@ impl Supervisor {
             self.red = Some(r);
             return;
         }
+        // Last sync: the standby applies everything written so far (the services are gone,
+        // so nothing more comes) before it may take over.
+        let _ = self.store.wait_replicated();
         r.release_and_wait();
         tracing::info!("switchover: the standby holds the arbiter");
     }
