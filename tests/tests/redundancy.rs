@@ -75,10 +75,14 @@ fn the_standby_mirrors_the_store_and_takes_over_when_the_active_dies() {
         let s = status(&b)?;
         (s["this"]["redundancy_state"] == "Standby" && s["operational"] == "HA").then_some(())
     });
-    let sa = status(&a).expect("status");
-    assert_eq!(
-        sa["this"]["internal_state"], "Active with HA standby",
-        "{sa}"
+    // The active says HA once the standby has acknowledged its copy.
+    let sa = wait_for(
+        Duration::from_secs(10),
+        "sup-1 active with HA standby",
+        || {
+            let s = status(&a)?;
+            (s["this"]["internal_state"] == "Active with HA standby").then_some(s)
+        },
     );
     assert_eq!(sa["epoch"], 1);
     // The standby runs nothing.

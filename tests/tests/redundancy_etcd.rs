@@ -66,6 +66,21 @@ fn etcd(ns: &Netns, dir: &std::path::Path) -> Etcd {
     e
 }
 
+/// A lab's log without the chatter.
+fn important(lab: &Lab) -> String {
+    lab.daemon_log()
+        .lines()
+        .filter(|l| !l.contains("DEBUG"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The number after `key` in a report line.
+fn num(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.parse().ok())
+}
+
 /// Which supervisor etcd names as the holder of the key (0 for sup-1, 1 for sup-2).
 fn holder(ns: &Netns) -> Option<usize> {
     let out = ns
@@ -112,6 +127,18 @@ fn hosts() -> (Netns, Netns, Lab, Lab) {
             &["--notify", "--pss-counter"],
             "readiness = \"notify\"\n",
         );
+        // A stream of durable checkpoints, reporting each acknowledgement.
+        lab.service(
+            "store",
+            &[
+                "--pss-stream",
+                "--pss-stream-pause",
+                "2",
+                "--report",
+                &lab.path("store.report").display().to_string(),
+            ],
+            "",
+        );
     }
     a.wrapper = na.wrapper();
     b.wrapper = nb.wrapper();
@@ -148,10 +175,14 @@ fn settle(labs: [&Lab; 2], what: &str) -> (usize, u64) {
         if let Some((i, e)) = one_active(&labs, what) {
             let other = labs[1 - i];
             let alive = other.daemon.is_some();
+            // Both sides say HA: the standby has its copy, and the active knows it (so its
+            // durable writes wait for the standby).
             let follows = !alive
-                || other.redundancy().is_some_and(|s| {
+                || (other.redundancy().is_some_and(|s| {
                     s["this"]["redundancy_state"] == "Standby" && s["operational"] == "HA"
-                });
+                }) && labs[i]
+                    .redundancy()
+                    .is_some_and(|s| s["operational"] == "HA"));
             if follows && svc_running(labs[i]) {
                 return (i, e);
             }
@@ -204,6 +235,7 @@ fn two_hosts_with_etcd_never_make_two_actives() {
     eprintln!("seed {seed}");
     let mut rng = seed;
     let rounds = 200;
+    let mut total_acks = 0usize;
     let mut counts = [0usize; 4];
     for round in 0..rounds {
         rng ^= rng << 13;
@@ -212,6 +244,8 @@ fn two_hosts_with_etcd_never_make_two_actives() {
         // The first four rounds go through each action once.
         let pick = if round < 4 { round as u64 } else { rng % 4 };
         counts[pick as usize] += 1;
+        // Where the next active's writer will report from.
+        let new_from = [&a, &b][1 - act].report("store.report").len();
         let labs: [&mut Lab; 2] = if act == 0 {
             [&mut a, &mut b]
         } else {
@@ -271,6 +305,37 @@ fn two_hosts_with_etcd_never_make_two_actives() {
         assert_ne!(a2, act, "round {round}: {what} left the same active");
         assert!(e2 > epoch, "round {round}: epoch {e2} after {epoch}");
         assert_eq!(holder(&na), Some(a2), "round {round}: etcd names another");
+        // No durable checkpoint acknowledged on the old active is missing on the new one:
+        // what the old writer was acknowledged (it is stopped, dead or fenced by now) against
+        // what the new writer found.
+        let labs = [&a, &b];
+        let found = wait_for(Duration::from_secs(10), "the new writer's report", || {
+            labs[a2].report("store.report")[new_from..]
+                .iter()
+                .find_map(|l| num(l.strip_prefix("present ")?, "max="))
+        });
+        let old = labs[act].report("store.report");
+        let start = old
+            .iter()
+            .rposition(|l| l.starts_with("present"))
+            .unwrap_or(0);
+        let acked = old[start..]
+            .iter()
+            .filter_map(|l| l.strip_prefix("acked ")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        total_acks += old[start..]
+            .iter()
+            .filter(|l| l.starts_with("acked"))
+            .count();
+        assert!(
+            found >= acked,
+            "round {round}: {what}: checkpoint {acked} was acknowledged on the old active, the new one has up to {found}\nold writer: {:?}\nnew writer: {:?}\n=== old active's log\n{}\n=== new active's log\n{}",
+            &old[start..(start + 2).min(old.len())],
+            &labs[a2].report("store.report")[new_from..],
+            important(labs[act]),
+            important(labs[a2]),
+        );
         (act, epoch) = (a2, e2);
         // A killed one comes back as the standby.
         for l in [&mut a, &mut b] {
@@ -282,7 +347,11 @@ fn two_hosts_with_etcd_never_make_two_actives() {
         assert_eq!(a3, act, "round {round}: a reboot changed the active");
     }
     eprintln!(
-        "{rounds} rounds (kill, stall, switchover, standby restart: {counts:?}); epoch {epoch}"
+        "{rounds} rounds (kill, stall, switchover, standby restart: {counts:?}); epoch {epoch}; {total_acks} acknowledged durable checkpoints, none lost"
+    );
+    assert!(
+        total_acks > 100,
+        "the writer made progress ({total_acks} acks)"
     );
     // The fenced or re-executed one kept its services stopped while standing by.
     let standby = if act == 0 { &b } else { &a };

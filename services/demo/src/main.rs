@@ -39,6 +39,7 @@ const HELP: &str = "sysmgr-demo [options]
   --pss-peek SVC        report reading SVC's private and shared-local \"count\" and writing
   --pss-stream          report which checkpoints c/N survived (count, max, contiguous), then
                         keep writing c/N+1, c/N+2, ... durably, reporting \"acked N\" after each ack
+  --pss-stream-pause MS with --pss-stream: wait MS milliseconds between writes
   --pss-txn-loop        keep committing 50 keys with the same value in one transaction each;
                         on start, report whether all 50 agree
   --bfd-client SAP:PEER:LOCAL:IF
@@ -85,6 +86,7 @@ struct Opts {
     pss_peek: Option<String>,
     pss_txn_loop: bool,
     pss_stream: bool,
+    pss_stream_pause: u64,
     bfd_client: Option<String>,
 }
 
@@ -119,6 +121,11 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--pss-peek" => o.pss_peek = Some(val(a)?),
             "--pss-txn-loop" => o.pss_txn_loop = true,
             "--pss-stream" => o.pss_stream = true,
+            "--pss-stream-pause" => {
+                o.pss_stream_pause = val(a)?
+                    .parse()
+                    .map_err(|e| format!("--pss-stream-pause: {e}"))?
+            }
             "--bfd-client" => o.bfd_client = Some(val(a)?),
             "--mts-try-bind" => o.mts_try_bind = Some(val(a)?),
             "--notify-fd" => {
@@ -234,7 +241,7 @@ where
 }
 
 /// `--pss-stream`: the crash-test writer.
-fn pss_stream(report: Option<&str>) {
+fn pss_stream(report: Option<&str>, pause: std::time::Duration) {
     use pss::proto::{Durability, Scope};
     let say = reporter(report);
     with_mts(report, |c| async move {
@@ -268,6 +275,9 @@ fn pss_stream(report: Option<&str>) {
             {
                 Ok(_) => say(format!("acked {i}")),
                 Err(e) => return say(format!("pss put error: {e}")),
+            }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
             }
         }
     });
@@ -556,7 +566,8 @@ fn main() {
     }
     if o.pss_stream {
         let report = o.report.clone();
-        std::thread::spawn(move || pss_stream(report.as_deref()));
+        let pause = std::time::Duration::from_millis(o.pss_stream_pause);
+        std::thread::spawn(move || pss_stream(report.as_deref(), pause));
     }
     if o.pss_counter || o.pss_peek.is_some() || o.pss_txn_loop {
         let (report, peek, counter, txn) = (
