@@ -460,23 +460,23 @@ impl Supervisor {
 }
 
 /// The PSS database has not completed a flush for `waited`: sled's IO pool is deadlocked
-/// (sled#1412) and every write waits forever, the supervisor's own included. After 2 s it is
-/// reported; after 10 s the supervisor resets itself (re-exec under the same PID, as the HA
+/// (sled#1412) and every write waits forever, the supervisor's own included. After 5 s it is
+/// reported; after 30 s the supervisor resets itself (re-exec under the same PID, as the HA
 /// action `reset` does): sled recovers what was flushed, every acknowledged durable write
 /// among it, and the services start again; with two supervisors the lock goes with the old
 /// image, so the standby takes over.
 fn stalled_db(waited: Duration) {
     use std::os::unix::process::CommandExt;
     static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if waited >= Duration::from_secs(2) && !REPORTED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    if waited >= Duration::from_secs(5) && !REPORTED.swap(true, std::sync::atomic::Ordering::SeqCst)
     {
         crate::syslog::err(
             2,
             "PSS_STALLED",
-            "The PSS database has not completed a flush in 2 s (sled's IO pool is deadlocked, sled#1412); the supervisor resets itself at 10 s.",
+            "The PSS database has not completed a flush in 5 s (sled's IO pool deadlocked, sled#1412, or a very slow disk); the supervisor resets itself at 30 s.",
         );
     }
-    if waited >= Duration::from_secs(10) {
+    if waited >= Duration::from_secs(30) {
         crate::syslog::err(
             2,
             "SUPERVISOR_RESET",
