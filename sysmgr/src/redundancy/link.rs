@@ -4,7 +4,6 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
