@@ -9,6 +9,18 @@ use crate::supervisor::{BootOptions, Exit, Supervisor};
 /// Environment variable a reset sets across its re-exec.
 pub const REEXEC_ENV: &str = "SYSMGR_REEXEC";
 
+/// Supervisor reset: the same PID (so PID 1 stays PID 1), fresh everything else. Returns only
+/// when the re-exec failed.
+pub fn reexec_reset() -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let argv: Vec<String> = std::env::args().collect();
+    std::process::Command::new("/proc/self/exe")
+        .arg0(argv.first().map_or("sysmgr", String::as_str))
+        .args(argv.iter().skip(1))
+        .env(REEXEC_ENV, "reset")
+        .exec()
+}
+
 /// Boot once; returns how this boot ended. The caller re-execs on [`Exit::Reset`].
 pub fn boot(opts: BootOptions) -> Result<Exit, SysmgrError> {
     let lab = config::load(&opts.config, opts.data_dir.as_deref())?;

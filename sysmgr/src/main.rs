@@ -1,6 +1,5 @@
 //! The `sysmgr` binary: the daemon (`sysmgr boot`) and the CLI.
 
-use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -87,13 +86,7 @@ fn run_boot(args: &Cli, move_aside_corrupt_db: bool) -> ExitCode {
     match boot::boot(opts) {
         Ok(Exit::Shutdown) => ExitCode::SUCCESS,
         Ok(Exit::Reset) => {
-            // Supervisor reset: same PID (so PID 1 stays PID 1), fresh everything else.
-            let argv: Vec<String> = std::env::args().collect();
-            let err = std::process::Command::new("/proc/self/exe")
-                .arg0(&argv[0])
-                .args(&argv[1..])
-                .env(boot::REEXEC_ENV, "reset")
-                .exec();
+            let err = boot::reexec_reset();
             eprintln!("supervisor reset: re-exec failed: {err}");
             ExitCode::FAILURE
         }

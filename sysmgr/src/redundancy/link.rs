@@ -143,23 +143,17 @@ fn read_frame(s: &mut Stream) -> std::io::Result<LinkMsg> {
     mts::codec::decode(&b).map_err(std::io::Error::other)
 }
 
-/// Serve one standby until the link fails; the connection is shut down either way.
-pub(super) fn serve_one(
-    s: Stream,
-    store: &pss::Store,
-    name: &str,
-    epoch: u64,
-    hb: Duration,
-    sync_wait: Duration,
-    peer: &Arc<Mutex<PeerView>>,
-) -> std::io::Result<()> {
-    let end = s.try_clone()?;
-    let r = serve_stream(s, store, name, epoch, hb, sync_wait, peer);
-    end.shutdown();
-    r
+/// Shuts a connection down (every clone of it) when dropped.
+struct ShutdownOnDrop(Stream);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
 }
 
-fn serve_stream(
+/// Serve one standby until the link fails; the connection is shut down either way.
+pub(super) fn serve_one(
     mut s: Stream,
     store: &pss::Store,
     name: &str,
@@ -168,6 +162,7 @@ fn serve_stream(
     sync_wait: Duration,
     peer: &Arc<Mutex<PeerView>>,
 ) -> std::io::Result<()> {
+    let _end = ShutdownOnDrop(s.try_clone()?);
     let (tx, rx) = std::sync::mpsc::channel();
     // Writes from now on are captured before the copy is taken: the stream that follows
     // brings every key to its latest value whatever the copy saw. Durable writes wait for
@@ -263,8 +258,7 @@ pub(super) fn follow_one(
     *min_epoch = epoch;
     // A link that was opened before a takeover and answered after it (the old active woke
     // up): nothing from it may touch this store any more.
-    let current = |g: &std::sync::MutexGuard<'_, u64>| **g == round;
-    if !current(&stop.lock().unwrap_or_else(|p| p.into_inner())) {
+    if *stop.lock().unwrap_or_else(|p| p.into_inner()) != round {
         return Ok(());
     }
     tracing::info!(
@@ -311,7 +305,7 @@ pub(super) fn follow_one(
         }
         if let Some(c) = copy.take() {
             let g = stop.lock().unwrap_or_else(|p| p.into_inner());
-            if !current(&g) {
+            if *g != round {
                 return Ok(());
             }
             store
@@ -333,7 +327,7 @@ pub(super) fn follow_one(
         match m {
             LinkMsg::Change(c) => {
                 let g = stop.lock().unwrap_or_else(|p| p.into_inner());
-                if !current(&g) {
+                if *g != round {
                     return Ok(());
                 }
                 if let Err(e) = store.apply(&c) {

@@ -466,7 +466,6 @@ impl Supervisor {
 /// among it, and the services start again; with two supervisors the lock goes with the old
 /// image, so the standby takes over.
 fn stalled_db(waited: Duration) {
-    use std::os::unix::process::CommandExt;
     static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if waited >= Duration::from_secs(5) && !REPORTED.swap(true, std::sync::atomic::Ordering::SeqCst)
     {
@@ -482,12 +481,7 @@ fn stalled_db(waited: Duration) {
             "SUPERVISOR_RESET",
             "The PSS database is deadlocked: supervisor reset.",
         );
-        let argv: Vec<String> = std::env::args().collect();
-        let err = std::process::Command::new("/proc/self/exe")
-            .arg0(argv.first().map_or("sysmgr", String::as_str))
-            .args(argv.iter().skip(1))
-            .env(crate::boot::REEXEC_ENV, "reset")
-            .exec();
+        let err = crate::boot::reexec_reset();
         crate::syslog::err(2, "SUPERVISOR_RESET", &format!("re-exec failed: {err}"));
         std::process::abort();
     }
