@@ -56,6 +56,26 @@ pub struct Rib {
 
 const DEFAULT_LOCAL_PREF: u32 = 100;
 
+/// Put `p`'s new selection (None: no path) into the Loc-RIB; whether it changed.
+fn set_selection(loc: &mut FxHashMap<Prefix, Selected>, p: Prefix, new: Option<Selected>) -> bool {
+    match (loc.entry(p), new) {
+        (Entry::Occupied(mut e), Some(s)) => {
+            if *e.get() == s {
+                return false;
+            }
+            e.insert(s);
+        }
+        (Entry::Occupied(e), None) => {
+            e.remove();
+        }
+        (Entry::Vacant(e), Some(s)) => {
+            e.insert(s);
+        }
+        (Entry::Vacant(_), None) => return false,
+    }
+    true
+}
+
 impl Rib {
     pub fn new(max_paths: usize) -> Rib {
         Rib {
@@ -126,22 +146,8 @@ impl Rib {
         let mut changed = Vec::new();
         for p in touched {
             let new = self.select(&p);
-            match (self.loc.entry(p), new) {
-                (Entry::Occupied(mut e), Some(s)) => {
-                    if *e.get() != s {
-                        e.insert(s);
-                        changed.push(p);
-                    }
-                }
-                (Entry::Occupied(e), None) => {
-                    e.remove();
-                    changed.push(p);
-                }
-                (Entry::Vacant(e), Some(s)) => {
-                    e.insert(s);
-                    changed.push(p);
-                }
-                (Entry::Vacant(_), None) => {}
+            if set_selection(&mut self.loc, p, new) {
+                changed.push(p);
             }
         }
         changed
@@ -180,22 +186,13 @@ impl Rib {
                 let s = Selected {
                     paths: smallvec::smallvec![(peer, a)],
                 };
-                match self.loc.entry(p) {
-                    Entry::Occupied(mut e) => {
-                        if *e.get() != s {
-                            e.insert(s);
-                            changed.push(p);
-                        }
-                    }
-                    Entry::Vacant(e) => {
-                        e.insert(s);
-                        changed.push(p);
-                    }
+                if set_selection(&mut self.loc, p, Some(s)) {
+                    changed.push(p);
                 }
             }
             // Withdrawn and not announced again in the same UPDATE.
             for p in touched {
-                if !t.contains_key(&p) && self.loc.remove(&p).is_some() {
+                if !t.contains_key(&p) && set_selection(&mut self.loc, p, None) {
                     changed.push(p);
                 }
             }
