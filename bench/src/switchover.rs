@@ -134,15 +134,8 @@ fn write_lab(root: &Path, writer: Option<(usize, usize)>) -> Result<[Sup; 2]> {
                 ),
             )?;
         }
-        if let Some((n1, n16)) = writer {
-            std::fs::write(
-                d.join("writer.toml"),
-                format!(
-                    "command = [{:?}, \"pss-writer\", {:?}, \"{n1}\", \"{n16}\"]\n",
-                    bins()?.join("sysmgr-bench").display().to_string(),
-                    d.join("result").display().to_string()
-                ),
-            )?;
+        if let Some(n) = writer {
+            write_writer(d, n)?;
         }
     }
     let [a, b] = dirs;
@@ -156,6 +149,20 @@ fn write_lab(root: &Path, writer: Option<(usize, usize)>) -> Result<[Sup; 2]> {
             child: None,
         },
     ])
+}
+
+/// The PSS benchmark's writer as a service of the lab in `dir`; returns its result file.
+fn write_writer(dir: &Path, (n1, n16): (usize, usize)) -> Result<PathBuf> {
+    let result = dir.join("result");
+    std::fs::write(
+        dir.join("writer.toml"),
+        format!(
+            "command = [{:?}, \"pss-writer\", {:?}, \"{n1}\", \"{n16}\"]\n",
+            bins()?.join("sysmgr-bench").display().to_string(),
+            result.display().to_string()
+        ),
+    )?;
+    Ok(result)
 }
 
 fn following(dir: &Path) -> bool {
@@ -329,17 +336,7 @@ fn writer_run(dir: &Path, n: (usize, usize), with_standby: bool) -> Result<[[f64
         wait("sup-2 following", 30, || following(&sups[1].dir))?;
     }
     // The writer joins once the pair is set up, so every write it times sees the same setup.
-    let result = sups[0].dir.join("result");
-    std::fs::write(
-        sups[0].dir.join("writer.toml"),
-        format!(
-            "command = [{:?}, \"pss-writer\", {:?}, \"{}\", \"{}\"]\n",
-            bins()?.join("sysmgr-bench").display().to_string(),
-            result.display().to_string(),
-            n.0,
-            n.1
-        ),
-    )?;
+    let result = write_writer(&sups[0].dir, n)?;
     let ok = Command::new(bins()?.join("sysmgr"))
         .arg("reload")
         .arg("--config")
