@@ -47,6 +47,15 @@ fn pair_with(services: impl Fn(&Lab)) -> (Lab, Lab) {
     (a, b)
 }
 
+/// Boot `a`, wait until it is the active, then boot `b` (the standby).
+fn boot_in_order(a: &mut Lab, b: &mut Lab) {
+    a.boot();
+    wait_for(Duration::from_secs(10), "sup-1 active", || {
+        (role(a).as_deref() == Some("Active")).then_some(())
+    });
+    b.boot();
+}
+
 fn status(lab: &Lab) -> Option<serde_json::Value> {
     lab.redundancy()
 }
@@ -66,11 +75,7 @@ fn store_row(lab: &Lab) -> Option<serde_json::Value> {
 #[test]
 fn the_standby_mirrors_the_store_and_takes_over_when_the_active_dies() {
     let (mut a, mut b) = pair();
-    a.boot();
-    wait_for(Duration::from_secs(10), "sup-1 active", || {
-        (role(&a).as_deref() == Some("Active")).then_some(())
-    });
-    b.boot();
+    boot_in_order(&mut a, &mut b);
     wait_for(Duration::from_secs(10), "sup-2 standby, following", || {
         let s = status(&b)?;
         (s["this"]["redundancy_state"] == "Standby" && s["operational"] == "HA").then_some(())
@@ -146,11 +151,7 @@ fn the_standby_mirrors_the_store_and_takes_over_when_the_active_dies() {
 #[test]
 fn every_durable_checkpoint_acknowledged_by_the_active_is_on_the_new_active() {
     let (mut a, mut b) = pair();
-    a.boot();
-    wait_for(Duration::from_secs(10), "sup-1 active", || {
-        (role(&a).as_deref() == Some("Active")).then_some(())
-    });
-    b.boot();
+    boot_in_order(&mut a, &mut b);
     let mut rng = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -223,11 +224,7 @@ fn every_durable_checkpoint_acknowledged_by_the_active_is_on_the_new_active() {
 #[test]
 fn a_stalled_active_is_fenced_and_a_switchover_hands_over() {
     let (mut a, mut b) = pair();
-    a.boot();
-    wait_for(Duration::from_secs(10), "sup-1 active", || {
-        (role(&a).as_deref() == Some("Active")).then_some(())
-    });
-    b.boot();
+    boot_in_order(&mut a, &mut b);
     wait_for(Duration::from_secs(10), "sup-2 following", || {
         (status(&b)?["operational"] == "HA").then_some(())
     });
@@ -327,11 +324,7 @@ fn a_switchover_keeps_bgp_routes_in_the_peer_and_the_kernel() {
     );
     a.wrapper = sut.wrapper();
     b.wrapper = sut.wrapper();
-    a.boot();
-    wait_for(Duration::from_secs(10), "sup-1 active", || {
-        (role(&a).as_deref() == Some("Active")).then_some(())
-    });
-    b.boot();
+    boot_in_order(&mut a, &mut b);
     wait_for(Duration::from_secs(10), "sup-2 following", || {
         (status(&b)?["operational"] == "HA").then_some(())
     });
@@ -580,11 +573,7 @@ fn on_the_standby_a_failed_service_is_restarted_after_the_delay_without_policies
              [ha.dual-sup.primary]\naction = \"stateless\"\nmax-retries = 3\nmin-lifetime = \"1s\"\n",
         );
     });
-    a.boot();
-    wait_for(Duration::from_secs(10), "sup-1 active", || {
-        (role(&a).as_deref() == Some("Active")).then_some(())
-    });
-    b.boot();
+    boot_in_order(&mut a, &mut b);
     let recs = wait_for(
         Duration::from_secs(10),
         "the standby's restart of sb",
