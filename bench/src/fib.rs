@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use fib::proto::{self as fp, Path, Prefix, RouteIn, Update};
+use fib::proto::{self as fp, Path, Prefix, RouteGroup, Update};
 
 /// The i-th /24 of 10.128.0.0/9 (same as the floor's batch files).
 pub fn prefix(i: u32) -> Prefix {
@@ -50,13 +50,11 @@ pub fn update(mut args: impl Iterator<Item = String>) -> Result<()> {
         announce: if withdraw {
             vec![]
         } else {
-            (0..routes)
-                .map(|i| RouteIn {
-                    prefix: prefix(i),
-                    paths: paths.clone(),
-                    sticky,
-                })
-                .collect()
+            vec![RouteGroup {
+                paths: paths.clone(),
+                sticky,
+                prefixes: (0..routes).map(prefix).collect(),
+            }]
         },
         withdraw: if withdraw {
             (0..routes).map(prefix).collect()

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fib::proto::{self as fp, Path, Prefix, RouteIn, Update};
+use fib::proto::{self as fp, Path, Prefix, RouteGroup, Update};
 use serde_json::Value;
 use sysmgr_tests::netns::{KernelWatch, Netns};
 use sysmgr_tests::{Lab, ask, bin, is_root, wait_for};
@@ -84,7 +84,7 @@ fn setup(name: &str, top: &str, sticky: &str) -> FibLab {
 }
 
 impl FibLab {
-    fn update(&self, producer: &str, announce: Vec<RouteIn>, withdraw: Vec<Prefix>) {
+    fn update(&self, producer: &str, announce: Vec<RouteGroup>, withdraw: Vec<Prefix>) {
         let u = Update {
             producer: producer.into(),
             announce,
@@ -97,10 +97,10 @@ impl FibLab {
     fn announce(&self, prefix: &str, paths: &[u8], sticky: bool) {
         self.update(
             "bgp-sim",
-            vec![RouteIn {
-                prefix: prefix.parse().expect("prefix"),
+            vec![RouteGroup {
                 paths: paths.iter().map(|n| path(*n)).collect(),
                 sticky,
+                prefixes: vec![prefix.parse().expect("prefix")],
             }],
             vec![],
         );
@@ -280,14 +280,12 @@ fn auto_recovery_restores_exactly_the_buckets_that_moved() {
 }
 
 /// Routes `prefix_n(0..n)` over path 1.
-fn one_path_routes(n: u32) -> Vec<RouteIn> {
-    (0..n)
-        .map(|i| RouteIn {
-            prefix: prefix_n(i),
-            paths: vec![path(1)],
-            sticky: false,
-        })
-        .collect()
+fn one_path_routes(n: u32) -> Vec<RouteGroup> {
+    vec![RouteGroup {
+        paths: vec![path(1)],
+        sticky: false,
+        prefixes: (0..n).map(prefix_n).collect(),
+    }]
 }
 
 fn prefix_n(i: u32) -> Prefix {
@@ -302,14 +300,14 @@ fn sigkill_of_fib_with_10k_routes_deletes_no_kernel_route() {
     let l = setup("fib3", "", "");
     for chunk in 0..10u32 {
         let announce = (chunk * 1000..(chunk + 1) * 1000)
-            .map(|i| RouteIn {
-                prefix: prefix_n(i),
+            .map(|i| RouteGroup {
                 paths: if i % 3 == 0 {
                     vec![path(1), path(2), path(3)]
                 } else {
                     vec![path(1), path(2)]
                 },
                 sticky: i % 10 == 0,
+                prefixes: vec![prefix_n(i)],
             })
             .collect();
         l.update("bgp-sim", announce, vec![]);
@@ -363,14 +361,13 @@ fn stale_routes_are_swept_only_after_end_of_rib() {
         return;
     }
     let l = setup("fib4", "stale-time = \"60s\"\n", "");
-    let all = one_path_routes(100);
-    l.update("bgp-sim", all.clone(), vec![]);
+    l.update("bgp-sim", one_path_routes(100), vec![]);
     l.update(
         "static",
-        vec![RouteIn {
-            prefix: "192.0.2.0/24".parse().expect("p"),
+        vec![RouteGroup {
             paths: vec![path(2)],
             sticky: false,
+            prefixes: vec!["192.0.2.0/24".parse().expect("p")],
         }],
         vec![],
     );
@@ -392,7 +389,7 @@ fn stale_routes_are_swept_only_after_end_of_rib() {
         100
     );
     // It re-sends 60 of them: nothing is removed yet.
-    l.update("bgp-sim", all[..60].to_vec(), vec![]);
+    l.update("bgp-sim", one_path_routes(60), vec![]);
     assert_eq!(l.kernel_routes().len(), 101);
     // A FIB restart in the middle keeps the stale marks (they are in PSS).
     l.lab.kill9("fib");

@@ -294,7 +294,7 @@ impl Instance {
         let t0 = Instant::now();
         self.checkpoint(&changed).await.map_err(|e| e.to_string())?;
         let t1 = Instant::now();
-        let rep = self.prog.sync(&self.table);
+        let rep = self.prog.sync_changed(&self.table, &changed);
         let (ck, k) = (
             (t1 - t0).as_millis() as u64,
             t1.elapsed().as_millis() as u64,
@@ -332,18 +332,22 @@ impl Instance {
 
     async fn update(&mut self, u: Update) -> Result<(), String> {
         let mut changed = BTreeSet::new();
-        for r in u.announce {
-            if r.paths
-                .iter()
-                .any(|p| p.ifname.is_empty() || p.ifname.len() >= 16)
-            {
-                return Err(format!("{}: bad interface name", r.prefix));
-            }
-            if self
-                .table
-                .announce(r.prefix, &u.producer, r.paths, r.sticky)
-            {
-                changed.insert(r.prefix);
+        if let Some(p) = u
+            .announce
+            .iter()
+            .flat_map(|g| &g.paths)
+            .find(|p| p.ifname.is_empty() || p.ifname.len() >= 16)
+        {
+            return Err(format!("{p}: bad interface name"));
+        }
+        for g in u.announce {
+            for p in g.prefixes {
+                if self
+                    .table
+                    .announce(p, &u.producer, g.paths.clone(), g.sticky)
+                {
+                    changed.insert(p);
+                }
             }
         }
         for p in u.withdraw {

@@ -29,7 +29,7 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 use crate::backend::is_resilient;
 pub use crate::backend::{Backend, KState, Kernel, Memory};
 use crate::netlink::{Nexthop, NhKind, Resilient, Route, RtMsg};
-use crate::table::{Path, Prefix, Table};
+use crate::table::{Entry, Path, Prefix, Table};
 
 /// What one [`Programmer::sync`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -52,6 +52,10 @@ pub struct Programmer {
     bmap: HashMap<u32, Vec<u32>>,
     proto: u8,
     next_id: u32,
+    /// Routes per nexthop id in the mirror.
+    users: HashMap<u32, usize>,
+    /// An operation failed since the last full sync: the next sync is a full one.
+    resync: bool,
 }
 
 /// Nexthop ids this FIB allocates start here, above what people type by hand.
@@ -78,23 +82,38 @@ fn new_gw(id: u32, proto: u8, gw: Gw) -> (RtMsg, u16) {
     )
 }
 
+/// Building plain (non-sticky) routes: the nexthops that exist, by content, and what a sync
+/// must create first.
+struct Plain {
+    ifx: HashMap<String, Option<u32>>,
+    path_ids: HashMap<Gw, u32>,
+    ecmp_ids: HashMap<Vec<u32>, u32>,
+    /// New path nexthops, each before the groups that use it.
+    phase1: Vec<(RtMsg, u16)>,
+}
+
 impl Programmer {
     /// Read what the kernel has of ours.
     pub fn new(mut backend: Box<dyn Backend>, proto: u8) -> Result<Programmer, String> {
         let (mirror, max) = backend.read(proto)?;
-        Ok(Programmer {
+        let mut p = Programmer {
             backend,
             mirror,
             bmap: HashMap::new(),
             proto,
             next_id: (max + 1).max(FIRST_ID),
-        })
+            users: HashMap::new(),
+            resync: false,
+        };
+        p.count_users();
+        Ok(p)
     }
 
     /// Re-read the kernel (after an error, or when it changed behind our back).
     pub fn reread(&mut self) -> Result<(), String> {
         let (m, max) = self.backend.read(self.proto)?;
         self.mirror = m;
+        self.count_users();
         self.bmap.clear();
         self.next_id = self.next_id.max(max + 1);
         Ok(())
@@ -189,13 +208,9 @@ impl Programmer {
         }
     }
 
-    /// Make the kernel match `t`; only differences are sent.
-    pub fn sync(&mut self, t: &Table) -> SyncReport {
-        let mut rep = SyncReport::default();
-        let proto = self.proto;
-        let mut ifx: HashMap<String, Option<u32>> = HashMap::new();
-
-        // What exists: path nexthops (gateways that are not slots) and ECMP groups by members.
+    /// The path nexthops (gateways that are not slots of a resilient group) and the
+    /// hash-threshold groups that exist, by content.
+    fn known_ids(&self) -> (HashMap<Vec<u32>, u32>, HashMap<Gw, u32>) {
         let mut slot_ids: BTreeSet<u32> = BTreeSet::new();
         let mut ecmp_ids: HashMap<Vec<u32>, u32> = HashMap::new();
         for (id, nh) in &self.mirror.nexthops {
@@ -216,6 +231,195 @@ impl Programmer {
                 path_ids.entry(g).or_insert(*id);
             }
         }
+        (ecmp_ids, path_ids)
+    }
+
+    /// The nexthop a plain route wants (a path nexthop, or a hash-threshold group of its live
+    /// paths), created in `plain.phase1` if missing; None when no path is usable.
+    fn plain_nh(
+        &mut self,
+        plain: &mut Plain,
+        t: &Table,
+        e: &Entry,
+        used: &mut BTreeSet<u32>,
+    ) -> Option<u32> {
+        let proto = self.proto;
+        let mut ids = Vec::with_capacity(e.paths.len());
+        for path in e.paths.iter().filter(|p| !t.down.contains(&p.ifname)) {
+            let Some(gw) = self.resolve(&mut plain.ifx, path) else {
+                continue;
+            };
+            let id = match plain.path_ids.get(&gw) {
+                Some(id) => *id,
+                None => {
+                    let id = self.alloc();
+                    plain.phase1.push(new_gw(id, proto, gw));
+                    self.mirror.nexthops.insert(
+                        id,
+                        Nexthop {
+                            id,
+                            protocol: proto,
+                            kind: NhKind::Gateway {
+                                gw: gw.0,
+                                oif: gw.1,
+                            },
+                        },
+                    );
+                    plain.path_ids.insert(gw, id);
+                    id
+                }
+            };
+            used.insert(id);
+            ids.push(id);
+        }
+        let nh = match ids.len() {
+            0 => return None,
+            1 => ids[0],
+            _ => match plain.ecmp_ids.get(&ids) {
+                Some(g) => *g,
+                None => {
+                    let g = self.alloc();
+                    plain.phase1.push((
+                        RtMsg::NewNexthop(Nexthop {
+                            id: g,
+                            protocol: proto,
+                            kind: NhKind::Group {
+                                members: ids.iter().map(|i| (*i, 1)).collect(),
+                                resilient: None,
+                            },
+                        }),
+                        NLM_F_CREATE | NLM_F_REPLACE,
+                    ));
+                    self.mirror.nexthops.insert(
+                        g,
+                        Nexthop {
+                            id: g,
+                            protocol: proto,
+                            kind: NhKind::Blackhole,
+                        },
+                    );
+                    plain.ecmp_ids.insert(ids, g);
+                    g
+                }
+            },
+        };
+        used.insert(nh);
+        Some(nh)
+    }
+
+    /// Program the routes of `changed` only. A full [`sync`](Self::sync) walks every route,
+    /// so a full table fed in chunks cost each chunk as much as the table so far. Anything
+    /// beyond plain routes (a sticky route, one leaving a resilient group), a nexthop left
+    /// unused, or an earlier error takes the full sync, which owns groups and garbage.
+    pub fn sync_changed(&mut self, t: &Table, changed: &BTreeSet<Prefix>) -> SyncReport {
+        let resilient_now = |k: &Programmer, p: &Prefix| {
+            k.mirror
+                .routes
+                .get(p)
+                .and_then(|r| r.nh_id)
+                .is_some_and(|g| k.mirror.nexthops.get(&g).is_some_and(is_resilient))
+        };
+        if self.resync
+            || changed
+                .iter()
+                .any(|p| t.routes.get(p).is_some_and(|e| e.ldt.is_some()) || resilient_now(self, p))
+        {
+            return self.sync(t);
+        }
+        let mut rep = SyncReport::default();
+        let (ecmp_ids, path_ids) = self.known_ids();
+        let mut plain = Plain {
+            ifx: HashMap::new(),
+            path_ids,
+            ecmp_ids,
+            phase1: Vec::new(),
+        };
+        let mut used = BTreeSet::new();
+        let mut ops: Vec<(RtMsg, u16)> = Vec::new();
+        // Nexthops that lose a route here: if one ends up unused, the full sync removes it.
+        let mut losing: BTreeSet<u32> = BTreeSet::new();
+        for p in changed {
+            let want = match t.routes.get(p) {
+                Some(e) => match self.plain_nh(&mut plain, t, e, &mut used) {
+                    Some(nh) => Some(nh),
+                    None => continue, // as the full sync: nothing usable, left as it is
+                },
+                None => None,
+            };
+            let have = self.mirror.routes.get(p);
+            match (have, want) {
+                (Some(r), Some(nh)) if r.nh_id == Some(nh) => {}
+                (have, Some(nh)) => {
+                    match have {
+                        Some(r) => {
+                            rep.routes_replaced += 1;
+                            losing.extend(r.nh_id);
+                        }
+                        None => rep.routes_added += 1,
+                    }
+                    ops.push((
+                        RtMsg::NewRoute(Route::new(p.addr, p.len, self.proto, nh)),
+                        NLM_F_CREATE | NLM_F_REPLACE,
+                    ));
+                }
+                (Some(r), None) => {
+                    rep.routes_deleted += 1;
+                    losing.extend(r.nh_id);
+                    ops.push((RtMsg::DelRoute(r.clone()), 0));
+                }
+                (None, None) => {}
+            }
+        }
+        if !self.run(std::mem::take(&mut plain.phase1), &mut rep) || !self.run(ops, &mut rep) {
+            return self.after_error(rep);
+        }
+        if losing.iter().any(|id| !self.in_use(*id)) {
+            let full = self.sync(t);
+            rep.ops += full.ops;
+            rep.routes_deleted += full.routes_deleted;
+            rep.errors.extend(full.errors);
+        }
+        rep
+    }
+
+    /// Some route, or some group, uses nexthop `id`.
+    fn in_use(&self, id: u32) -> bool {
+        self.users.get(&id).is_some_and(|n| *n > 0)
+            || self.mirror.nexthops.values().any(|nh| match &nh.kind {
+                NhKind::Group { members, .. } => members.iter().any(|(m, _)| *m == id),
+                _ => false,
+            })
+    }
+
+    fn unuse(&mut self, nh: Option<u32>) {
+        if let Some(n) = nh
+            && let Some(c) = self.users.get_mut(&n)
+        {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.users.remove(&n);
+            }
+        }
+    }
+
+    /// Routes per nexthop, from the mirror.
+    fn count_users(&mut self) {
+        self.users.clear();
+        for r in self.mirror.routes.values() {
+            if let Some(n) = r.nh_id {
+                *self.users.entry(n).or_default() += 1;
+            }
+        }
+    }
+
+    /// Make the kernel match `t`; only differences are sent.
+    pub fn sync(&mut self, t: &Table) -> SyncReport {
+        let mut rep = SyncReport::default();
+        let proto = self.proto;
+        let mut ifx: HashMap<String, Option<u32>> = HashMap::new();
+
+        // What exists: path nexthops (gateways that are not slots) and ECMP groups by members.
+        let (ecmp_ids, path_ids) = self.known_ids();
 
         let mut phase1: Vec<(RtMsg, u16)> = Vec::new();
         let mut want_routes: BTreeMap<Prefix, u32> = BTreeMap::new();
@@ -344,77 +548,23 @@ impl Programmer {
         }
 
         // Plain routes: a path nexthop, or a hash-threshold group of them (live paths only).
+        let mut plain = Plain {
+            ifx,
+            path_ids,
+            ecmp_ids,
+            phase1: Vec::new(),
+        };
         for (p, e) in &t.routes {
             if e.ldt.is_some() {
                 continue;
             }
-            let gws: Vec<Gw> = t
-                .live(e)
-                .iter()
-                .filter_map(|s| self.resolve(&mut ifx, s))
-                .collect();
-            if gws.is_empty() {
-                continue;
+            if let Some(nh) = self.plain_nh(&mut plain, t, e, &mut used) {
+                want_routes.insert(*p, nh);
             }
-            let mut ids = Vec::with_capacity(gws.len());
-            for gw in gws {
-                let id = match path_ids.get(&gw) {
-                    Some(id) => *id,
-                    None => {
-                        let id = self.alloc();
-                        phase1.insert(0, new_gw(id, proto, gw));
-                        self.mirror.nexthops.insert(
-                            id,
-                            Nexthop {
-                                id,
-                                protocol: proto,
-                                kind: NhKind::Gateway {
-                                    gw: gw.0,
-                                    oif: gw.1,
-                                },
-                            },
-                        );
-                        path_ids.insert(gw, id);
-                        id
-                    }
-                };
-                used.insert(id);
-                ids.push(id);
-            }
-            let nh = if ids.len() == 1 {
-                ids[0]
-            } else {
-                match ecmp_ids.get(&ids) {
-                    Some(g) => *g,
-                    None => {
-                        let g = self.alloc();
-                        phase1.push((
-                            RtMsg::NewNexthop(Nexthop {
-                                id: g,
-                                protocol: proto,
-                                kind: NhKind::Group {
-                                    members: ids.iter().map(|i| (*i, 1)).collect(),
-                                    resilient: None,
-                                },
-                            }),
-                            NLM_F_CREATE | NLM_F_REPLACE,
-                        ));
-                        self.mirror.nexthops.insert(
-                            g,
-                            Nexthop {
-                                id: g,
-                                protocol: proto,
-                                kind: NhKind::Blackhole,
-                            },
-                        );
-                        ecmp_ids.insert(ids.clone(), g);
-                        g
-                    }
-                }
-            };
-            used.insert(nh);
-            want_routes.insert(*p, nh);
         }
+        // New path nexthops before the groups that use them.
+        plain.phase1.append(&mut phase1);
+        let phase1 = plain.phase1;
 
         // Phase 1: nexthops, slot repoints, groups.
         if !self.run(phase1, &mut rep) {
@@ -477,11 +627,13 @@ impl Programmer {
         if !self.run(ops, &mut rep) {
             return self.after_error(rep);
         }
+        self.resync = false;
         rep
     }
 
     /// The kernel and our mirror disagree: believe the kernel.
     fn after_error(&mut self, mut rep: SyncReport) -> SyncReport {
+        self.resync = true;
         if let Err(e) = self.reread() {
             rep.errors.push(e);
         }
@@ -502,12 +654,20 @@ impl Programmer {
             }
             RtMsg::NewRoute(r) => {
                 if let Some(p) = Prefix::new(r.dst, r.dst_len) {
-                    self.mirror.routes.insert(p, r);
+                    let nh = r.nh_id;
+                    if let Some(old) = self.mirror.routes.insert(p, r) {
+                        self.unuse(old.nh_id);
+                    }
+                    if let Some(n) = nh {
+                        *self.users.entry(n).or_default() += 1;
+                    }
                 }
             }
             RtMsg::DelRoute(r) => {
-                if let Some(p) = Prefix::new(r.dst, r.dst_len) {
-                    self.mirror.routes.remove(&p);
+                if let Some(p) = Prefix::new(r.dst, r.dst_len)
+                    && let Some(old) = self.mirror.routes.remove(&p)
+                {
+                    self.unuse(old.nh_id);
                 }
             }
             _ => {}
@@ -647,5 +807,56 @@ mod tests {
         t2.routes.clear();
         again.sync(&t2);
         assert!(again.mirror.routes.is_empty() && again.mirror.nexthops.is_empty());
+    }
+
+    #[test]
+    fn syncing_only_the_changed_routes_ends_where_a_full_sync_does() {
+        let (mut t, mut k) = setup();
+        let pfx =
+            |i: u16| Prefix::new(Ipv4Addr::new(10, (i >> 8) as u8, i as u8, 0), 24).expect("p");
+        // Chunks of plain routes on one path, on two (ECMP), and some sticky ones.
+        for chunk in 0..4u16 {
+            let mut changed = BTreeSet::new();
+            for i in chunk * 100..(chunk + 1) * 100 {
+                let paths = match i % 3 {
+                    0 => vec![path(1)],
+                    1 => vec![path(1), path(2)],
+                    _ => vec![path(3)],
+                };
+                t.announce(pfx(i), "bgp", paths, i == 7);
+                changed.insert(pfx(i));
+            }
+            let r = k.sync_changed(&t, &changed);
+            assert!(r.errors.is_empty(), "{:?}", r.errors);
+        }
+        assert_eq!(k.mirror.routes.len(), 400);
+        assert_eq!(k.sync(&t).ops, 0, "a full sync finds nothing left to do");
+        // A path change moves routes; the last route off path 3 frees its nexthop.
+        let mut changed = BTreeSet::new();
+        for i in (0..400u16).filter(|i| i % 3 == 2) {
+            t.announce(pfx(i), "bgp", vec![path(2)], false);
+            changed.insert(pfx(i));
+        }
+        k.sync_changed(&t, &changed);
+        assert_eq!(k.sync(&t).ops, 0);
+        let gws: Vec<u8> = k
+            .mirror
+            .nexthops
+            .values()
+            .filter_map(gw_of)
+            .map(|(g, _)| last_octet(&g))
+            .collect();
+        assert!(!gws.contains(&3), "path 3's nexthop is collected: {gws:?}");
+        // Withdraw everything in two chunks: routes and nexthops all gone.
+        for half in [0..200u16, 200..400u16] {
+            let mut changed = BTreeSet::new();
+            for i in half {
+                t.withdraw(&pfx(i), "bgp");
+                changed.insert(pfx(i));
+            }
+            k.sync_changed(&t, &changed);
+        }
+        assert!(k.mirror.routes.is_empty(), "{:?}", k.mirror.routes.len());
+        assert!(k.mirror.nexthops.is_empty(), "{:?}", k.mirror.nexthops);
     }
 }

@@ -21,18 +21,19 @@ pub const OP_SHOW_ROUTES: u32 = 4;
 pub const OP_SHOW_CEF: u32 = 5;
 pub const OP_CLEAR_ROUTE: u32 = 6;
 
+/// Routes that share their paths and sticky flag: a full table from one upstream is one group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteIn {
-    pub prefix: Prefix,
+pub struct RouteGroup {
     pub paths: Vec<Path>,
     /// Sticky ECMP requested by the producer (BGP sets it from its configuration).
     pub sticky: bool,
+    pub prefixes: Vec<Prefix>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Update {
     pub producer: String,
-    pub announce: Vec<RouteIn>,
+    pub announce: Vec<RouteGroup>,
     pub withdraw: Vec<Prefix>,
 }
 

@@ -229,10 +229,10 @@ pub fn run(socket: &Path, cmd: ServiceCmd, as_json: bool) -> Result<String, MtsE
             }
             let u = fp::Update {
                 producer: "static".into(),
-                announce: vec![fp::RouteIn {
-                    prefix: prefix(&p)?,
+                announce: vec![fp::RouteGroup {
                     paths,
                     sticky,
+                    prefixes: vec![prefix(&p)?],
                 }],
                 withdraw: vec![],
             };

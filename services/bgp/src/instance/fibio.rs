@@ -3,8 +3,13 @@
 
 use super::*;
 
-/// Routes per FIB request (about 3 MB on the wire).
-pub(super) const FIB_CHUNK: usize = 100_000;
+/// Routes per FIB request (about 200 kB on the wire for one group): small enough that
+/// building one never holds up the owner loop for long, and the FIB programs each in time
+/// proportional to it.
+pub(super) const FIB_CHUNK: usize = 25_000;
+
+/// The next hops of one best path set, in selection order.
+type NextHops = smallvec::SmallVec<[IpAddr; 4]>;
 
 /// What goes to the FIB, in order.
 pub(super) enum ToFib {
@@ -154,7 +159,9 @@ impl Instance {
         self.feed_fib();
     }
 
-    /// The next chunk of pending prefixes to the FIB writer, if it is idle.
+    /// The next chunk of pending prefixes to the FIB writer, if it is idle. Prefixes that
+    /// share their next hops travel as one group (a full table from one upstream is one), so
+    /// the owner loop does a lookup per prefix and nothing else.
     pub(super) fn feed_fib(&mut self) {
         if self.fib_inflight > 0 || self.fib_pending.is_empty() {
             return;
@@ -168,36 +175,57 @@ impl Instance {
             announce: Vec::new(),
             withdraw: Vec::new(),
         };
-        // Next hop → interface, once per chunk.
+        // Next hop → interface, once per chunk; (next hops, sticky) → group.
         let mut via: HashMap<IpAddr, Option<String>> = HashMap::new();
+        let mut groups: HashMap<(NextHops, bool), usize> = HashMap::new();
+        let mut last: Option<(NextHops, bool, usize)> = None;
         for p in chunk {
-            let mut paths: Vec<fp::Path> = Vec::new();
+            let mut nhs = NextHops::new();
             if let Some(sel) = self.rib.loc.get(&p) {
                 for (_, a) in sel.paths.iter() {
                     let nh = a.next_hop;
-                    let ifname = match via.get(&nh) {
-                        Some(i) => i.clone(),
+                    let usable = match via.get(&nh) {
+                        Some(i) => i.is_some(),
                         None => {
                             let i = ifname_for(&mut self.ifaces, nh);
-                            via.insert(nh, i.clone());
-                            i
+                            let ok = i.is_some();
+                            via.insert(nh, i);
+                            ok
                         }
                     };
-                    if let Some(ifname) = ifname {
-                        paths.push(fp::Path { gw: nh, ifname });
+                    if usable {
+                        nhs.push(nh);
                     }
                 }
             }
-            if paths.is_empty() {
+            if nhs.is_empty() {
                 u.withdraw.push(p);
-            } else {
-                let sticky = self.cfg.sticky.iter().any(|s| s.covers(&p));
-                u.announce.push(fp::RouteIn {
-                    prefix: p,
-                    paths,
-                    sticky,
-                });
+                continue;
             }
+            let sticky = self.cfg.sticky.iter().any(|s| s.covers(&p));
+            let ix = match &last {
+                Some((l, s, ix)) if *l == nhs && *s == sticky => *ix,
+                _ => {
+                    let ix = *groups.entry((nhs.clone(), sticky)).or_insert_with(|| {
+                        let paths = nhs
+                            .iter()
+                            .filter_map(|nh| {
+                                let ifname = via.get(nh).cloned().flatten()?;
+                                Some(fp::Path { gw: *nh, ifname })
+                            })
+                            .collect();
+                        u.announce.push(fp::RouteGroup {
+                            paths,
+                            sticky,
+                            prefixes: Vec::new(),
+                        });
+                        u.announce.len() - 1
+                    });
+                    last = Some((nhs, sticky, ix));
+                    ix
+                }
+            };
+            u.announce[ix].prefixes.push(p);
         }
         self.fib_inflight += 1;
         let _ = self.fib_tx.send(ToFib::Update(u));
