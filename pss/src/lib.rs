@@ -68,8 +68,10 @@ pub(crate) fn now_ms() -> u64 {
 /// to one standby (1, 2, ...; 0 for the first copy), so it can acknowledge how far it is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Change {
+    #[serde(with = "serde_bytes")]
     pub tree: Vec<u8>,
     pub clear: bool,
+    #[serde(with = "crate::proto::changes")]
     pub ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub pos: u64,
 }
