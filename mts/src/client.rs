@@ -75,6 +75,34 @@ struct Out {
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
 
+/// A request sent by [`Client::request_start`], its answer still to come.
+pub struct Pending {
+    waiters: Waiters,
+    id: u64,
+    rx: oneshot::Receiver<Frame>,
+}
+
+impl Pending {
+    /// The answer's payload, or the error the receiver sent, or a timeout.
+    pub async fn raw(self, deadline: Duration) -> Result<Vec<u8>, MtsError> {
+        let Pending { waiters, id, rx } = self;
+        let res = tokio::time::timeout(deadline, rx).await;
+        if let Ok(mut w) = waiters.lock() {
+            w.remove(&id);
+        }
+        match res {
+            Ok(Ok(f)) => f.into_result(),
+            Ok(Err(_)) => Err(MtsError::Closed),
+            Err(_) => Err(MtsError::Timeout(deadline)),
+        }
+    }
+
+    /// The answer, decoded.
+    pub async fn wait<R: DeserializeOwned>(self, deadline: Duration) -> Result<R, MtsError> {
+        codec::decode(&self.raw(deadline).await?)
+    }
+}
+
 /// A connection to sysmgr's MTS broker.
 pub struct Client {
     out: Arc<Out>,
@@ -188,28 +216,29 @@ impl Client {
         self.out.notify.notify_one();
     }
 
-    /// Send a raw frame and wait for the frame that answers it.
-    async fn round_trip(
-        &self,
-        mut h: Header,
-        payload: &[u8],
-        deadline: Duration,
-    ) -> Result<Vec<u8>, MtsError> {
+    /// Send a raw frame now; the returned [`Pending`] waits for the frame that answers it.
+    fn start(&self, mut h: Header, payload: &[u8]) -> Pending {
         h.msg_id = self.id();
         let (tx, rx) = oneshot::channel();
         if let Ok(mut w) = self.waiters.lock() {
             w.insert(h.msg_id, tx);
         }
         self.push(&h, payload);
-        let res = tokio::time::timeout(deadline, rx).await;
-        if let Ok(mut w) = self.waiters.lock() {
-            w.remove(&h.msg_id);
+        Pending {
+            waiters: self.waiters.clone(),
+            id: h.msg_id,
+            rx,
         }
-        match res {
-            Ok(Ok(f)) => f.into_result(),
-            Ok(Err(_)) => Err(MtsError::Closed),
-            Err(_) => Err(MtsError::Timeout(deadline)),
-        }
+    }
+
+    /// Send a raw frame and wait for the frame that answers it.
+    async fn round_trip(
+        &self,
+        h: Header,
+        payload: &[u8],
+        deadline: Duration,
+    ) -> Result<Vec<u8>, MtsError> {
+        self.start(h, payload).raw(deadline).await
     }
 
     fn header(src: u32, dst: u32, opcode: u32, flags: u8) -> Header {
@@ -309,6 +338,20 @@ impl Client {
         )
     }
 
+    /// Send a request now (in order with everything sent before and after it) and wait for
+    /// its answer later: requests to a receiver that works through them in order can be
+    /// pipelined.
+    pub fn request_start<T: Serialize>(
+        &self,
+        src: u32,
+        dst: u32,
+        opcode: u32,
+        v: &T,
+    ) -> Result<Pending, MtsError> {
+        let p = codec::encode(v)?;
+        Ok(self.start(Self::header(src, dst, opcode, Flags::REQUEST), &p))
+    }
+
     /// Raw request/response (payload bytes in and out).
     pub async fn request_raw(
         &self,
@@ -355,6 +398,11 @@ impl Client {
             h.msg_id = self.id();
             self.push(&h, &p);
         }
+    }
+
+    /// A message has arrived and waits for [`recv`](Self::recv).
+    pub fn has_incoming(&self) -> bool {
+        !self.incoming.is_empty()
     }
 
     /// The next message, notification or late error; `None` when the connection closed.
