@@ -614,3 +614,86 @@ fn a_producer_that_never_sends_end_of_rib_loses_its_stale_routes_at_the_stale_ti
         l.kernel_routes().is_empty().then_some(())
     });
 }
+
+/// A producer that keeps several updates in flight (as bgp does): fib takes the next one in
+/// while the kernel takes the one before, and a prefix changed by two of them ends with the
+/// later.
+#[test]
+fn pipelined_updates_end_with_the_latest_route_of_each_prefix() {
+    if skip() {
+        return;
+    }
+    let l = setup("fib5", "", "");
+    let group = |paths: &[u8], prefixes: &[&str]| RouteGroup {
+        paths: paths.iter().map(|n| path(*n)).collect(),
+        sticky: false,
+        prefixes: prefixes.iter().map(|p| p.parse().expect("p")).collect(),
+    };
+    let update = |announce: Vec<RouteGroup>, withdraw: &[&str]| Update {
+        producer: "bgp-sim".into(),
+        announce,
+        withdraw: withdraw.iter().map(|p| p.parse().expect("p")).collect(),
+    };
+    // Each update also carries 5000 routes of its own, so fib is still busy with one when the
+    // next arrives.
+    let bulk = |k: u32, paths: &[u8]| RouteGroup {
+        paths: paths.iter().map(|n| path(*n)).collect(),
+        sticky: false,
+        prefixes: (0..5000).map(|i| prefix_n(k * 5000 + i)).collect(),
+    };
+    let updates = [
+        update(
+            vec![
+                group(&[1], &["198.51.100.0/24", "203.0.113.0/24"]),
+                bulk(0, &[1]),
+            ],
+            &[],
+        ),
+        update(vec![group(&[2], &["198.51.100.0/24"]), bulk(1, &[2])], &[]),
+        update(
+            vec![group(&[1, 2], &["192.0.2.0/24"]), bulk(2, &[1, 2])],
+            &["203.0.113.0/24"],
+        ),
+        update(vec![group(&[3], &["198.51.100.0/24"]), bulk(3, &[3])], &[]),
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let c = mts::client::Client::connect(&l.lab.socket())
+            .await
+            .expect("connect");
+        let fib = c.lookup(fp::SAP_NAME).await.expect("fib's SAP");
+        // Every update sent before the first answer.
+        let sent: Vec<_> = updates
+            .iter()
+            .map(|u| c.request_start(0, fib, fp::OP_UPDATE, u).expect("send"))
+            .collect();
+        for p in sent {
+            let r: Result<(), String> = p.wait(Duration::from_secs(30)).await.expect("answer");
+            r.expect("update accepted");
+        }
+    });
+    let log = std::fs::read_to_string(l.lab.path("data/logs/fib.stderr.log")).unwrap_or_default();
+    assert!(
+        log.contains("the next update taken in before this one goes to the kernel"),
+        "fib took the updates one at a time:\n{log}"
+    );
+    let routes = l.kernel_routes();
+    assert_eq!(routes.len(), 4 * 5000 + 2);
+    assert!(routes.contains_key("192.0.2.0/24") && !routes.contains_key("203.0.113.0/24"));
+    let nhs = l.nexthops();
+    assert_eq!(nhs[&routes["198.51.100.0/24"]]["gateway"], gw(3).as_str());
+    let members: Vec<&str> = nhs[&routes["192.0.2.0/24"]]["group"]
+        .as_array()
+        .expect("group")
+        .iter()
+        .map(|m| {
+            nhs[&m["id"].as_u64().expect("id")]["gateway"]
+                .as_str()
+                .expect("gw")
+        })
+        .collect();
+    assert_eq!(members, [gw(1), gw(2)]);
+}

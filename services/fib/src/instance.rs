@@ -14,9 +14,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mts::client::{Client, Incoming};
+use mts::client::{Client, Incoming, Pending};
+use mts::sap;
 use pss::client::Pss;
-use pss::proto::{Durability, Scope};
+use pss::proto::{Durability, OP_PSS, Op, Request, Response, Scope};
 
 use crate::FibError;
 use crate::config::{BackendKind, Config};
@@ -27,6 +28,8 @@ use crate::table::{Entry, Table};
 const KEY_PREFIX: &str = "route/";
 /// Blocks per PSS transaction when a large update is checkpointed (a few MB a request).
 const TXN_BLOCKS: usize = 256;
+/// How long a checkpoint write may take.
+const PSS_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Routes are checkpointed in blocks: every route whose address starts with the same 16 bits
 /// (per family) shares the key `route/<4|6>/<hi16>`, valued as the block's (prefix, entry)
@@ -55,41 +58,93 @@ fn block_start(b: Block) -> Prefix {
     Prefix { addr, len: 0 }
 }
 
-/// Write the blocks holding `changed` as the table has them now (a block left empty is
-/// deleted), and delete `old` keys; all or nothing per transaction.
-async fn checkpoint_blocks(
-    mts: &Client,
+/// The PSS writes for the blocks holding `changed` as the table has them now (a block left
+/// empty is deleted), one atomic write per [`TXN_BLOCKS`] blocks.
+fn block_writes(
     table: &Table,
     changed: impl Iterator<Item = Prefix>,
-    old: &[String],
-) -> Result<(), FibError> {
-    let pss = Pss::new(mts);
+) -> Result<Vec<Request>, FibError> {
     let blocks: BTreeSet<Block> = changed.map(|p| block_of(&p)).collect();
     let blocks: Vec<Block> = blocks.into_iter().collect();
+    let mut writes = Vec::new();
     for chunk in blocks.chunks(TXN_BLOCKS) {
-        let mut txn = pss.txn(Scope::SharedGlobal);
+        let mut ops = Vec::with_capacity(chunk.len());
         for b in chunk {
             let rows: Vec<(&Prefix, &Entry)> = table
                 .routes
                 .range(block_start(*b)..)
                 .take_while(|(p, _)| block_of(p) == *b)
                 .collect();
-            txn = if rows.is_empty() {
-                txn.delete(block_key(*b))
+            let key = block_key(*b).into_bytes();
+            ops.push(if rows.is_empty() {
+                Op::Delete { key }
             } else {
-                txn.put(block_key(*b), &rows)?
-            };
+                Op::Put {
+                    key,
+                    value: pss::client::encode(&rows)?,
+                }
+            });
         }
-        txn.commit(Durability::Fast).await?;
+        writes.push(Request::Write {
+            scope: Scope::SharedGlobal,
+            ops,
+            durability: Durability::Fast,
+        });
     }
-    for chunk in old.chunks(TXN_BLOCKS * 8) {
-        let mut txn = pss.txn(Scope::SharedGlobal);
-        for k in chunk {
-            txn = txn.delete(k);
+    Ok(writes)
+}
+
+/// Send `writes` to PSS now (they are applied in order); wait with [`checkpointed`].
+fn send_writes(mts: &Client, writes: &[Request]) -> Result<Vec<Pending>, FibError> {
+    writes
+        .iter()
+        .map(|w| Ok(mts.request_start(sap::CLI, sap::PSS, OP_PSS, w)?))
+        .collect()
+}
+
+/// Every write sent by [`send_writes`] acknowledged.
+async fn checkpointed(sent: Vec<Pending>) -> Result<(), String> {
+    for p in sent {
+        match p.wait::<Response>(PSS_DEADLINE).await {
+            Ok(Response::Written { .. }) => {}
+            Ok(other) => return Err(format!("checkpoint refused: {other:?}")),
+            Err(e) => return Err(format!("checkpoint: {e}")),
         }
-        txn.commit(Durability::Fast).await?;
     }
     Ok(())
+}
+
+/// Write the blocks holding `changed`, and delete `old` keys; all or nothing per transaction.
+async fn checkpoint_blocks(
+    mts: &Client,
+    table: &Table,
+    changed: impl Iterator<Item = Prefix>,
+    old: &[String],
+) -> Result<(), FibError> {
+    let mut writes = block_writes(table, changed)?;
+    for chunk in old.chunks(TXN_BLOCKS * 8) {
+        writes.push(Request::Write {
+            scope: Scope::SharedGlobal,
+            ops: chunk
+                .iter()
+                .map(|k| Op::Delete {
+                    key: k.clone().into_bytes(),
+                })
+                .collect(),
+            durability: Durability::Fast,
+        });
+    }
+    checkpointed(send_writes(mts, &writes)?)
+        .await
+        .map_err(|e| FibError::Pss(pss::PssError::Codec(e)))
+}
+
+/// An update applied to the table whose checkpoint is on its way; its kernel programming and
+/// its answer come once the next message is taken in (see [`Instance::stage`]).
+struct Staged {
+    m: Incoming,
+    changed: BTreeSet<Prefix>,
+    sent: Vec<Pending>,
 }
 
 pub struct Options {
@@ -107,6 +162,8 @@ pub struct Instance {
     monitor: Option<tokio::io::unix::AsyncFd<netlink_sys::Socket>>,
     /// The kernel changed behind our back: look again at this instant (debounced).
     recheck_at: Option<Instant>,
+    /// The last update taken in, checkpoint sent, kernel and answer still to come.
+    staged: Option<Staged>,
 }
 
 const RTNLGRP_LINK: u32 = 1;
@@ -253,11 +310,13 @@ impl Instance {
             stale_until,
             monitor,
             recheck_at: None,
+            staged: None,
         })
     }
 
     /// A link or nexthop changed in the kernel: adopt what it did, then make it match again.
     async fn on_kernel_change(&mut self) {
+        self.finish_staged(None).await;
         if let Err(e) = self.prog.reread() {
             tracing::warn!(error = %e, "kernel re-read failed");
             return;
@@ -293,12 +352,14 @@ impl Instance {
         }
         let t0 = Instant::now();
         self.checkpoint(&changed).await.map_err(|e| e.to_string())?;
+        self.program(&changed, t0.elapsed())
+    }
+
+    /// Program `changed` into the kernel (`ck`: how long its checkpoint was waited for).
+    fn program(&mut self, changed: &BTreeSet<Prefix>, ck: Duration) -> Result<(), String> {
         let t1 = Instant::now();
-        let rep = self.prog.sync_changed(&self.table, &changed);
-        let (ck, k) = (
-            (t1 - t0).as_millis() as u64,
-            t1.elapsed().as_millis() as u64,
-        );
+        let rep = self.prog.sync_changed(&self.table, changed);
+        let (ck, k) = (ck.as_millis() as u64, t1.elapsed().as_millis() as u64);
         if changed.len() >= 1000 {
             tracing::info!(
                 changed = changed.len(),
@@ -330,7 +391,8 @@ impl Instance {
         }
     }
 
-    async fn update(&mut self, u: Update) -> Result<(), String> {
+    /// Apply a producer's update to the table; the prefixes whose entry changed.
+    fn apply(&mut self, u: Update) -> Result<BTreeSet<Prefix>, String> {
         let mut changed = BTreeSet::new();
         if let Some(p) = u
             .announce
@@ -355,7 +417,64 @@ impl Instance {
                 changed.insert(p);
             }
         }
-        self.commit(changed).await
+        Ok(changed)
+    }
+
+    /// Take in an update: into the table, its checkpoint sent; then the update before it (its
+    /// checkpoint acknowledged meanwhile, while this one's is written) goes into the kernel and
+    /// is answered. So a producer that keeps a few updates in flight has sysmgr writing one
+    /// while the kernel takes the other. A prefix in both goes to the kernel with the later.
+    async fn stage(&mut self, m: Incoming, u: Update) {
+        let parts = self.apply(u).and_then(|changed| {
+            let writes =
+                block_writes(&self.table, changed.iter().copied()).map_err(|e| e.to_string())?;
+            let sent = send_writes(&self.mts, &writes).map_err(|e| e.to_string())?;
+            Ok((changed, sent))
+        });
+        match parts {
+            Ok((changed, sent)) => {
+                self.finish_staged(Some(&changed)).await;
+                self.staged = Some(Staged { m, changed, sent });
+            }
+            Err(e) => {
+                self.finish_staged(None).await;
+                if let Err(e) = self.mts.respond(&m, &Err::<(), String>(e)) {
+                    tracing::warn!(error = %e, "could not answer");
+                }
+            }
+        }
+    }
+
+    /// The staged update into the kernel (less what `next` programs later), and its answer.
+    async fn finish_staged(&mut self, next: Option<&BTreeSet<Prefix>>) {
+        let Some(s) = self.staged.take() else {
+            return;
+        };
+        let waited = Instant::now();
+        let r = match checkpointed(s.sent).await {
+            Ok(()) => {
+                let changed = match next {
+                    Some(n) => {
+                        tracing::debug!(
+                            changed = s.changed.len(),
+                            "the next update taken in before this one goes to the kernel"
+                        );
+                        s.changed.difference(n).copied().collect()
+                    }
+                    None => s.changed,
+                };
+                self.program(&changed, waited.elapsed())
+            }
+            Err(e) => {
+                // Not in PSS, so not in the kernel; whatever a later update deferred to this
+                // one is caught up by a full sync.
+                self.prog.force_full_sync();
+                Err(e)
+            }
+        };
+        if let Err(e) = self.mts.respond(&s.m, &r) {
+            tracing::warn!(error = %e, "could not answer");
+        }
     }
 
     fn row(&self, p: &Prefix, e: &Entry) -> RouteRow {
@@ -398,6 +517,7 @@ impl Instance {
     }
 
     async fn sweep(&mut self, producer: &str) -> u64 {
+        self.finish_staged(None).await;
         self.stale_until.remove(producer);
         let gone: BTreeSet<Prefix> = self.table.sweep(producer).into_iter().collect();
         let n = gone.len() as u64;
@@ -415,14 +535,17 @@ impl Instance {
         if !m.is_request() {
             return;
         }
+        if m.header.opcode != proto::OP_UPDATE {
+            // Everything else sees the table and the kernel with the staged update in.
+            self.finish_staged(None).await;
+        }
         let sent = match m.header.opcode {
-            proto::OP_UPDATE => {
-                let r = match m.decode::<Update>() {
-                    Ok(u) => self.update(u).await,
-                    Err(e) => Err(format!("bad update: {e}")),
-                };
-                self.mts.respond(&m, &r)
-            }
+            proto::OP_UPDATE => match m.decode::<Update>() {
+                Ok(u) => return self.stage(m, u).await,
+                Err(e) => self
+                    .mts
+                    .respond(&m, &Err::<(), String>(format!("bad update: {e}"))),
+            },
             proto::OP_PRODUCER_START => {
                 let r = match m.decode::<String>() {
                     Ok(p) => {
@@ -530,6 +653,9 @@ impl Instance {
                     self.recheck_at = None;
                     self.on_kernel_change().await;
                 }
+                _ = std::future::ready(()), if self.staged.is_some() && !self.mts.has_incoming() => {
+                    self.finish_staged(None).await;
+                }
                 m = self.mts.recv() => match m {
                     Some(m) => self.on_message(m).await,
                     None => return Err(FibError::Mts(mts::MtsError::Remote("sysmgr closed the connection".into()))),
@@ -556,6 +682,7 @@ impl Instance {
                     let _ = mts::notify::notify("WATCHDOG=1\n");
                 }
                 _ = term.recv() => {
+                    self.finish_staged(None).await;
                     tracing::info!("SIGTERM: stopping (kernel routes stay)");
                     return Ok(());
                 }

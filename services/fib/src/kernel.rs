@@ -170,14 +170,19 @@ impl Programmer {
 
     /// (gateway, ifindex) of a path, when its interface exists and is up.
     fn resolve(&self, cache: &mut HashMap<String, Option<u32>>, p: &Path) -> Option<Gw> {
-        let ix = *cache.entry(p.ifname.clone()).or_insert_with(|| {
-            // One lookup per interface per sync, not one per path of every route.
-            if self.backend.link_up(&p.ifname) {
-                self.backend.ifindex(&p.ifname)
-            } else {
-                None
+        // One lookup per interface per sync, not one per path of every route.
+        let ix = match cache.get(&p.ifname) {
+            Some(ix) => *ix,
+            None => {
+                let ix = if self.backend.link_up(&p.ifname) {
+                    self.backend.ifindex(&p.ifname)
+                } else {
+                    None
+                };
+                cache.insert(p.ifname.clone(), ix);
+                ix
             }
-        });
+        };
         Some((p.gw, ix?))
     }
 
@@ -380,6 +385,11 @@ impl Programmer {
             rep.errors.extend(full.errors);
         }
         rep
+    }
+
+    /// The next [`sync_changed`](Self::sync_changed) is a full sync.
+    pub fn force_full_sync(&mut self) {
+        self.resync = true;
     }
 
     /// Some route, or some group, uses nexthop `id`.

@@ -7,7 +7,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let opts = fib::instance::Options { config };
-    mts::service::run("fib", async move {
+    // Two threads: the MTS connection's writer sends the next checkpoint while the owner
+    // programs the kernel.
+    mts::service::run_on("fib", 2, async move {
         fib::instance::Instance::start(&opts).await?.run().await
     })
 }

@@ -282,56 +282,71 @@ impl Table {
         if paths.is_empty() {
             return self.withdraw(&prefix, producer);
         }
-        let live: Vec<Path> = paths
-            .iter()
-            .filter(|p| !self.down.contains(&p.ifname))
-            .cloned()
-            .collect();
-        // With every path on a down link the distribution is kept for when they return.
-        let live = if live.is_empty() { paths.clone() } else { live };
         let sticky = self.is_sticky(&prefix, sticky);
         let buckets = self.sticky.buckets.max(1);
         let auto = self.sticky.auto_recovery;
-        let new = match self.routes.get(&prefix) {
-            Some(old) => {
-                let mut e = old.clone();
-                e.producer = producer.to_string();
-                e.stale = false;
-                e.sticky = sticky;
-                e.ldt = match (sticky, old.ldt.clone()) {
-                    (false, _) => None,
-                    (true, None) => Some(Ldt::compute(&live, buckets)),
-                    (true, Some(mut ldt)) => {
-                        let known = |p: &Path| {
-                            ldt.original.contains(p)
-                                || ldt.slots.contains(p)
-                                || old.paths.contains(p)
-                        };
-                        if paths.iter().any(|p| !known(p)) {
-                            // A new path: full recompute.
-                            Some(Ldt::compute(&live, buckets))
-                        } else {
-                            ldt.drop_dead(&live);
-                            if auto {
-                                ldt.restore(&live);
-                            }
-                            Some(ldt)
-                        }
-                    }
-                };
-                e.paths = paths;
-                e
+        let down = &self.down;
+        // The paths that can carry traffic now; with every path on a down link the
+        // distribution is kept for when they return. Only sticky routes need them.
+        let live = |paths: &[Path]| -> Vec<Path> {
+            let live: Vec<Path> = paths
+                .iter()
+                .filter(|p| !down.contains(&p.ifname))
+                .cloned()
+                .collect();
+            if live.is_empty() {
+                paths.to_vec()
+            } else {
+                live
             }
-            None => Entry {
+        };
+        let old = match self.routes.entry(prefix) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(Entry {
+                    producer: producer.to_string(),
+                    ldt: sticky.then(|| Ldt::compute(&live(&paths), buckets)),
+                    paths,
+                    sticky,
+                    stale: false,
+                });
+                return true;
+            }
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+        };
+        let ldt = match (sticky, old.ldt.clone()) {
+            (false, _) => None,
+            (true, None) => Some(Ldt::compute(&live(&paths), buckets)),
+            (true, Some(mut ldt)) => {
+                let known = |p: &Path| {
+                    ldt.original.contains(p) || ldt.slots.contains(p) || old.paths.contains(p)
+                };
+                let live = live(&paths);
+                if paths.iter().any(|p| !known(p)) {
+                    // A new path: full recompute.
+                    Some(Ldt::compute(&live, buckets))
+                } else {
+                    ldt.drop_dead(&live);
+                    if auto {
+                        ldt.restore(&live);
+                    }
+                    Some(ldt)
+                }
+            }
+        };
+        let changed = old.producer != producer
+            || old.stale
+            || old.sticky != sticky
+            || old.ldt != ldt
+            || old.paths != paths;
+        if changed {
+            *old = Entry {
                 producer: producer.to_string(),
-                ldt: sticky.then(|| Ldt::compute(&live, buckets)),
+                ldt,
                 paths,
                 sticky,
                 stale: false,
-            },
-        };
-        let changed = self.routes.get(&prefix) != Some(&new);
-        self.routes.insert(prefix, new);
+            };
+        }
         changed
     }
 

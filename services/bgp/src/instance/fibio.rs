@@ -1,6 +1,10 @@
 //! Best paths to the FIB: a pending set, pulled by the writer one chunk at a time, and the
 //! interface of each next hop.
 
+use std::collections::VecDeque;
+
+use mts::MtsError;
+
 use super::*;
 
 /// Routes per FIB request (about 200 kB on the wire for one group): small enough that
@@ -19,14 +23,20 @@ pub(super) enum ToFib {
     EndOfRib,
 }
 
-/// Send FIB requests in order on the writer's own MTS connection, and say when each is done:
-/// the owner builds the next chunk only then, from the Loc-RIB as it is at that moment (a pull,
-/// so a full table never sits in memory twice and a prefix that changed meanwhile goes once).
+/// Requests the FIB writer keeps in flight: the FIB takes in the next chunk (and sysmgr writes
+/// its checkpoint) while the kernel takes this one, and a third is on its way meanwhile.
+pub(super) const FIB_INFLIGHT: usize = 3;
+
+/// Send FIB requests in order on the writer's own MTS connection, up to [`FIB_INFLIGHT`] at a
+/// time, and say when each is done: the owner builds the next chunk only then, from the
+/// Loc-RIB as it is at that moment (a pull, so a full table never sits in memory twice and a
+/// prefix that changed meanwhile goes once).
 pub(super) async fn fib_writer(
     fib: u32,
     mut rx: mpsc::UnboundedReceiver<ToFib>,
     done: mpsc::UnboundedSender<()>,
 ) {
+    type Answer = std::pin::Pin<Box<dyn Future<Output = (u32, Result<Vec<u8>, MtsError>)> + Send>>;
     let mts = match Client::connect_from_env().await {
         Ok(c) => c,
         Err(e) => {
@@ -34,45 +44,54 @@ pub(super) async fn fib_writer(
             return;
         }
     };
-    while let Some(m) = rx.recv().await {
-        match m {
-            ToFib::ProducerStart => {
-                let r: Result<Result<u64, String>, _> = mts
-                    .request(
-                        0,
-                        fib,
-                        fp::OP_PRODUCER_START,
-                        &"bgp".to_string(),
-                        Duration::from_secs(30),
-                    )
-                    .await;
-                tracing::info!(?r, "fib: bgp routes marked stale until End-of-RIB");
-            }
-            ToFib::Update(u) => {
-                let r: Result<Result<(), String>, _> = mts
-                    .request(0, fib, fp::OP_UPDATE, &u, Duration::from_secs(120))
-                    .await;
-                match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "fib refused routes"),
-                    Err(e) => tracing::warn!(error = %e, "fib unreachable"),
+    let mut sent: VecDeque<Answer> = VecDeque::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some((op, r)) = async {
+                match sent.front_mut() {
+                    Some(f) => Some(f.await),
+                    None => std::future::pending().await,
+                }
+            } => {
+                sent.pop_front();
+                match op {
+                    fp::OP_UPDATE => match r.and_then(|b| mts::codec::decode::<Result<(), String>>(&b)) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "fib refused routes"),
+                        Err(e) => tracing::warn!(error = %e, "fib unreachable"),
+                    },
+                    fp::OP_PRODUCER_START => {
+                        let r = r.and_then(|b| mts::codec::decode::<Result<u64, String>>(&b));
+                        tracing::info!(?r, "fib: bgp routes marked stale until End-of-RIB");
+                    }
+                    _ => {
+                        let r = r.and_then(|b| mts::codec::decode::<Result<u64, String>>(&b));
+                        tracing::info!(?r, "fib: End-of-RIB");
+                    }
+                }
+                if done.send(()).is_err() {
+                    return;
                 }
             }
-            ToFib::EndOfRib => {
-                let r: Result<Result<u64, String>, _> = mts
-                    .request(
-                        0,
-                        fib,
-                        fp::OP_END_OF_RIB,
-                        &"bgp".to_string(),
-                        Duration::from_secs(30),
-                    )
-                    .await;
-                tracing::info!(?r, "fib: End-of-RIB");
+            m = rx.recv(), if sent.len() < FIB_INFLIGHT => {
+                let Some(m) = m else { return };
+                let bgp = "bgp".to_string();
+                let (op, deadline, r) = match &m {
+                    ToFib::ProducerStart => (fp::OP_PRODUCER_START, Duration::from_secs(30), mts.request_start(0, fib, fp::OP_PRODUCER_START, &bgp)),
+                    ToFib::Update(u) => (fp::OP_UPDATE, Duration::from_secs(120), mts.request_start(0, fib, fp::OP_UPDATE, u)),
+                    ToFib::EndOfRib => (fp::OP_END_OF_RIB, Duration::from_secs(30), mts.request_start(0, fib, fp::OP_END_OF_RIB, &bgp)),
+                };
+                match r {
+                    Ok(p) => sent.push_back(Box::pin(async move { (op, p.raw(deadline).await) })),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fib request not sent");
+                        if done.send(()).is_err() {
+                            return;
+                        }
+                    }
+                }
             }
-        }
-        if done.send(()).is_err() {
-            return;
         }
     }
 }
@@ -163,9 +182,12 @@ impl Instance {
     /// share their next hops travel as one group (a full table from one upstream is one), so
     /// the owner loop does a lookup per prefix and nothing else.
     pub(super) fn feed_fib(&mut self) {
-        if self.fib_inflight > 0 || self.fib_pending.is_empty() {
-            return;
+        while self.fib_inflight < FIB_INFLIGHT && !self.fib_pending.is_empty() {
+            self.feed_fib_chunk();
         }
+    }
+
+    fn feed_fib_chunk(&mut self) {
         let n = self.fib_pending.len().min(FIB_CHUNK);
         let mut chunk: Vec<Prefix> = self.fib_pending.drain(..n).collect();
         chunk.sort_unstable();
