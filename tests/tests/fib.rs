@@ -196,17 +196,7 @@ fn ecmp_and_sticky_ecmp_in_the_kernel() {
     l.announce("192.0.2.0/24", &[1, 2], false);
     let g = l.kernel_routes()["192.0.2.0/24"];
     let nhs = l.nexthops();
-    let members: Vec<String> = nhs[&g]["group"]
-        .as_array()
-        .expect("group")
-        .iter()
-        .map(|m| {
-            nhs[&m["id"].as_u64().expect("id")]["gateway"]
-                .as_str()
-                .expect("gw")
-                .to_string()
-        })
-        .collect();
+    let members = members(&nhs, g);
     assert_eq!(members, vec![gw(1), gw(2)]);
 
     // Sticky: 16 buckets over three paths.
@@ -286,6 +276,21 @@ fn one_path_routes(n: u32) -> Vec<RouteGroup> {
         sticky: false,
         prefixes: (0..n).map(prefix_n).collect(),
     }]
+}
+
+/// The gateways of group `g`'s members, in order.
+fn members(nhs: &BTreeMap<u64, Value>, g: u64) -> Vec<String> {
+    nhs[&g]["group"]
+        .as_array()
+        .expect("group")
+        .iter()
+        .map(|m| {
+            nhs[&m["id"].as_u64().expect("id")]["gateway"]
+                .as_str()
+                .expect("gw")
+                .to_string()
+        })
+        .collect()
 }
 
 fn prefix_n(i: u32) -> Prefix {
@@ -685,15 +690,6 @@ fn pipelined_updates_end_with_the_latest_route_of_each_prefix() {
     assert!(routes.contains_key("192.0.2.0/24") && !routes.contains_key("203.0.113.0/24"));
     let nhs = l.nexthops();
     assert_eq!(nhs[&routes["198.51.100.0/24"]]["gateway"], gw(3).as_str());
-    let members: Vec<&str> = nhs[&routes["192.0.2.0/24"]]["group"]
-        .as_array()
-        .expect("group")
-        .iter()
-        .map(|m| {
-            nhs[&m["id"].as_u64().expect("id")]["gateway"]
-                .as_str()
-                .expect("gw")
-        })
-        .collect();
+    let members = members(&nhs, routes["192.0.2.0/24"]);
     assert_eq!(members, [gw(1), gw(2)]);
 }

@@ -119,6 +119,16 @@ impl Programmer {
         Ok(())
     }
 
+    /// Hold `id` in the mirror until the nexthop made with it is recorded.
+    fn reserve(&mut self, id: u32) {
+        let nh = Nexthop {
+            id,
+            protocol: self.proto,
+            kind: NhKind::Blackhole,
+        };
+        self.mirror.nexthops.insert(id, nh);
+    }
+
     fn alloc(&mut self) -> u32 {
         loop {
             let id = self.next_id;
@@ -295,14 +305,7 @@ impl Programmer {
                         }),
                         NLM_F_CREATE | NLM_F_REPLACE,
                     ));
-                    self.mirror.nexthops.insert(
-                        g,
-                        Nexthop {
-                            id: g,
-                            protocol: proto,
-                            kind: NhKind::Blackhole,
-                        },
-                    );
+                    self.reserve(g);
                     plain.ecmp_ids.insert(ids, g);
                     g
                 }
@@ -527,23 +530,9 @@ impl Programmer {
                         NLM_F_CREATE | NLM_F_REPLACE,
                     ));
                     // Reserve the ids before any other allocation.
-                    self.mirror.nexthops.insert(
-                        g,
-                        Nexthop {
-                            id: g,
-                            protocol: proto,
-                            kind: NhKind::Blackhole,
-                        },
-                    );
+                    self.reserve(g);
                     for s in &slots {
-                        self.mirror.nexthops.insert(
-                            *s,
-                            Nexthop {
-                                id: *s,
-                                protocol: proto,
-                                kind: NhKind::Blackhole,
-                            },
-                        );
+                        self.reserve(*s);
                     }
                     rep.groups_created += 1;
                     created.push((g, w.clone()));
