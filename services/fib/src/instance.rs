@@ -424,6 +424,9 @@ impl Instance {
     /// checkpoint acknowledged meanwhile, while this one's is written) goes into the kernel and
     /// is answered. So a producer that keeps a few updates in flight has sysmgr writing one
     /// while the kernel takes the other. A prefix in both goes to the kernel with the later.
+    /// (When programming falls back to a full sync, which is rare, the later update's routes
+    /// can reach the kernel before its checkpoint; a restart in that window reconciles the
+    /// kernel to the checkpoint, and the producer's unanswered update is delivered again.)
     async fn stage(&mut self, m: Incoming, u: Update) {
         let parts = self.apply(u).and_then(|changed| {
             let writes =
