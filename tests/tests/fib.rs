@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fib::proto::{self as fp, Path, Prefix, RouteGroup, Update};
 use serde_json::Value;
-use sysmgr_tests::netns::{KernelWatch, Netns};
+use sysmgr_tests::netns::{KernelWatch, Netns, spawn_in_netns};
 use sysmgr_tests::{Lab, ask, bin, is_root, wait_for};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -692,4 +692,66 @@ fn pipelined_updates_end_with_the_latest_route_of_each_prefix() {
     assert_eq!(nhs[&routes["198.51.100.0/24"]]["gateway"], gw(3).as_str());
     let members = members(&nhs, routes["192.0.2.0/24"]);
     assert_eq!(members, [gw(1), gw(2)]);
+}
+
+/// Requests go to the kernel 512 to a `sendmsg`; a failed one in the middle of a batch is
+/// reported at its own place, and the others succeed.
+#[test]
+fn a_failed_request_in_a_batch_is_reported_at_its_place() {
+    use fib::netlink::{Errno, Nexthop, NhKind, RtMsg, Socket};
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new("fib6");
+    ns.ip(&["link", "add", "e1", "type", "veth", "peer", "name", "p1"]);
+    ns.ip(&["addr", "add", "10.9.1.1/24", "dev", "e1"]);
+    ns.ip(&["link", "set", "e1", "up"]);
+    ns.ip(&["link", "set", "p1", "up"]);
+    let ipj = |args: &[&str]| -> Value {
+        let mut a = vec!["-j"];
+        a.extend_from_slice(args);
+        serde_json::from_slice(&ns.ip(&a).stdout).unwrap_or(Value::Array(vec![]))
+    };
+    let oif = ipj(&["link", "show", "e1"])[0]["ifindex"]
+        .as_u64()
+        .expect("ifindex") as u32;
+    let results = spawn_in_netns(&ns, move || {
+        let mut s = Socket::open().expect("netlink");
+        let nh = |id| {
+            (
+                RtMsg::NewNexthop(Nexthop {
+                    id,
+                    protocol: 199,
+                    kind: NhKind::Gateway {
+                        gw: "10.9.1.2".parse().expect("gw"),
+                        oif,
+                    },
+                }),
+                0x0600, // CREATE|REPLACE
+            )
+        };
+        // 1,200 requests: three sendmsgs; two deletions of nexthops that do not exist.
+        let mut reqs: Vec<(RtMsg, u16)> = (0..1200u32).map(|i| nh(700_000 + i)).collect();
+        reqs[3] = (RtMsg::DelNexthop(999_999), 0);
+        reqs[1100] = (RtMsg::DelNexthop(999_998), 0);
+        s.apply(reqs).expect("apply")
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(results.len(), 1200);
+    for (i, r) in results.iter().enumerate() {
+        if i == 3 || i == 1100 {
+            assert_eq!(*r, Err(Errno(libc::ENOENT)), "request {i}");
+        } else {
+            assert_eq!(*r, Ok(()), "request {i}");
+        }
+    }
+    assert_eq!(
+        ipj(&["nexthop", "show", "proto", "199"])
+            .as_array()
+            .expect("nexthops")
+            .len(),
+        1198
+    );
 }
