@@ -107,10 +107,7 @@ impl FibLab {
     }
 
     fn ipj(&self, args: &[&str]) -> Value {
-        let mut a = vec!["-j"];
-        a.extend_from_slice(args);
-        let out = self.ns.ip(&a);
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]))
+        ip_json(&self.ns, args)
     }
 
     /// Our routes in the kernel: prefix → nhid.
@@ -168,6 +165,26 @@ impl Drop for FibLab {
             );
         }
     }
+}
+
+/// `ip -j ARGS` in `ns`, parsed (an empty list when it prints nothing).
+fn ip_json(ns: &Netns, args: &[&str]) -> Value {
+    let mut a = vec!["-j"];
+    a.extend_from_slice(args);
+    serde_json::from_slice(&ns.ip(&a).stdout).unwrap_or(Value::Array(vec![]))
+}
+
+/// A namespace with one veth link `e1` (10.9.1.1/24, up); its ifindex.
+fn one_link(name: &str) -> (Netns, u32) {
+    let ns = Netns::new(name);
+    ns.ip(&["link", "add", "e1", "type", "veth", "peer", "name", "p1"]);
+    ns.ip(&["addr", "add", "10.9.1.1/24", "dev", "e1"]);
+    ns.ip(&["link", "set", "e1", "up"]);
+    ns.ip(&["link", "set", "p1", "up"]);
+    let oif = ip_json(&ns, &["link", "show", "e1"])[0]["ifindex"]
+        .as_u64()
+        .expect("ifindex") as u32;
+    (ns, oif)
 }
 
 fn skip() -> bool {
@@ -431,16 +448,7 @@ fn nexthop_messages_match_what_ip_nexthop_sends() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     use fib::netlink::{Nexthop, NhKind, Resilient, Route, RtMsg, encode};
-    let ns = Netns::new("fib5");
-    ns.ip(&["link", "add", "e1", "type", "veth", "peer", "name", "p1"]);
-    ns.ip(&["addr", "add", "10.9.1.1/24", "dev", "e1"]);
-    ns.ip(&["link", "set", "e1", "up"]);
-    ns.ip(&["link", "set", "p1", "up"]);
-    let oif = {
-        let v: Value =
-            serde_json::from_slice(&ns.ip(&["-j", "link", "show", "e1"]).stdout).expect("j");
-        v[0]["ifindex"].as_u64().expect("ifindex") as u32
-    };
+    let (ns, oif) = one_link("fib5");
     let gwn = |id: u32, gw: &str| {
         RtMsg::NewNexthop(Nexthop {
             id,
@@ -628,7 +636,7 @@ fn pipelined_updates_end_with_the_latest_route_of_each_prefix() {
     if skip() {
         return;
     }
-    let l = setup("fib5", "", "");
+    let l = setup("fib8", "", "");
     let group = |paths: &[u8], prefixes: &[&str]| RouteGroup {
         paths: paths.iter().map(|n| path(*n)).collect(),
         sticky: false,
@@ -703,19 +711,7 @@ fn a_failed_request_in_a_batch_is_reported_at_its_place() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let ns = Netns::new("fib6");
-    ns.ip(&["link", "add", "e1", "type", "veth", "peer", "name", "p1"]);
-    ns.ip(&["addr", "add", "10.9.1.1/24", "dev", "e1"]);
-    ns.ip(&["link", "set", "e1", "up"]);
-    ns.ip(&["link", "set", "p1", "up"]);
-    let ipj = |args: &[&str]| -> Value {
-        let mut a = vec!["-j"];
-        a.extend_from_slice(args);
-        serde_json::from_slice(&ns.ip(&a).stdout).unwrap_or(Value::Array(vec![]))
-    };
-    let oif = ipj(&["link", "show", "e1"])[0]["ifindex"]
-        .as_u64()
-        .expect("ifindex") as u32;
+    let (ns, oif) = one_link("fib9");
     let results = spawn_in_netns(&ns, move || {
         let mut s = Socket::open().expect("netlink");
         let nh = |id| {
@@ -748,7 +744,7 @@ fn a_failed_request_in_a_batch_is_reported_at_its_place() {
         }
     }
     assert_eq!(
-        ipj(&["nexthop", "show", "proto", "199"])
+        ip_json(&ns, &["nexthop", "show", "proto", "199"])
             .as_array()
             .expect("nexthops")
             .len(),

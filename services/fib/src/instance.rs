@@ -103,12 +103,14 @@ fn send_writes(mts: &Client, writes: &[Request]) -> Result<Vec<Pending>, FibErro
 }
 
 /// Every write sent by [`send_writes`] acknowledged.
-async fn checkpointed(sent: Vec<Pending>) -> Result<(), String> {
+async fn checkpointed(sent: Vec<Pending>) -> Result<(), FibError> {
     for p in sent {
-        match p.wait::<Response>(PSS_DEADLINE).await {
-            Ok(Response::Written { .. }) => {}
-            Ok(other) => return Err(format!("checkpoint refused: {other:?}")),
-            Err(e) => return Err(format!("checkpoint: {e}")),
+        match p.wait::<Response>(PSS_DEADLINE).await? {
+            Response::Written { .. } => {}
+            other => {
+                let why = format!("checkpoint refused: {other:?}");
+                return Err(FibError::Pss(pss::PssError::Denied(why)));
+            }
         }
     }
     Ok(())
@@ -134,9 +136,7 @@ async fn checkpoint_blocks(
             durability: Durability::Fast,
         });
     }
-    checkpointed(send_writes(mts, &writes)?)
-        .await
-        .map_err(|e| FibError::Pss(pss::PssError::Codec(e)))
+    checkpointed(send_writes(mts, &writes)?).await
 }
 
 /// An update applied to the table whose checkpoint is on its way; its kernel programming and
@@ -454,7 +454,7 @@ impl Instance {
             return;
         };
         let waited = Instant::now();
-        let r = match checkpointed(s.sent).await {
+        let r = match checkpointed(s.sent).await.map_err(|e| e.to_string()) {
             Ok(()) => {
                 let changed = match next {
                     Some(n) => {

@@ -250,13 +250,14 @@ impl Programmer {
     }
 
     /// The nexthop a plain route wants (a path nexthop, or a hash-threshold group of its live
-    /// paths), created in `plain.phase1` if missing; None when no path is usable.
+    /// paths), created in `plain.phase1` if missing; None when no path is usable. `used`: the
+    /// full sync collects every nexthop it keeps (it deletes the others).
     fn plain_nh(
         &mut self,
         plain: &mut Plain,
         t: &Table,
         e: &Entry,
-        used: &mut BTreeSet<u32>,
+        mut used: Option<&mut BTreeSet<u32>>,
     ) -> Option<u32> {
         let proto = self.proto;
         let mut ids = Vec::with_capacity(e.paths.len());
@@ -284,7 +285,9 @@ impl Programmer {
                     id
                 }
             };
-            used.insert(id);
+            if let Some(u) = used.as_deref_mut() {
+                u.insert(id);
+            }
             ids.push(id);
         }
         let nh = match ids.len() {
@@ -311,7 +314,9 @@ impl Programmer {
                 }
             },
         };
-        used.insert(nh);
+        if let Some(u) = used {
+            u.insert(nh);
+        }
         Some(nh)
     }
 
@@ -342,13 +347,12 @@ impl Programmer {
             ecmp_ids,
             phase1: Vec::new(),
         };
-        let mut used = BTreeSet::new();
         let mut ops: Vec<(RtMsg, u16)> = Vec::new();
         // Nexthops that lose a route here: if one ends up unused, the full sync removes it.
         let mut losing: BTreeSet<u32> = BTreeSet::new();
         for p in changed {
             let want = match t.routes.get(p) {
-                Some(e) => match self.plain_nh(&mut plain, t, e, &mut used) {
+                Some(e) => match self.plain_nh(&mut plain, t, e, None) {
                     Some(nh) => Some(nh),
                     None => continue, // as the full sync: nothing usable, left as it is
                 },
@@ -397,18 +401,19 @@ impl Programmer {
 
     /// Some route, or some group, uses nexthop `id`.
     fn in_use(&self, id: u32) -> bool {
-        self.users.get(&id).is_some_and(|n| *n > 0)
+        self.users.contains_key(&id)
             || self.mirror.nexthops.values().any(|nh| match &nh.kind {
                 NhKind::Group { members, .. } => members.iter().any(|(m, _)| *m == id),
                 _ => false,
             })
     }
 
+    /// A route left nexthop `nh`; a count that reaches zero goes (see [`in_use`](Self::in_use)).
     fn unuse(&mut self, nh: Option<u32>) {
         if let Some(n) = nh
             && let Some(c) = self.users.get_mut(&n)
         {
-            *c = c.saturating_sub(1);
+            *c -= 1;
             if *c == 0 {
                 self.users.remove(&n);
             }
@@ -557,7 +562,7 @@ impl Programmer {
             if e.ldt.is_some() {
                 continue;
             }
-            if let Some(nh) = self.plain_nh(&mut plain, t, e, &mut used) {
+            if let Some(nh) = self.plain_nh(&mut plain, t, e, Some(&mut used)) {
                 want_routes.insert(*p, nh);
             }
         }

@@ -76,11 +76,14 @@ pub(super) async fn fib_writer(
             }
             m = rx.recv(), if sent.len() < FIB_INFLIGHT => {
                 let Some(m) = m else { return };
-                let bgp = "bgp".to_string();
-                let (op, deadline, r) = match &m {
-                    ToFib::ProducerStart => (fp::OP_PRODUCER_START, Duration::from_secs(30), mts.request_start(0, fib, fp::OP_PRODUCER_START, &bgp)),
-                    ToFib::Update(u) => (fp::OP_UPDATE, Duration::from_secs(120), mts.request_start(0, fib, fp::OP_UPDATE, u)),
-                    ToFib::EndOfRib => (fp::OP_END_OF_RIB, Duration::from_secs(30), mts.request_start(0, fib, fp::OP_END_OF_RIB, &bgp)),
+                let (op, deadline) = match &m {
+                    ToFib::ProducerStart => (fp::OP_PRODUCER_START, Duration::from_secs(30)),
+                    ToFib::Update(_) => (fp::OP_UPDATE, Duration::from_secs(120)),
+                    ToFib::EndOfRib => (fp::OP_END_OF_RIB, Duration::from_secs(30)),
+                };
+                let r = match &m {
+                    ToFib::Update(u) => mts.request_start(0, fib, op, u),
+                    _ => mts.request_start(0, fib, op, &"bgp".to_string()),
                 };
                 match r {
                     Ok(p) => sent.push_back(Box::pin(async move { (op, p.raw(deadline).await) })),
