@@ -23,9 +23,13 @@ pub enum LinkMsg {
         epoch: u64,
     },
     Change(pss::Change),
-    /// The active is alive; `pos` changes were sent so far.
+    /// The active is alive; `pos` changes were sent so far. `ha`: the active waits for this
+    /// standby on every durable write, and the standby has applied every write acknowledged
+    /// without it while it took the copy, so it may say HA (nothing acknowledged is missing
+    /// if it takes over once it has applied what came before this heartbeat).
     Heartbeat {
         pos: u64,
+        ha: bool,
     },
     /// From the standby: changes applied so far, and the `pos` of the last streamed one.
     Ack {
@@ -220,7 +224,8 @@ pub(super) fn serve_one(
                 return Err(std::io::Error::other("replication source gone"));
             }
         }
-        write_frame(&mut s, &LinkMsg::Heartbeat { pos: sent })?;
+        let ha = store.replica_ready();
+        write_frame(&mut s, &LinkMsg::Heartbeat { pos: sent, ha })?;
         if let Ok(mut p) = peer.lock() {
             p.sent = sent;
         }
@@ -281,8 +286,9 @@ pub(super) fn follow_one(
     }
     // The active's copy is held until it is whole (the first heartbeat or streamed change
     // follows it), then replaces this store at once: a standby whose active dies during the
-    // copy keeps its previous, consistent store instead of half of each, and it says HA only
-    // once the copy is in.
+    // copy keeps its previous, consistent store instead of half of each. It says HA only
+    // when a heartbeat says the active counts on it (after the copy, and after the writes
+    // acknowledged without it meanwhile).
     let mut copy: Option<Vec<pss::Change>> = Some(Vec::new());
     loop {
         let m = match read_frame(s) {
@@ -319,7 +325,6 @@ pub(super) fn follow_one(
             drop(g);
             applied += c.len() as u64;
             if let Ok(mut p) = peer.lock() {
-                p.connected = true;
                 p.applied = applied;
             }
             tracing::info!(trees = c.len(), "replication: the active's copy is in");
@@ -340,8 +345,11 @@ pub(super) fn follow_one(
                     p.applied = applied;
                 }
             }
-            LinkMsg::Heartbeat { pos: frames } => {
+            LinkMsg::Heartbeat { pos: frames, ha } => {
                 if let Ok(mut p) = peer.lock() {
+                    // HA only once the active says so: writes it acknowledged while this
+                    // standby took its copy came before this heartbeat and are applied now.
+                    p.connected = ha;
                     p.sent = frames;
                     p.applied = applied;
                     p.last_seen = Some(Instant::now());
