@@ -14,10 +14,12 @@
 //! # Ok(()) }
 //! ```
 //! Frames are appended to an outbox that one writer task drains, so `send_nowait` in a loop
-//! turns into large writes. Responses are matched to requests by id; everything else (messages,
+//! turns into large writes; a request or an answer goes straight into the socket when nothing
+//! is queued before it ([`crate::outbox`]). Responses are matched to requests by id; everything else (messages,
 //! notifications, errors about `send_nowait` frames) arrives through [`Client::recv`].
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,9 +29,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::frame::{DEFAULT_MAX_PAYLOAD, Flags, Frame, HEADER_LEN, Header};
+use crate::outbox::Outbox;
 use crate::{MtsError, codec, proto, sap};
 
 /// A message delivered to this client.
@@ -67,12 +70,6 @@ impl Incoming {
     }
 }
 
-#[derive(Default)]
-struct Out {
-    buf: Mutex<Vec<u8>>,
-    notify: Notify,
-}
-
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
 
 /// A request sent by [`Client::request_start`], its answer still to come.
@@ -105,7 +102,7 @@ impl Pending {
 
 /// A connection to sysmgr's MTS broker.
 pub struct Client {
-    out: Arc<Out>,
+    out: Arc<Outbox>,
     waiters: Waiters,
     next_id: AtomicU64,
     incoming: mpsc::UnboundedReceiver<Incoming>,
@@ -134,24 +131,26 @@ impl Client {
 
     pub async fn connect(path: &Path) -> Result<Client, MtsError> {
         let stream = UnixStream::connect(path).await?;
+        let direct = stream.as_fd().try_clone_to_owned().ok();
         let (mut rd, mut wr) = stream.into_split();
-        let out = Arc::new(Out::default());
+        let out = Arc::new(Outbox::new(direct));
         let waiters: Waiters = Arc::default();
         let (tx, incoming) = mpsc::unbounded_channel();
         let wout = out.clone();
         let writer = tokio::spawn(async move {
             let mut spare = Vec::new();
             loop {
-                let mut buf = match wout.buf.lock() {
-                    Ok(mut b) => std::mem::replace(&mut *b, spare),
-                    Err(_) => return,
-                };
+                let mut buf = wout.take(spare);
                 if buf.is_empty() {
-                    wout.notify.notified().await;
+                    if wout.is_closed() {
+                        return;
+                    }
+                    wout.wait().await;
                     spare = buf;
                     continue;
                 }
                 if wr.write_all(&buf).await.is_err() {
+                    wout.close();
                     return;
                 }
                 buf.clear();
@@ -206,16 +205,6 @@ impl Client {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn push(&self, h: &Header, payload: &[u8]) {
-        let mut h = *h;
-        h.len = payload.len() as u32;
-        if let Ok(mut b) = self.out.buf.lock() {
-            b.extend_from_slice(&h.encode());
-            b.extend_from_slice(payload);
-        }
-        self.out.notify.notify_one();
-    }
-
     /// Send a raw frame now; the returned [`Pending`] waits for the frame that answers it.
     fn start(&self, mut h: Header, payload: &[u8]) -> Pending {
         h.msg_id = self.id();
@@ -223,7 +212,7 @@ impl Client {
         if let Ok(mut w) = self.waiters.lock() {
             w.insert(h.msg_id, tx);
         }
-        self.push(&h, payload);
+        self.out.push_now(&h, payload);
         Pending {
             waiters: self.waiters.clone(),
             id: h.msg_id,
@@ -317,7 +306,7 @@ impl Client {
     ) -> u64 {
         let mut h = Self::header(src, dst, opcode, flags.0);
         h.msg_id = self.id();
-        self.push(&h, payload);
+        self.out.push(&h, payload);
         h.msg_id
     }
 
@@ -383,7 +372,7 @@ impl Client {
     /// Answer a request.
     pub fn respond_raw(&self, to: &Incoming, payload: &[u8]) {
         let f = Frame::response_to(&to.header, self.id(), Vec::new());
-        self.push(&f.header, payload);
+        self.out.push_now(&f.header, payload);
     }
 
     pub fn respond<R: Serialize>(&self, to: &Incoming, v: &R) -> Result<(), MtsError> {
@@ -396,7 +385,7 @@ impl Client {
         if let Ok(p) = codec::encode(&proto::Ack { ids: ids.to_vec() }) {
             let mut h = Self::header(sap::CLI, sap::BROKER, proto::OP_ACK, 0);
             h.msg_id = self.id();
-            self.push(&h, &p);
+            self.out.push(&h, &p);
         }
     }
 

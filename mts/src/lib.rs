@@ -14,6 +14,7 @@ pub mod error;
 pub mod frame;
 pub mod io;
 pub mod notify;
+pub mod outbox;
 pub mod proto;
 pub mod sap;
 pub mod service;

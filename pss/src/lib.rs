@@ -133,7 +133,7 @@ impl Store {
         };
         let db = sled::Config::new()
             .path(dir)
-            .mode(sled::Mode::LowSpace)
+            .mode(sled::Mode::HighThroughput)
             .cache_capacity(16 * 1024 * 1024)
             .open()
             .map_err(open_err)?;

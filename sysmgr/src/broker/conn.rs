@@ -8,6 +8,7 @@
 //! A frame with a bad header (magic, version, length) closes this connection with a logged
 //! reason; the broker and every other connection carry on.
 
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
 use mts::frame::{DEFAULT_MAX_PAYLOAD, Flags, Frame, HEADER_LEN, Header};
@@ -79,8 +80,9 @@ async fn connection(
         uid: cred.uid(),
         gid: cred.gid(),
     };
+    let direct = stream.as_fd().try_clone_to_owned().ok();
     let (mut rd, mut wr) = stream.into_split();
-    let outbox = Arc::new(Outbox::default());
+    let outbox = Arc::new(Outbox::new(direct));
     let (identity, id) = {
         let mut b = lock(&broker);
         let identity = resolve(&b, peer);

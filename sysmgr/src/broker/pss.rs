@@ -1,18 +1,17 @@
-//! SAP `pss`: requests are served on a thread of their own, in the order they arrive (so one
-//! connection's requests keep their order), and answered on the connection that sent them; a
-//! large checkpoint never stalls the broker. `durable` writes are acknowledged after a group
-//! commit (every writer waiting at that moment shares one flush).
+//! SAP `pss`: requests are served on threads of their own (each service's on one of them, in
+//! the order they arrive), and answered on the connection that sent them; a large checkpoint
+//! never stalls the broker, and two services' writes overlap inside sled. `durable` writes are acknowledged by a flusher
+//! thread after a group commit (every writer waiting at that moment shares one flush). Both
+//! threads write their answers straight into the caller's socket when it is free.
 
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
 
 use mts::frame::{Frame, Header};
 use pss::proto::{Durability, Request, Response};
 use pss::server::{Caller, Server};
-use tokio::sync::{mpsc, oneshot};
 
 use super::{Identity, Outbox};
-
-type Waiter = oneshot::Sender<Result<(), String>>;
 
 /// One request for the PSS thread.
 struct Job {
@@ -23,52 +22,60 @@ struct Job {
     outbox: Arc<Outbox>,
 }
 
-/// The PSS server, its request thread and its group-commit flusher.
+/// A durable write applied, its answer held until the next flush.
+struct Held {
+    h: Header,
+    answer: Response,
+    outbox: Arc<Outbox>,
+}
+
+/// Request threads: a 4 KB write spends tens of µs inside sled, so two services' writes
+/// overlap on two CPUs.
+const WORKERS: usize = 2;
+
+/// The request thread of a service: always the same one, so its requests are answered in the
+/// order it sent them, and its keys (which only it writes) are written and streamed to the
+/// standby in that order too. Operators' requests (reads) go to the first.
+fn worker(service: Option<&str>, workers: usize) -> usize {
+    let h = service.map_or(0, |s| {
+        s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+    });
+    (h % workers as u64) as usize
+}
+
+/// The PSS server, its request threads and its group-commit flusher thread.
 #[derive(Clone)]
 pub struct PssHandle {
     pub server: Server,
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: Vec<Sender<Job>>,
+}
+
+fn thread(name: &str, f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
+        tracing::error!(error = %e, thread = name, "cannot start a PSS thread");
+    }
 }
 
 impl PssHandle {
-    /// Start the flusher task (inside the runtime) and the request thread.
+    /// Start the request thread and the flusher thread.
     pub fn start(server: Server) -> PssHandle {
-        let (commit, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        let (commit, held) = channel::<Held>();
         let flusher = server.clone();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut waiters = vec![first];
-                while let Ok(w) = rx.try_recv() {
-                    waiters.push(w);
-                }
-                let s = flusher.clone();
-                let r = match tokio::task::spawn_blocking(move || s.flush()).await {
-                    Ok(Ok(pss::Replicated::GaveUp)) => {
-                        super::store::standby_gave_up();
-                        Ok(())
+        thread("pss-flush", move || group_commit(&flusher, &held));
+        let jobs = (0..WORKERS)
+            .map(|_| {
+                let (jobs, job_rx) = channel::<Job>();
+                let (worker, commit) = (server.clone(), commit.clone());
+                thread("pss", move || {
+                    while let Ok(j) = job_rx.recv() {
+                        serve(&worker, &commit, j);
                     }
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                for w in waiters {
-                    let _ = w.send(r.clone());
-                }
-            }
-        });
-        let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
-        let worker = server.clone();
-        let rt = tokio::runtime::Handle::current();
-        let spawned = std::thread::Builder::new()
-            .name("pss".into())
-            .spawn(move || {
-                while let Ok(j) = job_rx.recv() {
-                    serve(&worker, &commit, &rt, j);
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the PSS thread");
-        }
+                });
+                jobs
+            })
+            .collect();
         PssHandle { server, jobs }
     }
 
@@ -88,7 +95,7 @@ impl PssHandle {
             service,
             outbox: outbox.clone(),
         };
-        if let Err(e) = self.jobs.send(job) {
+        if let Err(e) = self.jobs[worker(job.service.as_deref(), self.jobs.len())].send(job) {
             let f = Frame::error_to(h, 0, "PSS is not running");
             e.0.outbox.push(&f.header, &f.payload);
         }
@@ -102,13 +109,31 @@ fn encode_reply(h: &Header, r: Result<Response, String>) -> Frame {
     }
 }
 
+/// The flusher thread: one flush for every write waiting when it starts, then their answers.
+fn group_commit(server: &Server, held: &Receiver<Held>) {
+    while let Ok(first) = held.recv() {
+        let mut batch = vec![first];
+        batch.extend(held.try_iter());
+        let r = match server.flush() {
+            Ok(pss::Replicated::GaveUp) => {
+                super::store::standby_gave_up();
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("flush failed: {e}")),
+        };
+        for Held { h, answer, outbox } in batch {
+            let f = match &r {
+                Ok(()) => encode_reply(&h, Ok(answer)),
+                Err(e) => Frame::error_to(&h, 0, e),
+            };
+            outbox.push_now(&f.header, &f.payload);
+        }
+    }
+}
+
 /// Serve one request (on the PSS thread).
-fn serve(
-    server: &Server,
-    commit: &mpsc::UnboundedSender<Waiter>,
-    rt: &tokio::runtime::Handle,
-    j: Job,
-) {
+fn serve(server: &Server, commit: &Sender<Held>, j: Job) {
     let Job {
         h,
         payload,
@@ -123,7 +148,7 @@ fn serve(
         Ok(r) => r,
         Err(e) => {
             let f = Frame::error_to(&h, 0, &format!("malformed PSS request: {e}"));
-            return outbox.push(&f.header, &f.payload);
+            return outbox.push_now(&f.header, &f.payload);
         }
     };
     let durable = matches!(
@@ -134,20 +159,15 @@ fn serve(
         }
     );
     let res = server.handle(caller, req).map_err(|e| e.to_string());
-    if durable && matches!(res, Ok(Response::Written { .. })) {
-        let (tx, rx) = oneshot::channel();
-        if commit.send(tx).is_ok() {
-            rt.spawn(async move {
-                let f = match rx.await {
-                    Ok(Ok(())) => encode_reply(&h, res),
-                    Ok(Err(e)) => Frame::error_to(&h, 0, &format!("flush failed: {e}")),
-                    Err(_) => Frame::error_to(&h, 0, "flush failed: sysmgr is stopping"),
-                };
-                outbox.push(&f.header, &f.payload);
-            });
-            return;
+    if durable && let Ok(answer @ Response::Written { .. }) = res {
+        let held = Held { h, answer, outbox };
+        if let Err(e) = commit.send(held) {
+            let Held { h, outbox, .. } = e.0;
+            let f = Frame::error_to(&h, 0, "flush failed: the PSS flusher is not running");
+            outbox.push_now(&f.header, &f.payload);
         }
+        return;
     }
     let f = encode_reply(&h, res);
-    outbox.push(&f.header, &f.payload);
+    outbox.push_now(&f.header, &f.payload);
 }

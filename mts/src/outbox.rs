@@ -1,0 +1,201 @@
+//! A connection's outgoing bytes, shared by the client and the broker.
+//!
+//! Frames are appended under a mutex and one writer task drains them, waking on a stored
+//! permit, so frames queued while the writer is in `write_all` join its next single write:
+//! a sender in a loop turns into large writes.
+//!
+//! A frame whose sender is about to wait for an answer gains nothing from waiting for company.
+//! [`Outbox::push_now`] writes it straight into the socket (non-blocking, from whatever thread
+//! calls it) when nothing is queued and the writer is idle, which saves waking the writer task,
+//! often on another CPU. Anything the socket does not take at once is queued as usual, so the
+//! order of frames is always the order of the calls.
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, UnixAddr, sendmsg};
+use tokio::sync::Notify;
+
+use crate::frame::{HEADER_LEN, Header};
+
+#[derive(Default)]
+struct State {
+    buf: Vec<u8>,
+    /// The writer task holds bytes it has not finished writing: nothing may overtake them.
+    busy: bool,
+}
+
+#[derive(Default)]
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    closed: AtomicBool,
+    /// A duplicate of the connection's socket, for [`Outbox::push_now`] (None: always queue).
+    fd: Option<OwnedFd>,
+}
+
+fn frame_header(header: &Header, payload: &[u8]) -> [u8; HEADER_LEN] {
+    let mut h = *header;
+    h.len = payload.len() as u32;
+    h.encode()
+}
+
+impl Outbox {
+    /// An outbox that may write straight into `fd` (a duplicate of the connection's socket,
+    /// non-blocking like the original).
+    pub fn new(fd: Option<OwnedFd>) -> Outbox {
+        Outbox {
+            fd,
+            ..Outbox::default()
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue one frame for the writer task.
+    pub fn push(&self, header: &Header, payload: &[u8]) {
+        if self.is_closed() {
+            return;
+        }
+        let h = frame_header(header, payload);
+        {
+            let mut st = self.lock();
+            st.buf.extend_from_slice(&h);
+            st.buf.extend_from_slice(payload);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Write one frame now if the socket is free and takes it; queue what it does not take.
+    pub fn push_now(&self, header: &Header, payload: &[u8]) {
+        if self.is_closed() {
+            return;
+        }
+        let h = frame_header(header, payload);
+        let mut st = self.lock();
+        let mut sent = 0;
+        if let Some(fd) = self.fd.as_ref().filter(|_| st.buf.is_empty() && !st.busy) {
+            let total = h.len() + payload.len();
+            while sent < total {
+                let iov = if sent < h.len() {
+                    [IoSlice::new(&h[sent..]), IoSlice::new(payload)]
+                } else {
+                    [IoSlice::new(&payload[sent - h.len()..]), IoSlice::new(&[])]
+                };
+                let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+                match sendmsg::<UnixAddr>(fd.as_raw_fd(), &iov, &[], flags, None) {
+                    Ok(n) => sent += n,
+                    Err(Errno::EINTR) => {}
+                    // Full, or broken: the writer task waits for room, or finds the error.
+                    Err(_) => break,
+                }
+            }
+            if sent == total {
+                return;
+            }
+        }
+        if sent < h.len() {
+            st.buf.extend_from_slice(&h[sent..]);
+            st.buf.extend_from_slice(payload);
+        } else {
+            st.buf.extend_from_slice(&payload[sent - h.len()..]);
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// For the writer task: everything queued so far, or an empty buffer when nothing is (and
+    /// then the socket is free for [`Outbox::push_now`] until the next call returns bytes).
+    pub fn take(&self, spare: Vec<u8>) -> Vec<u8> {
+        let mut st = self.lock();
+        let b = std::mem::replace(&mut st.buf, spare);
+        st.busy = !b.is_empty();
+        b
+    }
+
+    /// For the writer task: wait until something is queued or the outbox is closed.
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Bytes waiting for the writer task.
+    pub fn pending_bytes(&self) -> usize {
+        self.lock().buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    fn header(id: u64) -> Header {
+        crate::Frame::request(1, 2, 3, id, Vec::new()).header
+    }
+
+    fn frames(bytes: &[u8]) -> Vec<(u64, usize)> {
+        let mut out = Vec::new();
+        let mut r = bytes;
+        while !r.is_empty() {
+            let f = crate::io::read_frame(&mut r, u32::MAX).expect("frame");
+            out.push((f.header.msg_id, f.payload.len()));
+        }
+        out
+    }
+
+    #[test]
+    fn frames_keep_their_order_across_direct_writes_a_full_socket_and_the_writer() {
+        let (a, mut b) = UnixStream::pair().expect("pair");
+        a.set_nonblocking(true).expect("nonblocking");
+        let o = Outbox::new(Some(a.try_clone().expect("dup").into()));
+        // Idle: written at once, nothing queued.
+        o.push_now(&header(1), &[7; 100]);
+        assert_eq!(o.pending_bytes(), 0);
+        // The writer holds bytes: a direct write would overtake them, so it queues.
+        o.push(&header(2), &[7; 10]);
+        let held = o.take(Vec::new());
+        o.push_now(&header(3), &[7; 10]);
+        assert_eq!(o.pending_bytes(), HEADER_LEN + 10);
+        // The writer finishes, then finds frame 3 and writes it.
+        std::io::Write::write_all(&mut &a, &held).expect("write");
+        let rest = o.take(Vec::new());
+        std::io::Write::write_all(&mut &a, &rest).expect("write");
+        assert!(o.take(Vec::new()).is_empty(), "idle again");
+        // A frame larger than the socket buffer: the socket takes part, the rest is queued.
+        let big = vec![9u8; 8 << 20];
+        o.push_now(&header(4), &big);
+        let queued = o.pending_bytes();
+        assert!(queued > 0 && queued < big.len(), "partly written: {queued}");
+        o.push_now(&header(5), &[1; 3]);
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            b.read_to_end(&mut all).expect("read");
+            all
+        });
+        a.set_nonblocking(false).expect("blocking");
+        let rest = o.take(Vec::new());
+        std::io::Write::write_all(&mut &a, &rest).expect("write");
+        drop(o);
+        drop(a);
+        let all = reader.join().expect("reader");
+        assert_eq!(
+            frames(&all),
+            vec![(1, 100), (2, 10), (3, 10), (4, big.len()), (5, 3)]
+        );
+    }
+}
