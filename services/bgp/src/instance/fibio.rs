@@ -15,6 +15,12 @@ pub(super) const FIB_CHUNK: usize = 25_000;
 /// The next hops of one best path set, in selection order.
 type NextHops = smallvec::SmallVec<[IpAddr; 4]>;
 
+/// A changed prefix's next hops as the Loc-RIB has them at the end of the batch that changed
+/// it, kept until its FIB request is built. Read then, a full table's worth of lookups into a
+/// Loc-RIB of a million prefixes were a third of bgp's time, nearly all of it cache misses;
+/// at the batch's end the entries were just written.
+pub(super) type Hops = smallvec::SmallVec<[IpAddr; 1]>;
+
 /// What goes to the FIB, in order.
 pub(super) enum ToFib {
     /// Our routes there are stale until our End-of-RIB (a new instance).
@@ -156,6 +162,17 @@ pub(super) fn local_ifaces() -> Vec<Iface> {
     v
 }
 
+/// One entry per prefix, the last of its entries in queue order, sorted by prefix.
+fn latest_per_prefix(mut chunk: Vec<(Prefix, Hops)>) -> Vec<(Prefix, Hops)> {
+    // Stable: a prefix's entries keep their queue order, so after reversing, its first is
+    // the latest, and dedup keeps that one.
+    chunk.sort_by_key(|(p, _)| *p);
+    chunk.reverse();
+    chunk.dedup_by_key(|(p, _)| *p);
+    chunk.reverse();
+    chunk
+}
+
 impl Instance {
     /// Send the changed part of the Loc-RIB to the FIB and to every neighbour.
     pub(super) fn flush_fib(&mut self) {
@@ -170,14 +187,24 @@ impl Instance {
             loc_rib = self.rib.loc.len(),
             "Loc-RIB batch"
         );
+        // One Loc-RIB lookup per changed prefix, while the batch has it in the cache.
+        let sels: Vec<(Prefix, Option<Selected>)> = dirty
+            .into_iter()
+            .map(|p| (p, self.rib.loc.get(&p).cloned()))
+            .collect();
         let addrs: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
         for a in addrs {
-            self.advertise(a, &dirty);
+            self.advertise_selected(a, &sels);
         }
         if self.fib_sap.is_none() {
             return;
         }
-        self.fib_pending.extend(dirty);
+        self.fib_pending.extend(sels.into_iter().map(|(p, sel)| {
+            let hops = sel
+                .map(|s| s.paths.iter().map(|(_, a)| a.next_hop).collect())
+                .unwrap_or_default();
+            (p, hops)
+        }));
         self.feed_fib();
     }
 
@@ -192,9 +219,7 @@ impl Instance {
 
     fn feed_fib_chunk(&mut self) {
         let n = self.fib_pending.len().min(FIB_CHUNK);
-        let mut chunk: Vec<Prefix> = self.fib_pending.drain(..n).collect();
-        chunk.sort_unstable();
-        chunk.dedup();
+        let chunk = latest_per_prefix(self.fib_pending.drain(..n).collect());
         let mut u = fp::Update {
             producer: "bgp".into(),
             announce: Vec::new(),
@@ -204,23 +229,20 @@ impl Instance {
         let mut via: HashMap<IpAddr, Option<String>> = HashMap::new();
         let mut groups: HashMap<(NextHops, bool), usize> = HashMap::new();
         let mut last: Option<(NextHops, bool, usize)> = None;
-        for p in chunk {
+        for (p, hops) in chunk {
             let mut nhs = NextHops::new();
-            if let Some(sel) = self.rib.loc.get(&p) {
-                for (_, a) in sel.paths.iter() {
-                    let nh = a.next_hop;
-                    let usable = match via.get(&nh) {
-                        Some(i) => i.is_some(),
-                        None => {
-                            let i = ifname_for(&mut self.ifaces, nh);
-                            let ok = i.is_some();
-                            via.insert(nh, i);
-                            ok
-                        }
-                    };
-                    if usable {
-                        nhs.push(nh);
+            for nh in hops {
+                let usable = match via.get(&nh) {
+                    Some(i) => i.is_some(),
+                    None => {
+                        let i = ifname_for(&mut self.ifaces, nh);
+                        let ok = i.is_some();
+                        via.insert(nh, i);
+                        ok
                     }
+                };
+                if usable {
+                    nhs.push(nh);
                 }
             }
             if nhs.is_empty() {
@@ -270,5 +292,32 @@ impl Instance {
             self.fib_inflight += 1;
             let _ = self.fib_tx.send(ToFib::EndOfRib);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_sends_the_latest_next_hops_of_each_prefix_once() {
+        let p = |s: &str| s.parse::<Prefix>().expect("prefix");
+        let nh = |s: &str| -> Hops { smallvec::smallvec![s.parse::<IpAddr>().expect("addr")] };
+        let queue = vec![
+            (p("10.0.2.0/24"), nh("192.0.2.1")),
+            (p("10.0.1.0/24"), nh("192.0.2.1")),
+            (p("10.0.2.0/24"), Hops::new()),
+            (p("10.0.3.0/24"), nh("192.0.2.2")),
+            (p("10.0.2.0/24"), nh("192.0.2.3")),
+            (p("10.0.1.0/24"), Hops::new()),
+        ];
+        assert_eq!(
+            latest_per_prefix(queue),
+            vec![
+                (p("10.0.1.0/24"), Hops::new()),
+                (p("10.0.2.0/24"), nh("192.0.2.3")),
+                (p("10.0.3.0/24"), nh("192.0.2.2")),
+            ]
+        );
     }
 }

@@ -30,7 +30,7 @@ use crate::config::{Config, Neighbor};
 use crate::export::{self, OutAttrs, Target};
 use crate::fsm::{Action, Event, Fsm};
 use crate::proto::{self, NeighborRow, PathRow, RouteRow, Summary};
-use crate::rib::{PeerInfo, Rib};
+use crate::rib::{PeerInfo, Rib, Selected};
 use crate::wire::{self, Msg};
 
 mod conn;
@@ -126,8 +126,9 @@ pub struct Instance {
     /// sessions never wait for the kernel.
     fib_tx: mpsc::UnboundedSender<ToFib>,
     fib_done: mpsc::UnboundedReceiver<()>,
-    /// In order; a prefix that changed twice may be in twice (it is sent as it is then).
-    fib_pending: std::collections::VecDeque<Prefix>,
+    /// In order, with the next hops the prefix had at the end of the batch that changed it
+    /// (none: withdrawn); a prefix that changed twice may be in twice, the later one wins.
+    fib_pending: std::collections::VecDeque<(Prefix, fibio::Hops)>,
     fib_inflight: usize,
     peers: HashMap<Ipv4Addr, Peer>,
     rib: Rib,
