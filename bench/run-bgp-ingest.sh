@@ -75,9 +75,9 @@ while True:
     time.sleep(0.02)
     try:
         f.write(b"show status\n"); f.flush()
-    except OSError:
-        break
-    if not reply():
+        if not reply():
+            break
+    except OSError:   # the sender stopped (the end of the run)
         break
 PY
 

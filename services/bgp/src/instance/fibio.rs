@@ -21,6 +21,50 @@ type NextHops = smallvec::SmallVec<[IpAddr; 4]>;
 /// at the batch's end the entries were just written.
 pub(super) type Hops = smallvec::SmallVec<[IpAddr; 1]>;
 
+/// Prefixes whose FIB state is still to be sent, in order, each with its next hops (a
+/// prefix that changed twice may be in twice; the later one wins). The few distinct next-hop
+/// sets are kept once and numbered, so a queued prefix costs 24 bytes, not 56.
+#[derive(Default)]
+pub(super) struct FibQueue {
+    q: VecDeque<(Prefix, u32)>,
+    sets: Vec<Hops>,
+    ids: rustc_hash::FxHashMap<Hops, u32>,
+}
+
+impl FibQueue {
+    pub(super) fn push(&mut self, p: Prefix, hops: Hops) {
+        let id = match self.ids.get(&hops) {
+            Some(id) => *id,
+            None => {
+                let id = self.sets.len() as u32;
+                self.sets.push(hops.clone());
+                self.ids.insert(hops, id);
+                id
+            }
+        };
+        self.q.push_back((p, id));
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    /// The next `n` at most, oldest first; the numbering starts again once all are taken.
+    fn take(&mut self, n: usize) -> Vec<(Prefix, Hops)> {
+        let n = n.min(self.q.len());
+        let out = self
+            .q
+            .drain(..n)
+            .map(|(p, id)| (p, self.sets[id as usize].clone()))
+            .collect();
+        if self.q.is_empty() {
+            self.sets.clear();
+            self.ids.clear();
+        }
+        out
+    }
+}
+
 /// What goes to the FIB, in order.
 pub(super) enum ToFib {
     /// Our routes there are stale until our End-of-RIB (a new instance).
@@ -199,12 +243,12 @@ impl Instance {
         if self.fib_sap.is_none() {
             return;
         }
-        self.fib_pending.extend(sels.into_iter().map(|(p, sel)| {
+        for (p, sel) in sels {
             let hops = sel
                 .map(|s| s.paths.iter().map(|(_, a)| a.next_hop).collect())
                 .unwrap_or_default();
-            (p, hops)
-        }));
+            self.fib_pending.push(p, hops);
+        }
         self.feed_fib();
     }
 
@@ -218,8 +262,7 @@ impl Instance {
     }
 
     fn feed_fib_chunk(&mut self) {
-        let n = self.fib_pending.len().min(FIB_CHUNK);
-        let chunk = latest_per_prefix(self.fib_pending.drain(..n).collect());
+        let chunk = latest_per_prefix(self.fib_pending.take(FIB_CHUNK));
         let mut u = fp::Update {
             producer: "bgp".into(),
             announce: Vec::new(),
@@ -298,6 +341,37 @@ impl Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_keeps_order_and_next_hops_and_numbers_each_set_once() {
+        let p = |s: &str| s.parse::<Prefix>().expect("prefix");
+        let nh = |s: &str| -> Hops { smallvec::smallvec![s.parse::<IpAddr>().expect("addr")] };
+        let mut q = FibQueue::default();
+        q.push(p("10.0.1.0/24"), nh("192.0.2.1"));
+        q.push(p("10.0.2.0/24"), nh("192.0.2.1"));
+        q.push(p("10.0.3.0/24"), Hops::new());
+        q.push(p("10.0.1.0/24"), nh("192.0.2.2"));
+        assert_eq!(q.sets.len(), 3, "three distinct sets");
+        assert_eq!(
+            q.take(2),
+            vec![
+                (p("10.0.1.0/24"), nh("192.0.2.1")),
+                (p("10.0.2.0/24"), nh("192.0.2.1"))
+            ]
+        );
+        assert_eq!(q.sets.len(), 3, "still referenced");
+        assert_eq!(
+            q.take(25_000),
+            vec![
+                (p("10.0.3.0/24"), Hops::new()),
+                (p("10.0.1.0/24"), nh("192.0.2.2"))
+            ]
+        );
+        assert!(
+            q.is_empty() && q.sets.is_empty() && q.ids.is_empty(),
+            "numbering reset"
+        );
+    }
 
     #[test]
     fn a_chunk_sends_the_latest_next_hops_of_each_prefix_once() {

@@ -126,9 +126,7 @@ pub struct Instance {
     /// sessions never wait for the kernel.
     fib_tx: mpsc::UnboundedSender<ToFib>,
     fib_done: mpsc::UnboundedReceiver<()>,
-    /// In order, with the next hops the prefix had at the end of the batch that changed it
-    /// (none: withdrawn); a prefix that changed twice may be in twice, the later one wins.
-    fib_pending: std::collections::VecDeque<(Prefix, fibio::Hops)>,
+    fib_pending: fibio::FibQueue,
     fib_inflight: usize,
     peers: HashMap<Ipv4Addr, Peer>,
     rib: Rib,
@@ -267,7 +265,7 @@ impl Instance {
             fib_sap,
             fib_tx,
             fib_done,
-            fib_pending: std::collections::VecDeque::new(),
+            fib_pending: fibio::FibQueue::default(),
             fib_inflight: 0,
             peers,
             rib,
