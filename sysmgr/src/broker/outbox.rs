@@ -1,6 +1,6 @@
 //! A connection's outgoing bytes: the broker appends whole frames, one writer task drains them
 //! ([`mts::outbox`]: frames routed while the writer is in `write_all` join its next single
-//! write), and the PSS thread writes its answers straight into the socket when it is free.
+//! write), and the PSS threads write their answers straight into the socket when it is free.
 
 use std::ops::Deref;
 use std::os::fd::OwnedFd;

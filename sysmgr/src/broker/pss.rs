@@ -1,8 +1,9 @@
 //! SAP `pss`: requests are served on threads of their own (each service's on one of them, in
 //! the order they arrive), and answered on the connection that sent them; a large checkpoint
-//! never stalls the broker, and two services' writes overlap inside sled. `durable` writes are acknowledged by a flusher
-//! thread after a group commit (every writer waiting at that moment shares one flush). Both
-//! threads write their answers straight into the caller's socket when it is free.
+//! never stalls the broker, and two services' writes overlap inside sled. `durable` writes are
+//! acknowledged by a flusher thread after a group commit (every writer waiting at that moment
+//! shares one flush). These threads write their answers straight into the caller's socket
+//! when it is free.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -13,7 +14,7 @@ use pss::server::{Caller, Server};
 
 use super::{Identity, Outbox};
 
-/// One request for the PSS thread.
+/// One request for a PSS thread.
 struct Job {
     h: Header,
     payload: Vec<u8>,
@@ -59,7 +60,7 @@ fn thread(name: &str, f: impl FnOnce() + Send + 'static) {
 }
 
 impl PssHandle {
-    /// Start the request thread and the flusher thread.
+    /// Start the request threads and the flusher thread.
     pub fn start(server: Server) -> PssHandle {
         let (commit, held) = channel::<Held>();
         let flusher = server.clone();
@@ -132,7 +133,7 @@ fn group_commit(server: &Server, held: &Receiver<Held>) {
     }
 }
 
-/// Serve one request (on the PSS thread).
+/// Serve one request (on a PSS thread).
 fn serve(server: &Server, commit: &Sender<Held>, j: Job) {
     let Job {
         h,
