@@ -24,6 +24,14 @@ pub(super) type Hops = smallvec::SmallVec<[IpAddr; 1]>;
 /// Prefixes whose FIB state is still to be sent, in order, each with its next hops (a
 /// prefix that changed twice may be in twice; the later one wins). The few distinct next-hop
 /// sets are kept once and numbered, so a queued prefix costs 24 bytes, not 56.
+/// The set number of a prefix queued without its next hops (see [`EAGER`]).
+const LOOK_UP: u32 = u32::MAX;
+
+/// A batch of at most this many changed prefixes has their next hops read at its end (the
+/// entries are in the cache); a larger one (a stateful restart's whole Loc-RIB) would not
+/// be, and is looked up chunk by chunk as it goes, so the start does not wait for it.
+const EAGER: usize = 65_536;
+
 #[derive(Default)]
 pub(super) struct FibQueue {
     q: VecDeque<(Prefix, u32)>,
@@ -32,36 +40,52 @@ pub(super) struct FibQueue {
 }
 
 impl FibQueue {
+    /// Nothing refers to the numbers any more: start again.
+    fn renumber_if_empty(&mut self) {
+        if self.q.is_empty() {
+            self.sets.clear();
+            self.ids.clear();
+        }
+    }
+
     pub(super) fn push(&mut self, p: Prefix, hops: Hops) {
-        let id = match self.ids.get(&hops) {
-            Some(id) => *id,
-            None => {
-                let id = self.sets.len() as u32;
-                self.sets.push(hops.clone());
-                self.ids.insert(hops, id);
-                id
-            }
+        self.renumber_if_empty();
+        // Neighbouring prefixes mostly share their next hops (one UPDATE's worth): the last
+        // one's number is tried before the map.
+        let id = match self.q.back() {
+            Some(&(_, last)) if last != LOOK_UP && self.sets[last as usize] == hops => last,
+            _ => match self.ids.get(&hops) {
+                Some(id) => *id,
+                None => {
+                    let id = self.sets.len() as u32;
+                    self.sets.push(hops.clone());
+                    self.ids.insert(hops, id);
+                    id
+                }
+            },
         };
         self.q.push_back((p, id));
+    }
+
+    /// Queue `p` to be looked up in the Loc-RIB when its request is built.
+    pub(super) fn push_look_up(&mut self, p: Prefix) {
+        self.renumber_if_empty();
+        self.q.push_back((p, LOOK_UP));
     }
 
     pub(super) fn is_empty(&self) -> bool {
         self.q.is_empty()
     }
 
-    /// The next `n` at most, oldest first; the numbering starts again once all are taken.
-    fn take(&mut self, n: usize) -> Vec<(Prefix, Hops)> {
+    /// The next `n` at most, oldest first, as (prefix, next-hop set number); the numbers stay
+    /// valid until the next push.
+    fn take(&mut self, n: usize) -> Vec<(Prefix, u32)> {
         let n = n.min(self.q.len());
-        let out = self
-            .q
-            .drain(..n)
-            .map(|(p, id)| (p, self.sets[id as usize].clone()))
-            .collect();
-        if self.q.is_empty() {
-            self.sets.clear();
-            self.ids.clear();
-        }
-        out
+        self.q.drain(..n).collect()
+    }
+
+    fn hops(&self, id: u32) -> &Hops {
+        &self.sets[id as usize]
     }
 }
 
@@ -78,9 +102,8 @@ pub(super) enum ToFib {
 pub(super) const FIB_INFLIGHT: usize = 3;
 
 /// Send FIB requests in order on the writer's own MTS connection, up to [`FIB_INFLIGHT`] at a
-/// time, and say when each is done: the owner builds the next chunk only then, from the
-/// Loc-RIB as it is at that moment (a pull, so a full table never sits in memory twice and a
-/// prefix that changed meanwhile goes once).
+/// time, and say when each is done: the owner builds the next chunk only then, from its
+/// queue (a prefix that changed twice meanwhile goes once, as it was last).
 pub(super) async fn fib_writer(
     fib: u32,
     mut rx: mpsc::UnboundedReceiver<ToFib>,
@@ -207,14 +230,22 @@ pub(super) fn local_ifaces() -> Vec<Iface> {
 }
 
 /// One entry per prefix, the last of its entries in queue order, sorted by prefix.
-fn latest_per_prefix(mut chunk: Vec<(Prefix, Hops)>) -> Vec<(Prefix, Hops)> {
-    // Stable: a prefix's entries keep their queue order, so after reversing, its first is
-    // the latest, and dedup keeps that one.
-    chunk.sort_by_key(|(p, _)| *p);
-    chunk.reverse();
-    chunk.dedup_by_key(|(p, _)| *p);
-    chunk.reverse();
-    chunk
+fn latest_per_prefix(chunk: Vec<(Prefix, u32)>) -> Vec<(Prefix, u32)> {
+    let mut v: Vec<(Prefix, u32, u32)> = chunk
+        .into_iter()
+        .enumerate()
+        .map(|(i, (p, id))| (p, i as u32, id))
+        .collect();
+    v.sort_unstable_by_key(|&(p, i, _)| (p, i));
+    let mut out: Vec<(Prefix, u32)> = Vec::with_capacity(v.len());
+    for (p, _, id) in v {
+        match out.last_mut() {
+            // Same prefix, later in the queue: it wins.
+            Some(last) if last.0 == p => last.1 = id,
+            _ => out.push((p, id)),
+        }
+    }
+    out
 }
 
 impl Instance {
@@ -231,20 +262,26 @@ impl Instance {
             loc_rib = self.rib.loc.len(),
             "Loc-RIB batch"
         );
-        // One Loc-RIB lookup per changed prefix, while the batch has it in the cache.
-        let sels: Vec<(Prefix, Option<Selected>)> = dirty
-            .into_iter()
-            .map(|p| (p, self.rib.loc.get(&p).cloned()))
-            .collect();
         let addrs: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
         for a in addrs {
-            self.advertise_selected(a, &sels);
+            self.advertise(a, &dirty);
         }
         if self.fib_sap.is_none() {
             return;
         }
-        for (p, sel) in sels {
-            let hops = sel
+        if dirty.len() > EAGER {
+            for p in dirty {
+                self.fib_pending.push_look_up(p);
+            }
+            self.feed_fib();
+            return;
+        }
+        // The next hops now, while this batch (and the pass above) has the entries in the cache.
+        for p in dirty {
+            let hops = self
+                .rib
+                .loc
+                .get(&p)
                 .map(|s| s.paths.iter().map(|(_, a)| a.next_hop).collect())
                 .unwrap_or_default();
             self.fib_pending.push(p, hops);
@@ -263,6 +300,7 @@ impl Instance {
 
     fn feed_fib_chunk(&mut self) {
         let chunk = latest_per_prefix(self.fib_pending.take(FIB_CHUNK));
+        let queue = &self.fib_pending;
         let mut u = fp::Update {
             producer: "bgp".into(),
             announce: Vec::new(),
@@ -272,9 +310,20 @@ impl Instance {
         let mut via: HashMap<IpAddr, Option<String>> = HashMap::new();
         let mut groups: HashMap<(NextHops, bool), usize> = HashMap::new();
         let mut last: Option<(NextHops, bool, usize)> = None;
-        for (p, hops) in chunk {
+        let loc = &self.rib.loc;
+        for (p, id) in chunk {
+            let looked: Hops;
+            let hops = if id == LOOK_UP {
+                looked = loc
+                    .get(&p)
+                    .map(|s| s.paths.iter().map(|(_, a)| a.next_hop).collect())
+                    .unwrap_or_default();
+                &looked
+            } else {
+                queue.hops(id)
+            };
             let mut nhs = NextHops::new();
-            for nh in hops {
+            for &nh in hops {
                 let usable = match via.get(&nh) {
                     Some(i) => i.is_some(),
                     None => {
@@ -342,55 +391,69 @@ impl Instance {
 mod tests {
     use super::*;
 
+    fn p(s: &str) -> Prefix {
+        s.parse().expect("prefix")
+    }
+
+    fn nh(s: &str) -> Hops {
+        smallvec::smallvec![s.parse::<IpAddr>().expect("addr")]
+    }
+
     #[test]
     fn the_queue_keeps_order_and_next_hops_and_numbers_each_set_once() {
-        let p = |s: &str| s.parse::<Prefix>().expect("prefix");
-        let nh = |s: &str| -> Hops { smallvec::smallvec![s.parse::<IpAddr>().expect("addr")] };
         let mut q = FibQueue::default();
         q.push(p("10.0.1.0/24"), nh("192.0.2.1"));
         q.push(p("10.0.2.0/24"), nh("192.0.2.1"));
         q.push(p("10.0.3.0/24"), Hops::new());
         q.push(p("10.0.1.0/24"), nh("192.0.2.2"));
         assert_eq!(q.sets.len(), 3, "three distinct sets");
+        let resolve = |q: &FibQueue, v: Vec<(Prefix, u32)>| -> Vec<(Prefix, Hops)> {
+            v.into_iter()
+                .map(|(p, id)| (p, q.hops(id).clone()))
+                .collect()
+        };
+        let first = q.take(2);
         assert_eq!(
-            q.take(2),
+            resolve(&q, first),
             vec![
                 (p("10.0.1.0/24"), nh("192.0.2.1")),
                 (p("10.0.2.0/24"), nh("192.0.2.1"))
             ]
         );
-        assert_eq!(q.sets.len(), 3, "still referenced");
+        let rest = q.take(25_000);
         assert_eq!(
-            q.take(25_000),
+            resolve(&q, rest),
             vec![
                 (p("10.0.3.0/24"), Hops::new()),
                 (p("10.0.1.0/24"), nh("192.0.2.2"))
             ]
         );
-        assert!(
-            q.is_empty() && q.sets.is_empty() && q.ids.is_empty(),
-            "numbering reset"
+        assert!(q.is_empty());
+        q.push_look_up(p("10.0.8.0/24"));
+        q.push(p("10.0.9.0/24"), nh("192.0.2.9"));
+        assert_eq!(
+            q.take(2),
+            vec![(p("10.0.8.0/24"), LOOK_UP), (p("10.0.9.0/24"), 0)]
         );
+        assert_eq!(q.sets.len(), 1, "the numbering starts again");
     }
 
     #[test]
     fn a_chunk_sends_the_latest_next_hops_of_each_prefix_once() {
-        let p = |s: &str| s.parse::<Prefix>().expect("prefix");
-        let nh = |s: &str| -> Hops { smallvec::smallvec![s.parse::<IpAddr>().expect("addr")] };
         let queue = vec![
-            (p("10.0.2.0/24"), nh("192.0.2.1")),
-            (p("10.0.1.0/24"), nh("192.0.2.1")),
-            (p("10.0.2.0/24"), Hops::new()),
-            (p("10.0.3.0/24"), nh("192.0.2.2")),
-            (p("10.0.2.0/24"), nh("192.0.2.3")),
-            (p("10.0.1.0/24"), Hops::new()),
+            (p("10.0.2.0/24"), 0),
+            (p("10.0.1.0/24"), 0),
+            (p("10.0.2.0/24"), 1),
+            (p("10.0.3.0/24"), 2),
+            (p("10.0.2.0/24"), 3),
+            (p("10.0.1.0/24"), 1),
         ];
         assert_eq!(
             latest_per_prefix(queue),
             vec![
-                (p("10.0.1.0/24"), Hops::new()),
-                (p("10.0.2.0/24"), nh("192.0.2.3")),
-                (p("10.0.3.0/24"), nh("192.0.2.2")),
+                (p("10.0.1.0/24"), 1),
+                (p("10.0.2.0/24"), 3),
+                (p("10.0.3.0/24"), 2)
             ]
         );
     }

@@ -30,7 +30,7 @@ use crate::config::{Config, Neighbor};
 use crate::export::{self, OutAttrs, Target};
 use crate::fsm::{Action, Event, Fsm};
 use crate::proto::{self, NeighborRow, PathRow, RouteRow, Summary};
-use crate::rib::{PeerInfo, Rib, Selected};
+use crate::rib::{PeerInfo, Rib};
 use crate::wire::{self, Msg};
 
 mod conn;

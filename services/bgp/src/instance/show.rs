@@ -82,20 +82,6 @@ impl Instance {
     /// Bring a neighbour's Adj-RIB-Out up to date for `prefixes`, packed into UPDATEs.
     /// `prefixes` sorted, without duplicates.
     pub(super) fn advertise(&mut self, addr: Ipv4Addr, prefixes: &[Prefix]) {
-        let sels: Vec<(Prefix, Option<Selected>)> = prefixes
-            .iter()
-            .map(|x| (*x, self.rib.loc.get(x).cloned()))
-            .collect();
-        self.advertise_selected(addr, &sels);
-    }
-
-    /// [`Instance::advertise`] with each prefix's Loc-RIB selection already looked up (the end
-    /// of a batch looks each changed prefix up once, for every neighbour and the FIB).
-    pub(super) fn advertise_selected(
-        &mut self,
-        addr: Ipv4Addr,
-        sels: &[(Prefix, Option<Selected>)],
-    ) {
         let Some(p) = self.peers.get(&addr) else {
             return;
         };
@@ -121,9 +107,10 @@ impl Instance {
             export: &p.cfg.export,
         };
         let mut changes: BTreeMap<Prefix, Option<Arc<OutAttrs>>> = BTreeMap::new();
-        for (x, sel) in sels {
+        for x in prefixes {
             let own = self.cfg.networks.contains(x);
-            let new = export::export(&t, x, sel.as_ref(), own, &self.rib.peers).map(Arc::new);
+            let new =
+                export::export(&t, x, self.rib.loc.get(x), own, &self.rib.peers).map(Arc::new);
             if p.adj_out.get(x) != new.as_ref() {
                 changes.insert(*x, new);
             }
