@@ -21,9 +21,6 @@ type NextHops = smallvec::SmallVec<[IpAddr; 4]>;
 /// at the batch's end the entries were just written.
 pub(super) type Hops = smallvec::SmallVec<[IpAddr; 1]>;
 
-/// Prefixes whose FIB state is still to be sent, in order, each with its next hops (a
-/// prefix that changed twice may be in twice; the later one wins). The few distinct next-hop
-/// sets are kept once and numbered, so a queued prefix costs 24 bytes, not 56.
 /// The set number of a prefix queued without its next hops (see [`EAGER`]).
 const LOOK_UP: u32 = u32::MAX;
 
@@ -32,6 +29,9 @@ const LOOK_UP: u32 = u32::MAX;
 /// be, and is looked up chunk by chunk as it goes, so the start does not wait for it.
 const EAGER: usize = 65_536;
 
+/// Prefixes whose FIB state is still to be sent, in order, each with its next hops (a
+/// prefix that changed twice may be in twice; the later one wins). The few distinct next-hop
+/// sets are kept once and numbered, so a queued prefix costs 24 bytes, not 56.
 #[derive(Default)]
 pub(super) struct FibQueue {
     q: VecDeque<(Prefix, u32)>,
