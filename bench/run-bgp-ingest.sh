@@ -88,8 +88,8 @@ stats() {   # median (worst) of integers
     python3 -c 'import sys, statistics; v = sorted(int(x) for x in sys.argv[1:]); print(f"{int(statistics.median(v))} ({v[-1]})")' "$@"
 }
 since=0   # the start of the current round, for the commands that read our log
-measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel namespace, (unused), rss-pid-cmd, drained-cmd
-    local name=$1 proto=$2 est=$3 rib=$4 kern=$5 pidcmd=$7 drained=$8
+measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel namespace, rss-pid-cmd, drained-cmd
+    local name=$1 proto=$2 est=$3 rib=$4 kern=$5 pidcmd=$6 drained=$7
     local ribs=() kerns=() round
     for round in $(seq "$rounds"); do
         if [ -n "${PERF:-}" ] && [ "$proto" = r1 ] && [ "$round" = 1 ]; then
@@ -190,7 +190,7 @@ PY
 measure "our bgp (sysmgr, fib → kernel)" r1 \
     "[ -n \"\$(log_ms up \$since)\" ]" \
     "[ -n \"\$(log_ms $n \$since)\" ] && echo $n || echo 0" \
-    bgpi-ours "proto 199" \
+    bgpi-ours \
     "pgrep -f 'release/bgp --config'" \
     "[ \"\$(ip -n bgpi-ours route show proto 199 | wc -l)\" = 0 ]"
 cpu_s() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
@@ -210,7 +210,7 @@ sleep 1
 measure "BIRD 2 (no kernel protocol)" r2 \
     "birdc -s $dir/bird/ctl show protocols sender | grep -q Established" \
     "birdc -s $dir/bird/ctl show route count | awk '/routes/ {print \$1; exit}'" \
-    "" "" \
+    "" \
     "cat $dir/bird/pid" \
     "[ \"\$(birdc -s $dir/bird/ctl show route count | awk '/routes/ {print \$1; exit}')\" = 0 ]"
 # The same BIRD as a router: its kernel protocol programs the kernel.
@@ -218,7 +218,7 @@ birdc -s "$dir/bird/ctl" enable k4 >/dev/null
 measure "BIRD 2 (kernel protocol → kernel)" r2 \
     "birdc -s $dir/bird/ctl show protocols sender | grep -q Established" \
     "birdc -s $dir/bird/ctl show route count | awk '/routes/ {print \$1; exit}'" \
-    bgpi-bird "proto bird" \
+    bgpi-bird \
     "cat $dir/bird/pid" \
     "[ \"\$(ip -n bgpi-bird route show proto bird | wc -l)\" = 0 ]"
 
@@ -236,7 +236,7 @@ sleep 2
 measure "FRR 8 bgpd (zebra → kernel)" r3 \
     "vtysh --vty_socket $dir/frr -c 'show bgp summary json' | grep -q '\"state\":\"Established\"'" \
     "vtysh --vty_socket $dir/frr -c 'show bgp summary json' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"ipv4Unicast\"][\"peers\"][\"10.80.3.2\"][\"pfxRcd\"])'" \
-    bgpi-frr "proto bgp" \
+    bgpi-frr \
     "cat $dir/frr/bgpd.pid" \
     "[ \"\$(ip -n bgpi-frr route show proto bgp | wc -l)\" = 0 ]"
 

@@ -15,11 +15,11 @@
 //! ```
 //! Frames are appended to an outbox that one writer task drains, so `send_nowait` in a loop
 //! turns into large writes; a request or an answer goes straight into the socket when nothing
-//! is queued before it ([`crate::outbox`]). Responses are matched to requests by id; everything else (messages,
-//! notifications, errors about `send_nowait` frames) arrives through [`Client::recv`].
+//! is queued before it ([`crate::outbox`]). Responses are matched to requests by id;
+//! everything else (messages, notifications, errors about `send_nowait` frames) arrives
+//! through [`Client::recv`].
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -131,32 +131,12 @@ impl Client {
 
     pub async fn connect(path: &Path) -> Result<Client, MtsError> {
         let stream = UnixStream::connect(path).await?;
-        let direct = stream.as_fd().try_clone_to_owned().ok();
+        let out = Arc::new(Outbox::new(&stream));
         let (mut rd, mut wr) = stream.into_split();
-        let out = Arc::new(Outbox::new(direct));
         let waiters: Waiters = Arc::default();
         let (tx, incoming) = mpsc::unbounded_channel();
         let wout = out.clone();
-        let writer = tokio::spawn(async move {
-            let mut spare = Vec::new();
-            loop {
-                let mut buf = wout.take(spare);
-                if buf.is_empty() {
-                    if wout.is_closed() {
-                        return;
-                    }
-                    wout.wait().await;
-                    spare = buf;
-                    continue;
-                }
-                if wr.write_all(&buf).await.is_err() {
-                    wout.close();
-                    return;
-                }
-                buf.clear();
-                spare = buf;
-            }
-        });
+        let writer = tokio::spawn(async move { wout.drain(&mut wr, || {}).await });
         let rw = waiters.clone();
         let reader = tokio::spawn(async move {
             let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);

@@ -11,12 +11,13 @@
 //! order of frames is always the order of the calls.
 
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, UnixAddr, sendmsg};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::frame::{HEADER_LEN, Header};
@@ -44,11 +45,11 @@ fn frame_header(header: &Header, payload: &[u8]) -> [u8; HEADER_LEN] {
 }
 
 impl Outbox {
-    /// An outbox that may write straight into `fd` (a duplicate of the connection's socket,
-    /// non-blocking like the original).
-    pub fn new(fd: Option<OwnedFd>) -> Outbox {
+    /// An outbox that may write straight into `socket` (through a duplicate of it, which is
+    /// non-blocking like the original; without one, everything is queued).
+    pub fn new(socket: &impl AsFd) -> Outbox {
         Outbox {
-            fd,
+            fd: socket.as_fd().try_clone_to_owned().ok(),
             ..Outbox::default()
         }
     }
@@ -109,18 +110,38 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// For the writer task: everything queued so far, or an empty buffer when nothing is (and
-    /// then the socket is free for [`Outbox::push_now`] until the next call returns bytes).
+    /// The writer task: everything queued goes to `wr`, one write per turn, until the outbox
+    /// is closed or a write fails (which closes it); `written` runs after each write.
+    pub async fn drain<W: AsyncWrite + Unpin>(&self, wr: &mut W, mut written: impl FnMut()) {
+        let mut spare = Vec::new();
+        loop {
+            let mut buf = self.take(spare);
+            if buf.is_empty() {
+                if self.is_closed() {
+                    return;
+                }
+                self.notify.notified().await;
+                spare = buf;
+                continue;
+            }
+            if wr.write_all(&buf).await.is_err() {
+                self.close();
+                return;
+            }
+            buf.clear();
+            spare = buf;
+            written();
+        }
+    }
+
+    /// For the writer (and tests): everything queued so far, or an empty buffer when nothing
+    /// is (and then the socket is free for [`Outbox::push_now`] until the next call returns
+    /// bytes).
     pub fn take(&self, spare: Vec<u8>) -> Vec<u8> {
         let mut st = self.lock();
         let b = std::mem::replace(&mut st.buf, spare);
         st.busy = !b.is_empty();
         b
-    }
-
-    /// For the writer task: wait until something is queued or the outbox is closed.
-    pub async fn wait(&self) {
-        self.notify.notified().await;
     }
 
     pub fn close(&self) {
@@ -162,7 +183,7 @@ mod tests {
     fn frames_keep_their_order_across_direct_writes_a_full_socket_and_the_writer() {
         let (a, mut b) = UnixStream::pair().expect("pair");
         a.set_nonblocking(true).expect("nonblocking");
-        let o = Outbox::new(Some(a.try_clone().expect("dup").into()));
+        let o = Outbox::new(&a);
         // Idle: written at once, nothing queued.
         o.push_now(&header(1), &[7; 100]);
         assert_eq!(o.pending_bytes(), 0);

@@ -8,12 +8,11 @@
 //! A frame with a bad header (magic, version, length) closes this connection with a logged
 //! reason; the broker and every other connection carry on.
 
-use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
 use mts::frame::{DEFAULT_MAX_PAYLOAD, Flags, Frame, HEADER_LEN, Header};
 use mts::{codec, sap};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -80,9 +79,8 @@ async fn connection(
         uid: cred.uid(),
         gid: cred.gid(),
     };
-    let direct = stream.as_fd().try_clone_to_owned().ok();
+    let outbox = Arc::new(Outbox::new(&stream));
     let (mut rd, mut wr) = stream.into_split();
-    let outbox = Arc::new(Outbox::new(direct));
     let (identity, id) = {
         let mut b = lock(&broker);
         let identity = resolve(&b, peer);
@@ -93,27 +91,12 @@ async fn connection(
     let wbox = outbox.clone();
     let wbroker = broker.clone();
     let writer = tokio::spawn(async move {
-        let mut spare = Vec::new();
-        loop {
-            let mut buf = wbox.take(spare);
-            if buf.is_empty() {
-                if wbox.is_closed() {
-                    return;
-                }
-                wbox.wait().await;
-                spare = buf;
-                continue;
-            }
-            if wr.write_all(&buf).await.is_err() {
-                wbox.close();
-                return;
-            }
-            buf.clear();
-            spare = buf;
+        let resume = || {
             if wbox.take_throttled() {
                 lock(&wbroker).resume(id);
             }
-        }
+        };
+        wbox.drain(&mut wr, resume).await;
     });
 
     let result = read_loop(&mut rd, &broker, &control_tx, id, &identity, &outbox).await;

@@ -3,7 +3,7 @@
 //! write), and the PSS threads write their answers straight into the socket when it is free.
 
 use std::ops::Deref;
-use std::os::fd::OwnedFd;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Delivery to a connection pauses while this much is waiting to be written; the messages stay
@@ -27,10 +27,10 @@ impl Deref for Outbox {
 }
 
 impl Outbox {
-    /// An outbox that may write answers straight into `fd`, a duplicate of the socket.
-    pub fn new(fd: Option<OwnedFd>) -> Outbox {
+    /// An outbox that may write answers straight into `socket`.
+    pub fn new(socket: &impl AsFd) -> Outbox {
         Outbox {
-            inner: mts::outbox::Outbox::new(fd),
+            inner: mts::outbox::Outbox::new(socket),
             throttled: AtomicBool::new(false),
         }
     }

@@ -21,6 +21,13 @@ type NextHops = smallvec::SmallVec<[IpAddr; 4]>;
 /// at the batch's end the entries were just written.
 pub(super) type Hops = smallvec::SmallVec<[IpAddr; 1]>;
 
+/// The next hops `p` has in the Loc-RIB (none: not there).
+fn next_hops(loc: &rustc_hash::FxHashMap<Prefix, crate::rib::Selected>, p: &Prefix) -> Hops {
+    loc.get(p)
+        .map(|s| s.paths.iter().map(|(_, a)| a.next_hop).collect())
+        .unwrap_or_default()
+}
+
 /// The set number of a prefix queued without its next hops (see [`EAGER`]).
 const LOOK_UP: u32 = u32::MAX;
 
@@ -278,12 +285,7 @@ impl Instance {
         }
         // The next hops now, while this batch (and the pass above) has the entries in the cache.
         for p in dirty {
-            let hops = self
-                .rib
-                .loc
-                .get(&p)
-                .map(|s| s.paths.iter().map(|(_, a)| a.next_hop).collect())
-                .unwrap_or_default();
+            let hops = next_hops(&self.rib.loc, &p);
             self.fib_pending.push(p, hops);
         }
         self.feed_fib();
@@ -314,10 +316,7 @@ impl Instance {
         for (p, id) in chunk {
             let looked: Hops;
             let hops = if id == LOOK_UP {
-                looked = loc
-                    .get(&p)
-                    .map(|s| s.paths.iter().map(|(_, a)| a.next_hop).collect())
-                    .unwrap_or_default();
+                looked = next_hops(loc, &p);
                 &looked
             } else {
                 queue.hops(id)
