@@ -105,7 +105,7 @@ pub fn decode(mut args: impl Iterator<Item = String>) -> Result<()> {
         let mut r = bgp::rib::Rib::new(1);
         r.update(Ipv4Addr::new(10, 70, 1, 2), routes, vec![]);
         rib.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(r.loc.len(), prefixes as usize);
+        assert_eq!(r.loc_len(), prefixes as usize);
     }
     for v in [&mut walk, &mut dec, &mut rib] {
         v.sort_by(|a, b| a.total_cmp(b));

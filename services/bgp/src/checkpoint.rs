@@ -167,10 +167,10 @@ impl Ckpt {
     }
 
     /// Replace the Adj-RIB-In log of `peer` with a snapshot of `table` (in the same batch).
-    pub fn snapshot_in(
+    pub fn snapshot_in<'a>(
         &mut self,
         peer: Ipv4Addr,
-        table: &rustc_hash::FxHashMap<Prefix, Arc<Attrs>>,
+        table: impl Iterator<Item = (&'a Prefix, &'a Arc<Attrs>)>,
     ) {
         self.forget(Side::In, peer);
         let mut groups: HashMap<&Arc<Attrs>, Vec<Prefix>> = HashMap::new();
@@ -510,7 +510,7 @@ mod tests {
             [("10.1.0.0/16".parse::<Prefix>().expect("prefix"), a.clone())]
                 .into_iter()
                 .collect();
-        c.snapshot_in(peer, &table);
+        c.snapshot_in(peer, table.iter());
         assert_eq!(
             keys(&c.take()),
             [

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use fib::proto::Prefix;
 use rustbgpd_wire as w;
 
-use crate::rib::{PeerInfo, Selected};
+use crate::rib::{Path, PeerInfo};
 
 /// Attributes of an advertised route.
 #[derive(
@@ -50,7 +50,7 @@ pub fn passes(list: &[Prefix], p: &Prefix) -> bool {
 pub fn export(
     t: &Target<'_>,
     p: &Prefix,
-    sel: Option<&Selected>,
+    sel: Option<&[Path]>,
     own: bool,
     peers: &HashMap<Ipv4Addr, PeerInfo>,
 ) -> Option<OutAttrs> {
@@ -66,7 +66,7 @@ pub fn export(
     let (origin, mut as_path, next_hop, lp) = if own {
         (0, Vec::new(), me?, 100)
     } else {
-        let (from, a) = sel?.paths.first()?;
+        let (from, a) = sel?.first()?;
         if *from == t.addr {
             return None; // never back to where it came from
         }
@@ -263,21 +263,19 @@ mod tests {
     use super::*;
     use crate::rib::Attrs;
 
-    fn sel(from: u8, path: &[u32]) -> Selected {
-        Selected {
-            paths: smallvec::smallvec![(
-                Ipv4Addr::new(10, 0, 0, from),
-                Arc::new(Attrs {
-                    origin: 0,
-                    as_path: path.to_vec(),
-                    as_path_len: path.len(),
-                    next_hop: Ipv4Addr::new(10, 0, 0, from).into(),
-                    local_pref: None,
-                    med: Some(5),
-                    communities: vec![],
-                }),
-            )],
-        }
+    fn sel(from: u8, path: &[u32]) -> Vec<Path> {
+        vec![(
+            Ipv4Addr::new(10, 0, 0, from),
+            Arc::new(Attrs {
+                origin: 0,
+                as_path: path.to_vec(),
+                as_path_len: path.len(),
+                next_hop: Ipv4Addr::new(10, 0, 0, from).into(),
+                local_pref: None,
+                med: Some(5),
+                communities: vec![],
+            }),
+        )]
     }
 
     fn peers() -> HashMap<Ipv4Addr, PeerInfo> {
@@ -313,11 +311,11 @@ mod tests {
     fn ebgp_gets_our_as_prepended_and_next_hop_self_never_its_own_routes() {
         let p: Prefix = "192.0.2.0/24".parse().expect("p");
         let s = sel(1, &[65001]);
-        let a = export(&target(2, true), &p, Some(&s), false, &peers()).expect("exported");
+        let a = export(&target(2, true), &p, Some(&s[..]), false, &peers()).expect("exported");
         assert_eq!(a.as_path, vec![65000, 65001]);
         assert_eq!(a.next_hop, Ipv4Addr::new(10, 0, 0, 100));
         assert_eq!(a.local_pref, None);
-        assert!(export(&target(1, true), &p, Some(&s), false, &peers()).is_none());
+        assert!(export(&target(1, true), &p, Some(&s[..]), false, &peers()).is_none());
     }
 
     #[test]
@@ -325,13 +323,13 @@ mod tests {
         let p: Prefix = "192.0.2.0/24".parse().expect("p");
         let from_ibgp = sel(3, &[]);
         let mut ib = target(4, false);
-        assert!(export(&ib, &p, Some(&from_ibgp), false, &peers()).is_none());
+        assert!(export(&ib, &p, Some(&from_ibgp[..]), false, &peers()).is_none());
         let from_ebgp = sel(1, &[65001]);
-        let a = export(&ib, &p, Some(&from_ebgp), false, &peers()).expect("to iBGP");
+        let a = export(&ib, &p, Some(&from_ebgp[..]), false, &peers()).expect("to iBGP");
         assert_eq!((a.as_path.clone(), a.local_pref), (vec![65001], Some(100)));
         let only: [Prefix; 1] = ["198.51.100.0/22".parse().expect("p")];
         ib.export = &only;
-        assert!(export(&ib, &p, Some(&from_ebgp), false, &peers()).is_none());
+        assert!(export(&ib, &p, Some(&from_ebgp[..]), false, &peers()).is_none());
     }
 
     #[test]

@@ -22,9 +22,9 @@ type NextHops = smallvec::SmallVec<[IpAddr; 4]>;
 pub(super) type Hops = smallvec::SmallVec<[IpAddr; 1]>;
 
 /// The next hops `p` has in the Loc-RIB (none: not there).
-fn next_hops(loc: &rustc_hash::FxHashMap<Prefix, crate::rib::Selected>, p: &Prefix) -> Hops {
-    loc.get(p)
-        .map(|s| s.paths.iter().map(|(_, a)| a.next_hop).collect())
+fn next_hops(rib: &crate::rib::Rib, p: &Prefix) -> Hops {
+    rib.selected(p)
+        .map(|s| s.iter().map(|(_, a)| a.next_hop).collect())
         .unwrap_or_default()
 }
 
@@ -266,7 +266,7 @@ impl Instance {
         dirty.dedup();
         tracing::debug!(
             changed = dirty.len(),
-            loc_rib = self.rib.loc.len(),
+            loc_rib = self.rib.loc_len(),
             "Loc-RIB batch"
         );
         let addrs: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
@@ -285,7 +285,7 @@ impl Instance {
         }
         // The next hops now, while this batch (and the pass above) has the entries in the cache.
         for p in dirty {
-            let hops = next_hops(&self.rib.loc, &p);
+            let hops = next_hops(&self.rib, &p);
             self.fib_pending.push(p, hops);
         }
         self.feed_fib();
@@ -312,11 +312,11 @@ impl Instance {
         let mut via: HashMap<IpAddr, Option<String>> = HashMap::new();
         let mut groups: HashMap<(NextHops, bool), usize> = HashMap::new();
         let mut last: Option<(NextHops, bool, usize)> = None;
-        let loc = &self.rib.loc;
+        let rib = &self.rib;
         for (p, id) in chunk {
             let looked: Hops;
             let hops = if id == LOOK_UP {
-                looked = next_hops(loc, &p);
+                looked = next_hops(rib, &p);
                 &looked
             } else {
                 queue.hops(id)

@@ -327,7 +327,7 @@ impl Instance {
         tracing::info!(
             ms = t0.elapsed().as_millis() as u64,
             checkpoint_read_ms = t_restore.as_millis() as u64,
-            loc_rib = me.rib.loc.len(),
+            loc_rib = me.rib.loc_len(),
             "started"
         );
         Ok(me)
@@ -534,7 +534,7 @@ impl Instance {
                                 self.ckpt.session(addr, &ck);
                             }
                             let family = if r.end_of_rib { "ipv4" } else { "ipv6" };
-                            tracing::info!(peer = %addr, family, all, loc_rib = self.rib.loc.len(), "End-of-RIB received");
+                            tracing::info!(peer = %addr, family, all, loc_rib = self.rib.loc_len(), "End-of-RIB received");
                             if sweep {
                                 let n = self.sweep(addr);
                                 tracing::info!(peer = %addr, swept = n, "End-of-RIB: stale routes swept");
@@ -600,11 +600,13 @@ impl Instance {
         for (side, peer) in logs {
             match side {
                 Side::In => {
-                    let Some(t) = self.rib.adj_in.get(&peer) else {
+                    // No Adj-RIB-In (yet): its log is all there is.
+                    let Some(live) = self.rib.received(&peer) else {
                         continue;
                     };
-                    if self.ckpt.wants_compaction(side, peer, t.len()) {
-                        self.ckpt.snapshot_in(peer, t);
+                    if self.ckpt.wants_compaction(side, peer, live) {
+                        tracing::debug!(%peer, prefixes = live, "checkpoint: Adj-RIB-In log compacted into a snapshot");
+                        self.ckpt.snapshot_in(peer, self.rib.adj_in(peer));
                     }
                 }
                 Side::Out => {
@@ -708,10 +710,10 @@ impl Instance {
                 p.stale_restored = true;
             }
         }
-        let n: usize = self.rib.adj_in.values().map(|t| t.len()).sum();
+        let n = self.rib.received_total();
         tracing::info!(
             prefixes = n,
-            loc_rib = self.rib.loc.len(),
+            loc_rib = self.rib.loc_len(),
             resumed = resumed.len(),
             "checkpoint: RIBs restored (those of sessions not resumed stale until their peers re-send them)"
         );

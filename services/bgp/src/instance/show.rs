@@ -69,8 +69,8 @@ impl Instance {
     pub(super) fn advertise_all(&mut self, addr: Ipv4Addr) {
         let mut all: Vec<Prefix> = self
             .rib
-            .loc
-            .keys()
+            .routes()
+            .map(|(p, _, _)| p)
             .chain(self.cfg.networks.iter())
             .copied()
             .collect();
@@ -110,7 +110,7 @@ impl Instance {
         for x in prefixes {
             let own = self.cfg.networks.contains(x);
             let new =
-                export::export(&t, x, self.rib.loc.get(x), own, &self.rib.peers).map(Arc::new);
+                export::export(&t, x, self.rib.selected(x), own, &self.rib.peers).map(Arc::new);
             if p.adj_out.get(x) != new.as_ref() {
                 changes.insert(*x, new);
             }
@@ -143,7 +143,7 @@ impl Instance {
                 remote_as: p.cfg.remote_as,
                 state: p.fsm.state.word().to_string(),
                 up_secs: now.duration_since(p.changed_at).as_secs(),
-                prefixes_received: self.rib.adj_in.get(a).map_or(0, |t| t.len()),
+                prefixes_received: self.rib.received(a).unwrap_or(0),
                 prefixes_sent: p.adj_out.len(),
                 msgs_in: p.msgs_in,
                 msgs_out: p.msgs_out,
@@ -157,42 +157,36 @@ impl Instance {
         Summary {
             router_id: self.cfg.router_id,
             local_as: self.cfg.local_as,
-            loc_rib_prefixes: self.rib.loc.len(),
+            loc_rib_prefixes: self.rib.loc_len(),
             neighbors,
         }
     }
 
     pub(super) fn routes(&self, only: Option<Prefix>) -> Vec<RouteRow> {
-        let mut all: BTreeSet<Prefix> = BTreeSet::new();
-        for t in self.rib.adj_in.values() {
-            all.extend(
-                t.keys()
-                    .filter(|p| only.is_none_or(|o| o.covers(p) || **p == o)),
-            );
-        }
-        all.into_iter()
-            .map(|p| {
-                let sel = self.rib.loc.get(&p);
-                let mut paths: Vec<PathRow> = self
-                    .rib
-                    .adj_in
+        let mut rows: Vec<RouteRow> = self
+            .rib
+            .routes()
+            .filter(|(p, _, _)| only.is_none_or(|o| o.covers(p) || **p == o))
+            .map(|(p, all, nsel)| {
+                let mut paths: Vec<PathRow> = all
                     .iter()
-                    .filter_map(|(peer, t)| {
-                        t.get(&p).map(|a| PathRow {
-                            peer: *peer,
-                            next_hop: a.next_hop,
-                            as_path: a.as_path.clone(),
-                            origin: a.origin,
-                            local_pref: a.local_pref,
-                            med: a.med,
-                            selected: sel.is_some_and(|s| s.paths.iter().any(|(x, _)| x == peer)),
-                        })
+                    .enumerate()
+                    .map(|(i, (peer, a))| PathRow {
+                        peer: *peer,
+                        next_hop: a.next_hop,
+                        as_path: a.as_path.clone(),
+                        origin: a.origin,
+                        local_pref: a.local_pref,
+                        med: a.med,
+                        selected: i < nsel,
                     })
                     .collect();
                 paths.sort_by_key(|r| (!r.selected, r.peer));
-                RouteRow { prefix: p, paths }
+                RouteRow { prefix: *p, paths }
             })
-            .collect()
+            .collect();
+        rows.sort_by_key(|r| r.prefix);
+        rows
     }
 
     /// Ask the bfd service for a session to every neighbour configured with `bfd` (again
