@@ -1,5 +1,18 @@
 # Shared by the bench/run-*.sh scripts that need network namespaces (sourced, not run).
 
+# python3 without a version manager's shim: pyenv's (first in root's PATH on our machines)
+# costs ~0.1 s of CPU a call, which a polling loop would take from the processes it measures.
+py() {
+    if [ -x /usr/bin/python3 ]; then /usr/bin/python3 "$@"; else python3 "$@"; fi
+}
+
+# log_count FILE REGEX: how many lines of FILE match (a cheap poll of a service's log).
+log_count() {
+    local c
+    c=$(grep -c -- "$2" "$1" 2>/dev/null)
+    echo "${c:-0}"
+}
+
 # ns_fresh NS...: new namespaces with lo up and RFC 5881 source ports (an old one is replaced).
 ns_fresh() {
     local ns

@@ -74,7 +74,7 @@ for _ in $(seq 200); do
 done
 vty 'show bfd peers' | grep -q 'Status: up' || { echo "session did not come up"; cat "$dir/sysmgr.log"; exit 1; }
 sleep 1
-downs() { vty 'show bfd peers counters json' | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["session-down"])'; }
+downs() { vty 'show bfd peers counters json' | py -c 'import json,sys; print(json.load(sys.stdin)[0]["session-down"])'; }
 before=$(downs)
 echo "command: bench/run-bfd-restart.sh $kills"
 ip netns exec bfdb-frr "$root/target/release/sysmgr-bench" bfd-restart --iface vf0 --from 10.250.1.1 --kills "$kills"

@@ -47,7 +47,7 @@ done
 
 # The sender: N static routes, one BGP session per receiver, all disabled until its turn.
 mkdir -p "$dir/send" "$dir/bird" "$dir/frr" "$dir/lab"
-python3 - "$dir" "$n" <<'PY'
+py - "$dir" "$n" <<'PY'
 import sys, ipaddress
 d, n = sys.argv[1], int(sys.argv[2])
 with open(f"{d}/send/bird.conf", "w") as f:
@@ -63,7 +63,7 @@ ip netns exec bgpi-send bird -c "$dir/send/bird.conf" -s "$dir/send/ctl" -P "$di
 for _ in $(seq 100); do birdc -s "$dir/send/ctl" show status >/dev/null 2>&1 && break; sleep 0.1; done
 sleep 2   # the static protocol loads its routes
 # The kick (see the top): one CLI connection, a status request every 20 ms.
-python3 - "$dir/send/ctl" <<'PY' &
+py - "$dir/send/ctl" <<'PY' &
 import socket, sys, time, re
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rwb")
 def reply():
@@ -83,9 +83,9 @@ PY
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 results=()
-last=$(python3 -c "import ipaddress; print(f'{ipaddress.IPv4Address(0x0b000000 + (($n - 1) << 8))}/24')")
+last=$(py -c "import ipaddress; print(f'{ipaddress.IPv4Address(0x0b000000 + (($n - 1) << 8))}/24')")
 stats() {   # median (worst) of integers
-    python3 -c 'import sys, statistics; v = sorted(int(x) for x in sys.argv[1:]); print(f"{int(statistics.median(v))} ({v[-1]})")' "$@"
+    py -c 'import sys, statistics; v = sorted(int(x) for x in sys.argv[1:]); print(f"{int(statistics.median(v))} ({v[-1]})")' "$@"
 }
 since=0   # the start of the current round, for the commands that read our log
 measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel namespace, rss-pid-cmd, drained-cmd
@@ -173,7 +173,7 @@ sleep 2
 # at debug level): asking through the CLI would queue behind sysmgr's PSS work and measure
 # that instead, and the sender's End-of-RIB comes seconds after its last prefix.
 blog="$dir/lab/data/logs/bgp.stderr.log"
-log_ms() { python3 - "$blog" "$1" "$2" <<'PY'
+log_ms() { py - "$blog" "$1" "$2" <<'PY'
 import sys, re, datetime
 path, what, since = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for line in open(path):
@@ -187,9 +187,10 @@ for line in open(path):
         print(ms); break
 PY
 }
+# Polled by counting lines (one session up and one full Loc-RIB per round), timed afterwards.
 measure "our bgp (sysmgr, fib → kernel)" r1 \
-    "[ -n \"\$(log_ms up \$since)\" ]" \
-    "[ -n \"\$(log_ms $n \$since)\" ] && echo $n || echo 0" \
+    "[ \"\$(log_count $blog 'to=\"Established\"')\" -ge \$round ]" \
+    "[ \"\$(log_count $blog 'Loc-RIB batch .*loc_rib=$n\$')\" -ge \$round ] && echo $n || echo 0" \
     bgpi-ours \
     "pgrep -f 'release/bgp --config'" \
     "[ \"\$(ip -n bgpi-ours route show proto 199 | wc -l)\" = 0 ]"
@@ -235,7 +236,7 @@ frr_start bgpi-frr "$dir/frr" bgpd
 sleep 2
 measure "FRR 8 bgpd (zebra → kernel)" r3 \
     "vtysh --vty_socket $dir/frr -c 'show bgp summary json' | grep -q '\"state\":\"Established\"'" \
-    "vtysh --vty_socket $dir/frr -c 'show bgp summary json' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"ipv4Unicast\"][\"peers\"][\"10.80.3.2\"][\"pfxRcd\"])'" \
+    "vtysh --vty_socket $dir/frr -c 'show bgp summary json' | py -c 'import json,sys; print(json.load(sys.stdin)[\"ipv4Unicast\"][\"peers\"][\"10.80.3.2\"][\"pfxRcd\"])'" \
     bgpi-frr \
     "cat $dir/frr/bgpd.pid" \
     "[ \"\$(ip -n bgpi-frr route show proto bgp | wc -l)\" = 0 ]"

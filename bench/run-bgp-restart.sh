@@ -25,10 +25,10 @@ trap cleanup EXIT
 results=()
 
 stats() {   # median, p99, worst of integers
-    python3 -c 'import sys, statistics; v = sorted(int(x) for x in sys.argv[1:]); p99 = v[min(len(v) - 1, int(len(v) * 0.99))]; print(f"{int(statistics.median(v))} | {p99} | {v[-1]}")' "$@"
+    py -c 'import sys, statistics; v = sorted(int(x) for x in sys.argv[1:]); p99 = v[min(len(v) - 1, int(len(v) * 0.99))]; print(f"{int(statistics.median(v))} | {p99} | {v[-1]}")' "$@"
 }
 # The timestamp (ms) of the first line of FILE after SINCE (ms) that contains TEXT.
-log_ms() { python3 - "$1" "$2" "$3" <<'PY'
+log_ms() { py - "$1" "$2" "$3" <<'PY'
 import sys, datetime
 path, since, text = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 for line in open(path):
@@ -51,7 +51,7 @@ for n in "${sizes[@]}"; do
     ip -n bgpr-ours link set r0 up
     rm -rf "$dir/send" "$dir/lab"
     mkdir -p "$dir/send" "$dir/lab"
-    python3 - "$dir" "$n" <<'PY'
+    py - "$dir" "$n" <<'PY'
 import sys, ipaddress
 d, n = sys.argv[1], int(sys.argv[2])
 with open(f"{d}/send/bird.conf", "w") as f:
@@ -107,13 +107,16 @@ CONF
     inside=()
     for r in $(seq "$rounds"); do
         pid=$(pgrep -f "release/bgp --config" | head -1)
+        # Polled by counting lines (cheap: the restart has the CPUs), timed afterwards.
+        started=$(log_count "$blog" " started ms=")
+        eors=$(log_count "$blog" "fib: End-of-RIB")
         t_kill=$(( $(date +%s%N) / 1000000 ))
         kill -9 "$pid"
-        until [ -n "$(log_ms "$blog" "$t_kill" " started ms=")" ]; do sleep 0.01; done
+        until [ "$(log_count "$blog" " started ms=")" -gt "$started" ]; do sleep 0.01; done
         t_ready=$(log_ms "$blog" "$t_kill" " started ms=")
         [ -n "$(log_ms "$blog" "$t_kill" "session resumed in place")" ] || { echo "round $r: the session was not resumed"; exit 1; }
         totals+=($(( t_ready - t_kill )))
-        inside+=($(python3 - "$blog" "$t_kill" <<'PY'
+        inside+=($(py - "$blog" "$t_kill" <<'PY'
 import sys, re, datetime
 for line in open(sys.argv[1]):
     try:
@@ -125,7 +128,7 @@ for line in open(sys.argv[1]):
 PY
 ))
         # fib re-learns the table from the new instance (End-of-RIB) before the next kill.
-        until [ -n "$(log_ms "$blog" "$t_kill" "fib: End-of-RIB")" ]; do sleep 0.05; done
+        until [ "$(log_count "$blog" "fib: End-of-RIB")" -gt "$eors" ]; do sleep 0.05; done
         sleep 0.5
     done
     ups=$(grep -c "r1: State changed to up" "$dir/send/bird.log" || true)

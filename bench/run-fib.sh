@@ -40,7 +40,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-python3 - "$dir" "$routes" "$sticky" <<'PY'
+py - "$dir" "$routes" "$sticky" <<'PY'
 import sys, ipaddress
 d, n, s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def pfx(i): return f"{ipaddress.IPv4Address(0x0a800000 + (i << 8))}/24"
@@ -91,7 +91,7 @@ for r in $(seq "$rounds"); do
     ip -n fibb-ip nexthop flush proto 201 >/dev/null
     ip -n fibb-ip -batch "$dir/floor-nh.txt"
 done
-python3 - "$routes" "$sticky" "${fib_install[*]}" "${ip_install[*]}" "${fib_repoint[*]}" "${ip_repoint[*]}" <<'PY'
+py - "$routes" "$sticky" "${fib_install[*]}" "${ip_install[*]}" "${fib_repoint[*]}" "${ip_repoint[*]}" <<'PY'
 import sys, statistics as st
 n, s = sys.argv[1], sys.argv[2]
 rows = [(f"install {n} ECMP routes (2 paths)", sys.argv[3], sys.argv[4]),
