@@ -15,26 +15,9 @@ pub(super) const FIB_CHUNK: usize = 25_000;
 /// The next hops of one best path set, in selection order.
 type NextHops = smallvec::SmallVec<[IpAddr; 4]>;
 
-/// A changed prefix's next hops as the Loc-RIB has them at the end of the batch that changed
-/// it, kept until its FIB request is built. Read then, a full table's worth of lookups into a
-/// Loc-RIB of a million prefixes were a third of bgp's time, nearly all of it cache misses;
-/// at the batch's end the entries were just written.
+/// A changed prefix's next hops as its change left them ([`crate::rib::Change`]), kept until
+/// its FIB request is built.
 pub(super) type Hops = smallvec::SmallVec<[IpAddr; 1]>;
-
-/// The next hops `p` has in the Loc-RIB (none: not there).
-fn next_hops(rib: &crate::rib::Rib, p: &Prefix) -> Hops {
-    rib.selected(p)
-        .map(|s| s.iter().map(|(_, a)| a.next_hop).collect())
-        .unwrap_or_default()
-}
-
-/// The set number of a prefix queued without its next hops (see [`EAGER`]).
-const LOOK_UP: u32 = u32::MAX;
-
-/// A batch of at most this many changed prefixes has their next hops read at its end (the
-/// entries are in the cache); a larger one (a stateful restart's whole Loc-RIB) would not
-/// be, and is looked up chunk by chunk as it goes, so the start does not wait for it.
-const EAGER: usize = 65_536;
 
 /// Prefixes whose FIB state is still to be sent, in order, each with its next hops (a
 /// prefix that changed twice may be in twice; the later one wins). The few distinct next-hop
@@ -60,7 +43,7 @@ impl FibQueue {
         // Neighbouring prefixes mostly share their next hops (one UPDATE's worth): the last
         // one's number is tried before the map.
         let id = match self.q.back() {
-            Some(&(_, last)) if last != LOOK_UP && self.sets[last as usize] == hops => last,
+            Some(&(_, last)) if self.sets[last as usize] == hops => last,
             _ => match self.ids.get(&hops) {
                 Some(id) => *id,
                 None => {
@@ -72,12 +55,6 @@ impl FibQueue {
             },
         };
         self.q.push_back((p, id));
-    }
-
-    /// Queue `p` to be looked up in the Loc-RIB when its request is built.
-    pub(super) fn push_look_up(&mut self, p: Prefix) {
-        self.renumber_if_empty();
-        self.q.push_back((p, LOOK_UP));
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -261,9 +238,7 @@ impl Instance {
         if self.dirty.is_empty() {
             return;
         }
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
+        let dirty = std::mem::take(&mut self.dirty);
         tracing::debug!(
             changed = dirty.len(),
             loc_rib = self.rib.loc_len(),
@@ -276,24 +251,15 @@ impl Instance {
         if self.fib_sap.is_none() {
             return;
         }
-        if dirty.len() > EAGER {
-            for p in dirty {
-                self.fib_pending.push_look_up(p);
-            }
-            self.feed_fib();
-            return;
-        }
-        // The next hops now, while this batch (and the pass above) has the entries in the cache.
-        for p in dirty {
-            let hops = next_hops(&self.rib, &p);
+        for (p, sel) in dirty {
+            let hops = sel.iter().map(|(_, a)| a.next_hop).collect();
             self.fib_pending.push(p, hops);
         }
         self.feed_fib();
     }
 
     /// The next chunk of pending prefixes to the FIB writer, if it is idle. Prefixes that
-    /// share their next hops travel as one group (a full table from one upstream is one), so
-    /// the owner loop does a lookup per prefix and nothing else.
+    /// share their next hops travel as one group (a full table from one upstream is one).
     pub(super) fn feed_fib(&mut self) {
         while self.fib_inflight < FIB_INFLIGHT && !self.fib_pending.is_empty() {
             self.feed_fib_chunk();
@@ -312,15 +278,8 @@ impl Instance {
         let mut via: HashMap<IpAddr, Option<String>> = HashMap::new();
         let mut groups: HashMap<(NextHops, bool), usize> = HashMap::new();
         let mut last: Option<(NextHops, bool, usize)> = None;
-        let rib = &self.rib;
         for (p, id) in chunk {
-            let looked: Hops;
-            let hops = if id == LOOK_UP {
-                looked = next_hops(rib, &p);
-                &looked
-            } else {
-                queue.hops(id)
-            };
+            let hops = queue.hops(id);
             let mut nhs = NextHops::new();
             for &nh in hops {
                 let usable = match via.get(&nh) {
@@ -428,12 +387,8 @@ mod tests {
             ]
         );
         assert!(q.is_empty());
-        q.push_look_up(p("10.0.8.0/24"));
         q.push(p("10.0.9.0/24"), nh("192.0.2.9"));
-        assert_eq!(
-            q.take(2),
-            vec![(p("10.0.8.0/24"), LOOK_UP), (p("10.0.9.0/24"), 0)]
-        );
+        assert_eq!(q.take(1), vec![(p("10.0.9.0/24"), 0)]);
         assert_eq!(q.sets.len(), 1, "the numbering starts again");
     }
 

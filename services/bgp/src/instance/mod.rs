@@ -134,10 +134,9 @@ pub struct Instance {
     ev_tx: mpsc::UnboundedSender<ConnEv>,
     ev_rx: mpsc::UnboundedReceiver<ConnEv>,
     next_conn: u64,
-    /// Loc-RIB prefixes not yet sent to the FIB.
-    /// Duplicates allowed; sorted and deduplicated once per batch (a vector grows without
-    /// rehashing: a full table into a hash set was mostly page faults).
-    dirty: Vec<Prefix>,
+    /// This batch's changes of the Loc-RIB, in order, for the FIB and the neighbours (a
+    /// prefix that changed twice is in twice: the later one wins).
+    dirty: Vec<crate::rib::Change>,
     /// This batch's checkpoint operations, and where they go ([`checkpoint::writer`]).
     ckpt: Ckpt,
     /// What waits for this batch's checkpoint: messages to write, bytes to consume.
@@ -314,10 +313,7 @@ impl Instance {
                 // Resumed: the rebuilt Loc-RIB is all dirty, so the batch's end compares every
                 // prefix with what the peer has (normally nothing differs: the checkpoint held
                 // both); our own networks are not in it.
-                let mut own = me.cfg.networks.clone();
-                own.sort_unstable();
-                own.dedup();
-                me.advertise(a, &own);
+                me.advertise_networks(a);
                 continue;
             }
             let passive = me.peers[&a].cfg.passive;
@@ -584,13 +580,12 @@ impl Instance {
 
     /// Drop what a restarted peer did not re-send; the checkpoint log gets the withdrawals.
     fn sweep(&mut self, addr: Ipv4Addr) -> usize {
-        let gone = self.rib.sweep_stale(addr);
+        let (gone, changed) = self.rib.sweep_stale(addr);
         for m in export::withdrawals(&gone) {
             self.ckpt.append(Side::In, addr, &m);
         }
-        let n = gone.len();
-        self.dirty.extend(gone);
-        n
+        self.dirty.extend(changed);
+        gone.len()
     }
 
     /// Hand this batch's checkpoint to the writer, compacting the logs that outgrew their

@@ -2,6 +2,7 @@
 
 use super::fibio::{ifname_for, v6_beside};
 use super::*;
+use crate::rib::Path;
 
 impl Instance {
     /// ROUTE-REFRESH (RFC 2918) and its RFC 7313 framing. A request: the whole Adj-RIB-Out
@@ -67,65 +68,104 @@ impl Instance {
 
     /// Everything we have for a neighbour: the whole Loc-RIB and our networks.
     pub(super) fn advertise_all(&mut self, addr: Ipv4Addr) {
-        let mut all: Vec<Prefix> = self
-            .rib
+        let v6 = self.next_hop6(addr);
+        let rib = &self.rib;
+        let all = rib
             .routes()
-            .map(|(p, _, _)| p)
-            .chain(self.cfg.networks.iter())
-            .copied()
-            .collect();
-        all.sort_unstable();
-        all.dedup();
-        self.advertise(addr, &all);
+            .map(|(p, paths, n)| (*p, Some(&paths[..n])))
+            .chain(
+                self.cfg
+                    .networks
+                    .iter()
+                    .filter(|p| rib.selected(p).is_none())
+                    .map(|p| (*p, None)),
+            );
+        let changes = self.export_changes(addr, v6, all);
+        self.send_changes(addr, changes);
     }
 
-    /// Bring a neighbour's Adj-RIB-Out up to date for `prefixes`, packed into UPDATEs.
-    /// `prefixes` sorted, without duplicates.
-    pub(super) fn advertise(&mut self, addr: Ipv4Addr, prefixes: &[Prefix]) {
-        let Some(p) = self.peers.get(&addr) else {
-            return;
-        };
-        if p.fsm.state != crate::fsm::State::Established {
-            return;
+    /// Our own networks (those the Loc-RIB has are advertised with it).
+    pub(super) fn advertise_networks(&mut self, addr: Ipv4Addr) {
+        let v6 = self.next_hop6(addr);
+        let rib = &self.rib;
+        let own = self.cfg.networks.iter().map(|p| (*p, rib.selected(p)));
+        let changes = self.export_changes(addr, v6, own);
+        self.send_changes(addr, changes);
+    }
+
+    /// Bring a neighbour's Adj-RIB-Out up to date with a batch's changes of the Loc-RIB.
+    pub(super) fn advertise(&mut self, addr: Ipv4Addr, changed: &[crate::rib::Change]) {
+        let v6 = self.next_hop6(addr);
+        let items = changed
+            .iter()
+            .map(|(p, sel)| (*p, (!sel.is_empty()).then_some(&sel[..])));
+        let changes = self.export_changes(addr, v6, items);
+        self.send_changes(addr, changes);
+    }
+
+    /// Our IPv6 address on the session with `addr`, if it carries IPv6 (next hop self).
+    fn next_hop6(&mut self, addr: Ipv4Addr) -> Option<Ipv6Addr> {
+        let p = self.peers.get(&addr)?;
+        let local_addr = p.local_addr?;
+        if !p.ipv6 {
+            return None;
         }
-        let Some(local_addr) = p.local_addr else {
-            return;
-        };
-        let ipv6 = p.ipv6;
-        let local_addr6 = if ipv6 {
-            v6_beside(&mut self.ifaces, local_addr)
-        } else {
-            None
-        };
+        v6_beside(&mut self.ifaces, local_addr)
+    }
+
+    /// What a neighbour's Adj-RIB-Out must change for these prefixes, given their selection
+    /// (a prefix given twice: the later one counts); None if it is not Established.
+    fn export_changes<'a>(
+        &self,
+        addr: Ipv4Addr,
+        local_addr6: Option<Ipv6Addr>,
+        items: impl Iterator<Item = (Prefix, Option<&'a [Path]>)>,
+    ) -> Option<BTreeMap<Prefix, Option<Arc<OutAttrs>>>> {
+        let p = self.peers.get(&addr)?;
+        if p.fsm.state != crate::fsm::State::Established {
+            return None;
+        }
+        let local_addr = p.local_addr?;
         let t = Target {
             addr,
             ebgp: p.cfg.remote_as != self.cfg.local_as,
             local_as: self.cfg.local_as,
             local_addr,
             local_addr6,
-            ipv6,
+            ipv6: p.ipv6,
             export: &p.cfg.export,
         };
-        let mut changes: BTreeMap<Prefix, Option<Arc<OutAttrs>>> = BTreeMap::new();
-        for x in prefixes {
-            let own = self.cfg.networks.contains(x);
-            let new =
-                export::export(&t, x, self.rib.selected(x), own, &self.rib.peers).map(Arc::new);
-            if p.adj_out.get(x) != new.as_ref() {
-                changes.insert(*x, new);
+        let mut changes = BTreeMap::new();
+        for (x, sel) in items {
+            let own = self.cfg.networks.contains(&x);
+            let new = export::export(&t, &x, sel, own, &self.rib.peers).map(Arc::new);
+            if p.adj_out.get(&x) != new.as_ref() {
+                changes.insert(x, new);
+            } else {
+                changes.remove(&x);
             }
         }
-        if changes.is_empty() {
+        Some(changes)
+    }
+
+    /// Apply `changes` to a neighbour's Adj-RIB-Out and send them, packed into UPDATEs.
+    fn send_changes(
+        &mut self,
+        addr: Ipv4Addr,
+        changes: Option<BTreeMap<Prefix, Option<Arc<OutAttrs>>>>,
+    ) {
+        let Some(changes) = changes.filter(|c| !c.is_empty()) else {
             return;
-        }
+        };
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
         let msgs = export::pack(&changes, p.four_octet);
-        if let Some(p) = self.peers.get_mut(&addr) {
-            for (x, a) in changes {
-                match a {
-                    Some(a) => p.adj_out.insert(x, a),
-                    None => p.adj_out.remove(&x),
-                };
-            }
+        for (x, a) in changes {
+            match a {
+                Some(a) => p.adj_out.insert(x, a),
+                None => p.adj_out.remove(&x),
+            };
         }
         for m in msgs {
             self.ckpt.append(Side::Out, addr, &m);
