@@ -38,7 +38,7 @@ impl FibQueue {
         }
     }
 
-    pub(super) fn push(&mut self, p: Prefix, hops: Hops) {
+    fn push(&mut self, p: Prefix, hops: Hops) {
         self.renumber_if_empty();
         // Neighbouring prefixes mostly share their next hops (one UPDATE's worth): the last
         // one's number is tried before the map.
@@ -55,6 +55,18 @@ impl FibQueue {
             },
         };
         self.q.push_back((p, id));
+    }
+
+    /// Queue a batch, sorted by prefix (stably: a prefix in twice keeps its later entry
+    /// last). The FIB and the kernel then take in neighbours together: in arrival order
+    /// (BIRD sends its table in hash order), a full table's FIB checkpoints cost sysmgr
+    /// 10 s of CPU instead of 1–2, and the kernel took half as long again.
+    pub(super) fn push_sorted(&mut self, batch: impl IntoIterator<Item = (Prefix, Hops)>) {
+        let start = self.q.len();
+        for (p, hops) in batch {
+            self.push(p, hops);
+        }
+        self.q.make_contiguous()[start..].sort_by_key(|e| e.0);
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -251,10 +263,11 @@ impl Instance {
         if self.fib_sap.is_none() {
             return;
         }
-        for (p, sel) in dirty {
-            let hops = sel.iter().map(|(_, a)| a.next_hop).collect();
-            self.fib_pending.push(p, hops);
-        }
+        self.fib_pending.push_sorted(
+            dirty
+                .into_iter()
+                .map(|(p, sel)| (p, sel.iter().map(|(_, a)| a.next_hop).collect())),
+        );
         self.feed_fib();
     }
 
@@ -390,6 +403,34 @@ mod tests {
         q.push(p("10.0.9.0/24"), nh("192.0.2.9"));
         assert_eq!(q.take(1), vec![(p("10.0.9.0/24"), 0)]);
         assert_eq!(q.sets.len(), 1, "the numbering starts again");
+    }
+
+    #[test]
+    fn a_batch_is_queued_by_prefix_and_a_repeated_prefix_keeps_its_order() {
+        let mut q = FibQueue::default();
+        q.push(p("10.0.9.0/24"), nh("192.0.2.9"));
+        q.push_sorted([
+            (p("10.0.3.0/24"), nh("192.0.2.1")),
+            (p("10.0.1.0/24"), nh("192.0.2.1")),
+            (p("10.0.3.0/24"), nh("192.0.2.2")),
+            (p("10.0.2.0/24"), Hops::new()),
+        ]);
+        let got: Vec<(Prefix, Hops)> = q
+            .take(10)
+            .into_iter()
+            .map(|(x, id)| (x, q.hops(id).clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (p("10.0.9.0/24"), nh("192.0.2.9")),
+                (p("10.0.1.0/24"), nh("192.0.2.1")),
+                (p("10.0.2.0/24"), Hops::new()),
+                (p("10.0.3.0/24"), nh("192.0.2.1")),
+                (p("10.0.3.0/24"), nh("192.0.2.2")),
+            ],
+            "what was queued before stays first"
+        );
     }
 
     #[test]

@@ -415,7 +415,11 @@ impl Instance {
                         self.rib.peer_stale(addr);
                     } else {
                         let gone = self.rib.peer_down(addr);
-                        self.dirty.extend(gone);
+                        if self.dirty.is_empty() {
+                            self.dirty = gone; // a whole table: not copied
+                        } else {
+                            self.dirty.extend(gone);
+                        }
                         self.ckpt.forget(Side::In, addr);
                     }
                 }
