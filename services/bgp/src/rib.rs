@@ -95,51 +95,69 @@ fn hash(p: &Prefix) -> u64 {
     FxBuildHasher.hash_one(p)
 }
 
-/// Steps 1–5 of the decision: what must be equal for multipath.
-fn cmp_multipath(peers: &HashMap<Ipv4Addr, PeerInfo>, a: &Path, b: &Path) -> Ordering {
-    let (pa, aa) = (&a.0, &*a.1);
-    let (pb, ab) = (&b.0, &*b.1);
-    let lp = |x: &Attrs| x.local_pref.unwrap_or(DEFAULT_LOCAL_PREF);
-    let ebgp = |p: &Ipv4Addr| peers.get(p).is_some_and(|i| i.ebgp);
-    lp(ab)
-        .cmp(&lp(aa))
-        .then(aa.as_path_len.cmp(&ab.as_path_len))
-        .then(aa.origin.cmp(&ab.origin))
-        .then_with(|| {
-            // MED only between paths from the same neighbouring AS.
-            if aa.as_path.first() == ab.as_path.first() {
-                aa.med.unwrap_or(0).cmp(&ab.med.unwrap_or(0))
-            } else {
-                Ordering::Equal
-            }
-        })
-        .then(ebgp(pb).cmp(&ebgp(pa)))
+/// Steps a–c of the decision (RFC 4271 §9.1.2.2 after the degree of preference): highest
+/// local preference, shortest AS path, lowest origin. Lower is better.
+fn key_abc(a: &Attrs) -> (std::cmp::Reverse<u32>, usize, u8) {
+    (
+        std::cmp::Reverse(a.local_pref.unwrap_or(DEFAULT_LOCAL_PREF)),
+        a.as_path_len,
+        a.origin,
+    )
 }
 
-/// The full decision: then lowest router id, then lowest peer address.
+fn ebgp(peers: &HashMap<Ipv4Addr, PeerInfo>, p: &Ipv4Addr) -> bool {
+    peers.get(p).is_some_and(|i| i.ebgp)
+}
+
+/// The decision without MED, a total order: steps a–c, then eBGP over iBGP, the lowest router
+/// id, the lowest peer address.
 fn cmp(peers: &HashMap<Ipv4Addr, PeerInfo>, a: &Path, b: &Path) -> Ordering {
     let rid = |p: &Ipv4Addr| peers.get(p).map(|i| i.router_id).unwrap_or(*p);
-    cmp_multipath(peers, a, b)
+    key_abc(&a.1)
+        .cmp(&key_abc(&b.1))
+        .then(ebgp(peers, &b.0).cmp(&ebgp(peers, &a.0)))
         .then(rid(&a.0).cmp(&rid(&b.0)))
         .then(a.0.cmp(&b.0))
+}
+
+/// MED (step c of §9.1.2.2): a path is out of the running when another that ties with it on
+/// steps a–c and comes from the same neighbouring AS has a lower MED. A filter, not part of
+/// the sort: MED compares only some pairs, which no order can express (inside a comparison it
+/// made cycles, which a sort may answer with a panic).
+fn med_out(paths: &[Path], i: usize) -> bool {
+    let a = &paths[i].1;
+    paths.iter().any(|(_, o)| {
+        key_abc(o) == key_abc(a)
+            && o.as_path.first() == a.as_path.first()
+            && o.med.unwrap_or(0) < a.med.unwrap_or(0)
+    })
 }
 
 /// Order `d`'s paths (at least one) and count the selected ones.
 fn select(peers: &HashMap<Ipv4Addr, PeerInfo>, max_paths: usize, d: &mut Dest) {
     d.paths.sort_by(|x, y| cmp(peers, x, y));
-    // The best, then those equal to it for multipath with the same AS path and another next
-    // hop, moved up behind it in order.
+    let mut out: SmallVec<[bool; 4]> = (0..d.paths.len()).map(|i| med_out(&d.paths, i)).collect();
+    // The best: the first in that order that MED leaves in (among the paths that tie on
+    // steps a–c, the lowest MED of each neighbouring AS always is).
+    let b = out.iter().position(|o| !o).unwrap_or(0);
+    d.paths[..=b].rotate_right(1);
+    out[..=b].rotate_right(1);
+    // Then its equals for multipath (steps a–c, MED and eBGP/iBGP) with the same AS path and
+    // another next hop, moved up behind it in order.
     let mut n = 1;
     for i in 1..d.paths.len() {
         if n >= max_paths.min(usize::from(u8::MAX)) {
             break;
         }
         let (best, c) = (&d.paths[0], &d.paths[i]);
-        if cmp_multipath(peers, best, c) == Ordering::Equal
+        if !out[i]
+            && key_abc(&c.1) == key_abc(&best.1)
+            && ebgp(peers, &c.0) == ebgp(peers, &best.0)
             && c.1.as_path == best.1.as_path
             && !d.paths[..n].iter().any(|(_, a)| a.next_hop == c.1.next_hop)
         {
             d.paths[n..=i].rotate_right(1);
+            out[n..=i].rotate_right(1);
             n += 1;
         }
     }
@@ -286,11 +304,7 @@ impl Rib {
             o.remove();
             return Some((*p, SmallVec::new()));
         }
-        if i >= usize::from(d.nsel) {
-            // Not selected: the rest keep their order, the selection stands.
-            d.paths.remove(i);
-            return None;
-        }
+        // Even a path that was not selected may have kept another out (MED).
         reselect(&self.peers, self.max_paths, d, |ps| {
             ps.remove(i);
         })
@@ -344,9 +358,7 @@ impl Rib {
                 changed.push((d.prefix, SmallVec::new()));
                 return false;
             }
-            if i >= usize::from(d.nsel) {
-                d.paths.remove(i);
-            } else if reselect(peers, *max_paths, d, |ps| {
+            if reselect(peers, *max_paths, d, |ps| {
                 ps.remove(i);
             }) {
                 changed.push(d.change());
@@ -394,21 +406,38 @@ mod tests {
         "192.0.2.0/24".parse().expect("p")
     }
 
-    /// Selection from scratch, as a reference: every path of `p` sorted by the full
-    /// decision, then the multipath equals in that order.
+    /// Selection from scratch, as a reference: RFC 4271 §9.1.2.2 as a sequence of filters
+    /// (local preference, AS path length, origin, MED per neighbouring AS, eBGP over iBGP),
+    /// then the lowest router id and peer address; the multipath equals from what the
+    /// filters left, in that order.
     fn from_scratch(r: &Rib, p: &Prefix) -> Option<Vec<Path>> {
         let (_, all, _) = r.routes().find(|(x, _, _)| *x == p)?;
-        let mut cands = all.to_vec();
-        cands.sort_by(|x, y| cmp(&r.peers, x, y));
-        let best = cands[0].clone();
+        let mut s = all.to_vec();
+        let lp = |x: &Path| x.1.local_pref.unwrap_or(100);
+        let best_lp = s.iter().map(lp).max()?;
+        s.retain(|x| lp(x) == best_lp);
+        let len = s.iter().map(|x| x.1.as_path_len).min()?;
+        s.retain(|x| x.1.as_path_len == len);
+        let origin = s.iter().map(|x| x.1.origin).min()?;
+        s.retain(|x| x.1.origin == origin);
+        let med = |x: &Path| x.1.med.unwrap_or(0);
+        let s0 = s.clone();
+        s.retain(|x| {
+            !s0.iter()
+                .any(|o| o.1.as_path.first() == x.1.as_path.first() && med(o) < med(x))
+        });
+        let eb = |x: &Path| r.peers.get(&x.0).is_some_and(|i| i.ebgp);
+        if s.iter().any(eb) {
+            s.retain(eb);
+        }
+        s.sort_by_key(|x| (r.peers.get(&x.0).map(|i| i.router_id), x.0));
+        let best = s[0].clone();
         let mut sel = vec![best.clone()];
-        for c in cands.iter().skip(1) {
+        for c in s.iter().skip(1) {
             if sel.len() >= r.max_paths {
                 break;
             }
-            if cmp_multipath(&r.peers, &best, c) == Ordering::Equal
-                && c.1.as_path == best.1.as_path
-                && !sel.iter().any(|(_, a)| a.next_hop == c.1.next_hop)
+            if c.1.as_path == best.1.as_path && !sel.iter().any(|(_, a)| a.next_hop == c.1.next_hop)
             {
                 sel.push(c.clone());
             }
@@ -430,7 +459,11 @@ mod tests {
             let mut wd = Vec::new();
             // One attribute set per UPDATE, as on the wire.
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            let a = attrs(&(0..1 + (x >> 12) % 3).collect::<Vec<_>>(), who);
+            let first = [100, 200][(x >> 20) as usize % 2];
+            let path: Vec<u32> = std::iter::once(first).chain(0..(x >> 12) % 3).collect();
+            let mut a = (*attrs(&path, who)).clone();
+            a.med = [None, Some(5), Some(10)][(x >> 16) as usize % 3];
+            let a = Arc::new(a);
             for _ in 0..20 {
                 x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
                 let i = (x >> 8) % 16;
@@ -514,6 +547,78 @@ mod tests {
             peer(2),
             "lower router id"
         );
+    }
+
+    fn with_med(first_as: u32, med: u32, nh: u8) -> Arc<Attrs> {
+        let mut a = (*attrs(&[first_as, 7], nh)).clone();
+        a.med = Some(med);
+        Arc::new(a)
+    }
+
+    /// MED compares only paths from the same neighbouring AS, so as a comparison it makes
+    /// cycles: A beats B on MED, B beats C and C beats A on router id. RFC 4271 takes B out
+    /// (A has the lower MED from the same AS), then C wins on router id, whatever the order
+    /// the paths came in.
+    #[test]
+    fn med_takes_a_path_out_whatever_the_order_paths_arrive_in() {
+        let paths = [
+            (peer(3), with_med(100, 10, 3)), // A
+            (peer(1), with_med(100, 20, 1)), // B
+            (peer(2), with_med(200, 0, 2)),  // C
+        ];
+        for order in [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ] {
+            let mut r = rib(1);
+            for i in order {
+                r.update(paths[i].0, vec![(pfx(), paths[i].1.clone())], vec![]);
+            }
+            assert_eq!(
+                r.selected(&pfx()).expect("selected")[0].0,
+                peer(2),
+                "{order:?}"
+            );
+        }
+        // Withdrawing A, which was not selected, lets B back in: B wins on router id.
+        let mut r = rib(1);
+        for (who, a) in &paths {
+            r.update(*who, vec![(pfx(), a.clone())], vec![]);
+        }
+        let ch = r.update(peer(3), vec![], vec![pfx()]);
+        assert_eq!(ch.len(), 1, "a change, though A was not selected");
+        assert_eq!(r.selected(&pfx()).expect("selected")[0].0, peer(1));
+    }
+
+    /// Many peers with the same prefix (a route server), their MEDs in cycles: selection is
+    /// what the RFC's filters give, and never a panic of the sort.
+    #[test]
+    fn forty_peers_with_med_cycles_select_as_the_rfc_says() {
+        let mut r = Rib::new(4);
+        for n in 1..=40u8 {
+            r.peers.insert(
+                peer(n),
+                PeerInfo {
+                    addr: peer(n),
+                    router_id: Ipv4Addr::new(1, 1, 1, 41 - n),
+                    remote_as: 65000 + u32::from(n),
+                    ebgp: n % 5 != 0,
+                },
+            );
+        }
+        for n in 1..=40u8 {
+            let a = with_med(100 * u32::from(n % 3), u32::from(n) * 7 % 11, n % 6);
+            r.update(peer(n), vec![(pfx(), a)], vec![]);
+            assert_eq!(
+                r.selected(&pfx()).map(<[Path]>::to_vec),
+                from_scratch(&r, &pfx()),
+                "after peer {n}"
+            );
+        }
     }
 
     #[test]
