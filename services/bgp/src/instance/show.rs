@@ -103,11 +103,13 @@ impl Instance {
         self.send_changes(addr, changes);
     }
 
-    /// Our IPv6 address on the session with `addr`, if it carries IPv6 (next hop self).
+    /// Our IPv6 address on the session with `addr`, if it is Established and carries IPv6
+    /// (next hop self). Not looked for otherwise: an address not found re-reads the
+    /// interfaces, and this runs for every neighbour at every batch.
     fn next_hop6(&mut self, addr: Ipv4Addr) -> Option<Ipv6Addr> {
         let p = self.peers.get(&addr)?;
         let local_addr = p.local_addr?;
-        if !p.ipv6 {
+        if !p.ipv6 || p.fsm.state != crate::fsm::State::Established {
             return None;
         }
         v6_beside(&mut self.ifaces, local_addr)
