@@ -87,7 +87,6 @@ last=$(py -c "import ipaddress; print(f'{ipaddress.IPv4Address(0x0b000000 + (($n
 stats() {   # median (worst) of integers
     py -c 'import sys, statistics; v = sorted(int(x) for x in sys.argv[1:]); print(f"{int(statistics.median(v))} ({v[-1]})")' "$@"
 }
-since=0   # the start of the current round, for the commands that read our log
 measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel namespace, rss-pid-cmd, drained-cmd
     local name=$1 proto=$2 est=$3 rib=$4 kern=$5 pidcmd=$6 drained=$7
     local ribs=() kerns=() round
@@ -99,7 +98,6 @@ measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel na
         local t0 t_up t_rib t_kern="" base=0
         [ -n "$kern" ] && base=$(kcount "$kern")   # connected and local routes
         t0=$(now_ms)
-        since=$t0
         birdc -s "$dir/send/ctl" enable "$proto" >/dev/null
         until eval "$est" >/dev/null 2>&1; do sleep 0.02; [ $(( $(now_ms) - t0 )) -gt 60000 ] && { echo "$name: no session"; return 1; }; done
         t_up=$(now_ms)

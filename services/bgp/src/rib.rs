@@ -229,8 +229,9 @@ impl Rib {
 
     /// Apply one UPDATE from `peer`: the withdrawals, then the announcements. Returns the
     /// prefixes whose selection changed, with their new selection. A prefix that appears
-    /// more than once in the UPDATE is reported at each change, so it may be listed twice, or though it changed
-    /// back (a speaker does not send such UPDATEs; the callers tolerate both).
+    /// more than once in the UPDATE is reported at each change, so it may be listed twice,
+    /// or though it changed back (a speaker does not send such UPDATEs; the callers tolerate
+    /// both).
     pub fn update(
         &mut self,
         peer: Ipv4Addr,
@@ -272,8 +273,7 @@ impl Rib {
                 }
                 Entry::Occupied(o) => o.into_mut(),
             };
-            let i = d.position(peer);
-            let ch = match i {
+            let ch = match d.position(peer) {
                 Some(i) if d.paths[i].1 == a => false, // the same path again
                 Some(_) if d.paths.len() == 1 => {
                     d.paths[0].1 = a; // the only path, replaced
