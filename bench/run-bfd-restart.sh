@@ -4,6 +4,8 @@
 # peer's interface receives it, next to the 150 ms Detection Time it must beat. Needs root
 # (network namespaces; packets stay inside them).
 #   bench/run-bfd-restart.sh [KILLS]      (default 100)
+#   DISK_LOAD=1 bench/run-bfd-restart.sh  (the same while a writer keeps the disk busy writing
+#                                          back: fsync then takes up to ~150 ms here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -13,7 +15,16 @@ cargo build --release --locked -p sysmgr -p bfd -p sysmgr-bench
 root=$(pwd)
 dir=$(mktemp -d /tmp/bfd-bench.XXXXXX)
 chmod 755 "$dir"
+stop_load() {
+    [ -n "${load_pid:-}" ] || return 0
+    kill "$load_pid" 2>/dev/null || true
+    pkill -f "of=$dir/load" || true
+    rm -f "$dir"/load?
+    wait "$load_pid" 2>/dev/null || true
+    load_pid=
+}
 cleanup() {
+    stop_load
     [ -f "$dir/sysmgr.pid" ] && kill "$(cat "$dir/sysmgr.pid")" 2>/dev/null || true
     sleep 0.5
     ns_gone bfdb-sut bfdb-frr
@@ -76,8 +87,17 @@ vty 'show bfd peers' | grep -q 'Status: up' || { echo "session did not come up";
 sleep 1
 downs() { vty 'show bfd peers counters json' | py -c 'import json,sys; print(json.load(sys.stdin)[0]["session-down"])'; }
 before=$(downs)
-echo "command: bench/run-bfd-restart.sh $kills"
+if [ "${DISK_LOAD:-0}" = 1 ]; then
+    # Dirty pages faster than the disk takes them, in new files (block allocation goes through
+    # the journal an fsync waits for); two of 1 GB at most.
+    (i=0; while :; do i=$(((i + 1) % 2)); rm -f "$dir/load$i"
+        dd if=/dev/zero of="$dir/load$i" bs=1M count=1000 status=none; done) &
+    load_pid=$!
+    sleep 2
+fi
+echo "command: ${DISK_LOAD:+DISK_LOAD=$DISK_LOAD }bench/run-bfd-restart.sh $kills"
 ip netns exec bfdb-frr "$root/target/release/sysmgr-bench" bfd-restart --iface vf0 --from 10.250.1.1 --kills "$kills"
+stop_load
 sleep 1
 after=$(downs)
 echo

@@ -8,6 +8,7 @@
 //! - [`spawn`]: fork/exec with async-signal-safe children;
 //! - [`notify`]: the sd_notify server;
 //! - [`proclog`]: the persistent process log and core records;
+//! - [`flusher`]: the database flushes, off the supervisor's thread;
 //! - [`control`] and [`cli`]: the MTS control path and its renderer;
 //! - [`services`]: commands answered by a service over MTS (`show bfd neighbors`, `show ip
 //!   route`, `show cef`, `clear route`, static routes).
@@ -19,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod error;
+pub mod flusher;
 pub mod notify;
 pub mod outlog;
 pub mod procfs;

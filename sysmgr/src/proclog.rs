@@ -1,12 +1,16 @@
 //! The persistent process log and core records (`show processes log`, `show cores`).
 //!
 //! Records live in sled trees of the supervisor's database, keyed by a big-endian sequence
-//! number, and are flushed as they are written: they survive sysmgr restart, reset and SIGKILL.
+//! number. Each is flushed as it is written, by the database's [`Flusher`] thread so that the
+//! supervisor's thread never waits for the disk (a restart does not wait for its own record);
+//! a reader waits for that flush ([`ProcLog::synced`]), so what `show processes log` shows has
+//! reached the disk and survives sysmgr restart, reset and SIGKILL.
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::StartKind;
 use crate::error::SysmgrError;
+use crate::flusher::Flusher;
 
 /// How an instance ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +133,7 @@ pub struct ProcLog {
     records: sled::Tree,
     cores: sled::Tree,
     max: u64,
+    flusher: Flusher,
 }
 
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, SysmgrError> {
@@ -136,13 +141,24 @@ fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, SysmgrError> {
 }
 
 impl ProcLog {
-    pub fn open(store: &pss::Store, max: u64) -> Result<ProcLog, SysmgrError> {
+    pub fn open(store: &pss::Store, max: u64, flusher: Flusher) -> Result<ProcLog, SysmgrError> {
         Ok(ProcLog {
             store: store.clone(),
             records: store.tree("sysmgr/proclog")?,
             cores: store.tree("sysmgr/cores")?,
             max,
+            flusher,
         })
+    }
+
+    /// Resolves once every record written so far is on disk.
+    pub fn synced(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.flusher.synced()
+    }
+
+    /// Flush every record on the calling thread (on the supervisor's way out).
+    pub fn sync_now(&self) -> Result<(), SysmgrError> {
+        self.flusher.sync_now().map_err(SysmgrError::Db)
     }
 
     fn put(&self, tree: &sled::Tree, seq: u64, bytes: Vec<u8>) -> Result<(), SysmgrError> {
@@ -155,7 +171,7 @@ impl ProcLog {
                 None => break,
             }
         }
-        self.store.flush().map_err(SysmgrError::Db)?;
+        self.flusher.dirty();
         self.store.replicate(tree, false, ops);
         Ok(())
     }

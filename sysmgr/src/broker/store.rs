@@ -9,6 +9,8 @@ pub struct QueueStore {
     store: pss::Store,
     queue: sled::Tree,
     dead: sled::Tree,
+    /// Dead letters are written on the supervisor's thread while a restart waits.
+    flusher: crate::flusher::Flusher,
 }
 
 fn key(sap: u32, seq: u64) -> [u8; 12] {
@@ -19,11 +21,15 @@ fn key(sap: u32, seq: u64) -> [u8; 12] {
 }
 
 impl QueueStore {
-    pub fn open(store: &pss::Store) -> Result<QueueStore, pss::PssError> {
+    pub fn open(
+        store: &pss::Store,
+        flusher: crate::flusher::Flusher,
+    ) -> Result<QueueStore, pss::PssError> {
         Ok(QueueStore {
             store: store.clone(),
             queue: store.tree("mts/queue")?,
             dead: store.tree("mts/dead")?,
+            flusher,
         })
     }
 
@@ -92,7 +98,7 @@ impl QueueStore {
                     false,
                     vec![(d.seq.to_be_bytes().to_vec(), Some(v))],
                 );
-                let _ = self.store.flush();
+                self.flusher.dirty();
             }
             Err(e) => tracing::error!("mts/dead encode: {e}"),
         }

@@ -746,10 +746,24 @@ impl Supervisor {
     }
 
     pub(super) fn on_control(&mut self, msg: ControlMsg) {
+        // What the process log shows must be on disk: its reader waits for the flush, the
+        // supervisor's thread does not.
+        let on_disk = matches!(msg.req, Request::ShowProcessLog { .. } | Request::ShowCores)
+            .then(|| self.log.synced());
         let res = self
             .authorize(&msg.identity)
             .and_then(|()| self.handle(msg.req));
-        let _ = msg.reply.send(res);
+        match on_disk {
+            Some(flushed) if res.is_ok() => {
+                tokio::spawn(async move {
+                    flushed.await;
+                    let _ = msg.reply.send(res);
+                });
+            }
+            _ => {
+                let _ = msg.reply.send(res);
+            }
+        }
     }
 
     fn authorize(&self, identity: &crate::broker::Identity) -> Result<(), String> {

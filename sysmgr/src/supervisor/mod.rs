@@ -227,8 +227,9 @@ impl Supervisor {
         if let Err(e) = watchdog {
             tracing::error!(error = %e, "cannot start the PSS database watchdog");
         }
-        let log = ProcLog::open(&store, sys.proclog_max_records)?;
-        let queues = crate::broker::QueueStore::open(&store)?;
+        let flusher = crate::flusher::Flusher::start(&store);
+        let log = ProcLog::open(&store, sys.proclog_max_records, flusher.clone())?;
+        let queues = crate::broker::QueueStore::open(&store, flusher)?;
         let mut broker = crate::broker::Broker::new(sys.mts_limits, Some(queues));
         broker.pss = Some(crate::broker::pss::PssHandle::start(
             pss::server::Server::new(&store)?,
@@ -355,6 +356,9 @@ impl Supervisor {
                     Exit::Shutdown => "shutdown",
                     Exit::Reset => "supervisor reset",
                 }));
+                if let Err(e) = self.log.sync_now() {
+                    tracing::error!("process log flush failed: {e}");
+                }
                 if exit == Exit::Reset {
                     self.hand_over();
                 }
