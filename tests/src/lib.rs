@@ -123,7 +123,9 @@ impl Lab {
             .args(&self.boot_args)
             .arg("--config")
             .arg(self.config())
-            .env("RUST_LOG", "debug")
+            // sled's own debug lines (one per log-buffer write) were half of a failing test's
+            // log tail and crowded sysmgr's lines out of it.
+            .env("RUST_LOG", "debug,sled=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);

@@ -242,8 +242,11 @@ fn sessions_come_up_at_50ms_and_a_peer_link_down_is_detected_in_time() {
         eprintln!("{their}: link down detected after {took} ms (detection time {DETECT_MS} ms)");
         assert_eq!(n["diag"], "ControlDetectionTimeExpired", "{n}");
         // The last packet arrived before the link went down, so Down comes at most one
-        // Detection Time later; 10 ms for the millisecond clock and timer wake-up.
-        assert!(took <= DETECT_MS as i64 + 10, "took {took} ms: {n}");
+        // Detection Time later, plus the timer's wake-up: on this shared two-vCPU machine a
+        // runnable bfd can wait 10-25 ms for a CPU (sched_switch traces, BENCHMARKS.md). A
+        // detection from anything but this Detection Time (the 1 s slow rate, a doubled
+        // timer) would be hundreds of ms late.
+        assert!(took <= DETECT_MS as i64 + 50, "took {took} ms: {n}");
         ns.ip(&["link", "set", ifname, "up"]);
     }
     l.wait_all_up(Duration::from_secs(15));
