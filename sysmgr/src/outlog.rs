@@ -2,15 +2,26 @@
 //!
 //! Each stream goes to `logs/<service>.<stream>.log`; past the cap the file rotates to `.1`
 //! (one generation kept). The last stderr lines are kept in memory for core records.
+//!
+//! The pipes are read on the supervisor's thread; the files are written by one [`LogWriter`]
+//! thread. A log file that blocks (a stalled or full disk, a FIFO nobody reads) holds that
+//! thread, never the supervisor's, which goes on reaping and restarting. What services write
+//! meanwhile waits in memory up to [`CHUNKS`] reads, then is dropped, counted, and the file
+//! says how much when it takes writes again; the service itself is never held up.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
+
+/// Reads (up to 64 KB each) waiting for the log writer before output is dropped.
+pub const CHUNKS: usize = 256;
 
 /// Lines of stderr kept for a core record.
 pub const TAIL_LINES: usize = 20;
@@ -89,31 +100,110 @@ impl Tail {
     }
 }
 
+/// One stream's log file and what was dropped on its way there.
+pub struct LogSink {
+    path: PathBuf,
+    file: Mutex<CappedFile>,
+    /// Bytes read from the service and dropped because the writer was behind.
+    dropped: AtomicU64,
+}
+
+impl LogSink {
+    pub fn new(path: PathBuf, max: u64) -> LogSink {
+        LogSink {
+            file: Mutex::new(CappedFile::new(path.clone(), max)),
+            path,
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A read for a file: the sink, the bytes dropped since the sink's previous chunk, the data.
+type Chunk = (Arc<LogSink>, u64, Vec<u8>);
+
+/// The thread that writes services' output to their files (see the module's doc).
+#[derive(Clone)]
+pub struct LogWriter {
+    tx: SyncSender<Chunk>,
+}
+
+impl LogWriter {
+    /// A writer thread that holds up to `chunks` reads before dropping.
+    pub fn start(chunks: usize) -> LogWriter {
+        let (tx, rx) = sync_channel::<Chunk>(chunks);
+        let run = move || {
+            while let Ok((sink, lost, data)) = rx.recv() {
+                let mut f = sink.file.lock().unwrap_or_else(|p| p.into_inner());
+                if lost > 0 {
+                    f.write(
+                        format!(
+                            "\n[sysmgr: {lost} bytes of this service's output dropped: its log file did not take writes fast enough]\n"
+                        )
+                        .as_bytes(),
+                    );
+                }
+                f.write(&data);
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("svc-logs".into())
+            .spawn(run)
+        {
+            // Without the thread every chunk is counted as dropped: output is lost, the
+            // supervisor is not held up.
+            tracing::error!(error = %e, "cannot start the service log writer thread");
+        }
+        LogWriter { tx }
+    }
+
+    /// The process's writer, started at first use.
+    pub fn global() -> &'static LogWriter {
+        static W: OnceLock<LogWriter> = OnceLock::new();
+        W.get_or_init(|| LogWriter::start(CHUNKS))
+    }
+
+    /// Queue `data` for `sink`'s file (true), or drop and count it when the writer is behind.
+    /// A queued chunk carries the count of what was dropped before it, so the file says so
+    /// where it happened.
+    pub fn send(&self, sink: &Arc<LogSink>, data: &[u8]) -> bool {
+        let lost = sink.dropped.swap(0, Ordering::Relaxed);
+        match self.tx.try_send((sink.clone(), lost, data.to_vec())) {
+            Ok(()) => true,
+            Err(TrySendError::Full((s, lost, d)) | TrySendError::Disconnected((s, lost, d))) => {
+                s.dropped
+                    .fetch_add(lost + d.len() as u64, Ordering::Relaxed);
+                if lost == 0 {
+                    tracing::warn!(
+                        path = %s.path.display(),
+                        "service output dropped: its log file does not take writes fast enough"
+                    );
+                }
+                false
+            }
+        }
+    }
+}
+
 /// The per-service log files, shared by all instances of the service.
 pub struct ServiceLogs {
-    pub stdout: Arc<Mutex<CappedFile>>,
-    pub stderr: Arc<Mutex<CappedFile>>,
+    pub stdout: Arc<LogSink>,
+    pub stderr: Arc<LogSink>,
 }
 
 impl ServiceLogs {
     pub fn new(dir: &Path, service: &str, max: u64) -> ServiceLogs {
         ServiceLogs {
-            stdout: Arc::new(Mutex::new(CappedFile::new(
-                dir.join(format!("{service}.stdout.log")),
-                max,
-            ))),
-            stderr: Arc::new(Mutex::new(CappedFile::new(
-                dir.join(format!("{service}.stderr.log")),
-                max,
-            ))),
+            stdout: Arc::new(LogSink::new(dir.join(format!("{service}.stdout.log")), max)),
+            stderr: Arc::new(LogSink::new(dir.join(format!("{service}.stderr.log")), max)),
         }
     }
 }
 
-/// Copy a pipe to a capped file until EOF; `done` flips to true at EOF.
+/// Copy a pipe to a capped file (through the [`LogWriter`]) until EOF; `done` flips to true
+/// at EOF.
 pub fn pump(
     read: OwnedFd,
-    sink: Arc<Mutex<CappedFile>>,
+    sink: Arc<LogSink>,
     tail: Option<Arc<Mutex<Tail>>>,
 ) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
@@ -137,9 +227,7 @@ pub fn pump(
             }) {
                 Ok(Ok(0)) => break,
                 Ok(Ok(n)) => {
-                    if let Ok(mut s) = sink.lock() {
-                        s.write(&buf[..n]);
-                    }
+                    LogWriter::global().send(&sink, &buf[..n]);
                     if let Some(t) = &tail
                         && let Ok(mut t) = t.lock()
                     {
@@ -159,6 +247,68 @@ pub fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::time::Duration;
+
+    #[test]
+    fn a_blocked_log_file_holds_the_writer_not_the_sender_and_says_what_was_dropped() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("f.log");
+        // A FIFO nobody reads: opening it for writing blocks the writer thread.
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let w = LogWriter::start(1);
+        let sink = Arc::new(LogSink::new(p.clone(), 1 << 20));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let (w2, s2) = (w.clone(), sink.clone());
+        std::thread::spawn(move || {
+            let queued = (0..10)
+                .filter(|i| w2.send(&s2, format!("c{i}\n").as_bytes()))
+                .count();
+            let _ = done_tx.send(queued);
+        });
+        let queued = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("sending never waits for the file");
+        // One read taken by the blocked thread, at most one waiting: the rest dropped.
+        assert!(queued <= 2, "{queued}");
+        assert!(sink.dropped.load(Ordering::Relaxed) >= 3 * 7);
+
+        let (text_tx, text_rx) = std::sync::mpsc::channel();
+        let reader = p.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::open(reader).expect("open the FIFO");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains("after") {
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = text_tx.send(String::from_utf8_lossy(&got).into_owned());
+        });
+        // The file takes writes again: the writer drains, and a later write is queued.
+        let mut refused = 0u64;
+        while !w.send(&sink, b"after\n") {
+            refused += 1;
+            assert!(refused < 1000, "the writer never drained");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let text = text_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer goes on once the file takes writes");
+        assert!(text.starts_with("c0\n"), "{text:?}");
+        assert!(text.ends_with("after\n"), "{text:?}");
+        // Every byte sent is in the file or counted in a marker written before the next write.
+        let kept = text.lines().filter(|l| l.starts_with('c')).count() as u64;
+        let said: u64 = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("[sysmgr: "))
+            .filter_map(|l| l.split(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(queued as u64, kept, "{text:?}");
+        assert_eq!(3 * kept + said, 30 + 6 * refused, "{text:?}");
+    }
 
     #[test]
     fn capped_file_rotates() {

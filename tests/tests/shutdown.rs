@@ -139,3 +139,80 @@ fn process_log_survives_sigkill_of_sysmgr_and_services_die_with_it() {
     let pid3 = lab.wait_running("victim", None);
     assert_ne!(pid3, pid2);
 }
+
+#[test]
+fn a_log_file_that_blocks_holds_neither_restarts_nor_the_cli() {
+    use std::io::Read;
+    let mut lab = Lab::new("1s");
+    lab.service(
+        "chatty",
+        &["--spew", "200000", "--stderr", "hello on stderr", "--notify"],
+        "readiness = \"notify\"\n[ha.single-sup.primary]\naction = \"stateless\"\nmax-retries = 5\nmin-lifetime = \"1s\"\n",
+    );
+    // (Ready once its spew is in the pipe.) Its stdout log is a FIFO nobody reads yet: opening it for writing blocks (as a stalled
+    // disk would).
+    let fifo = lab.path("data/logs/chatty.stdout.log");
+    std::fs::create_dir_all(lab.path("data/logs")).expect("logs dir");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    lab.boot();
+    let pid = lab.wait_running("chatty", None);
+    // The CLI answers, and a SIGKILLed service is restarted, while the log writer is stuck.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
+    let pid2 = lab.wait_running("chatty", Some(pid));
+    let recs = lab.records("chatty");
+    assert_eq!(
+        recs[0]["new_pid"].as_i64(),
+        Some(i64::from(pid2)),
+        "{recs:?}"
+    );
+
+    // Once the FIFO is read, what both instances wrote comes out: each its start line and
+    // 200,000 x's, less whatever had to be dropped (and then the file says how much).
+    let accounted = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got);
+        let said: usize = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("[sysmgr: "))
+            .filter_map(|l| l.split(' ').next()?.parse::<usize>().ok())
+            .sum();
+        (got.iter().filter(|b| **b == b'x').count(), said)
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::open(fifo).expect("open the FIFO");
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let t0 = Instant::now();
+        loop {
+            let (x, said) = accounted(&got);
+            let text = String::from_utf8_lossy(&got);
+            if (x + said >= 400_000 && text.contains("started (stateless"))
+                || t0.elapsed() > Duration::from_secs(10)
+            {
+                break;
+            }
+            match f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = tx.send(got);
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the log writer goes on once the file is read");
+    let (x, said) = accounted(&got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        (400_000..=400_200).contains(&(x + said)),
+        "{x} x's, {said} bytes said dropped"
+    );
+    assert!(text.contains(&format!("sysmgr-demo pid {pid} started (fresh")));
+    assert!(text.contains(&format!("sysmgr-demo pid {pid2} started (stateless")));
+    wait_for(Duration::from_secs(5), "stderr log", || {
+        std::fs::read_to_string(lab.path("data/logs/chatty.stderr.log"))
+            .ok()?
+            .contains("hello on stderr")
+            .then_some(())
+    });
+}
