@@ -112,6 +112,12 @@ impl Lab {
             .append(true)
             .open(self.path("sysmgr.log"))
             .expect("log");
+        let err = log.try_clone().expect("log");
+        self.boot_with_stderr(log, Stdio::from(err));
+    }
+
+    /// [`Lab::boot`] with sysmgr's stderr somewhere else than `sysmgr.log`.
+    pub fn boot_with_stderr(&mut self, log: std::fs::File, stderr: Stdio) {
         let mut cmd = if self.wrapper.is_empty() {
             Command::new(bin("sysmgr"))
         } else {
@@ -127,8 +133,8 @@ impl Lab {
             // log tail and crowded sysmgr's lines out of it.
             .env("RUST_LOG", "debug,sled=info")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
+            .stdout(log)
+            .stderr(stderr);
         cmd.env_remove("SYSMGR_SOCKET");
         self.daemon = Some(cmd.spawn().expect("spawn sysmgr"));
         wait_for(Duration::from_secs(10), "sysmgr socket", || {
@@ -146,6 +152,35 @@ impl Lab {
 
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.path("sysmgr.log")).unwrap_or_default()
+    }
+
+    /// A service's stderr log once `ok` holds for it (or as it is after 5 s): sysmgr copies
+    /// it from the service's pipe through a writer thread, so a line the service wrote before
+    /// an event the test saw may land a little after.
+    pub fn service_log_when(&self, service: &str, ok: impl Fn(&str) -> bool) -> String {
+        let path = self.path(&format!("data/logs/{service}.stderr.log"));
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            if ok(&log) || Instant::now() >= end {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's log once it contains `needle` (sysmgr writes its log from a thread of its
+    /// own, so a line may land just after the event the test saw).
+    pub fn wait_log(&self, needle: &str) -> String {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.daemon_log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < end, "{needle:?} not in the log:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn daemon_pid(&self) -> i32 {

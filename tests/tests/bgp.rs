@@ -545,7 +545,11 @@ fn a_stateful_restart_rebuilds_the_rib_from_the_pss_checkpoint() {
         !rows.to_string().contains("10.121.95.0/24"),
         "a withdrawn prefix came back: {rows}"
     );
-    let log = std::fs::read_to_string(lab.path("data/logs/bgp.stderr.log")).unwrap_or_default();
+    let log = lab.service_log_when("bgp", |l| {
+        l.contains("checkpoint: RIBs restored")
+            && l.contains("prefixes=90")
+            && l.contains("session resumed in place")
+    });
     assert!(
         log.contains("checkpoint: RIBs restored")
             && log.contains("prefixes=90")
@@ -647,7 +651,7 @@ fn bfd_down_resets_the_bgp_session_long_before_the_hold_timer() {
     wait_for(Duration::from_secs(3), "the peer's routes gone", || {
         (kernel() == 0).then_some(())
     });
-    let log = std::fs::read_to_string(lab.path("data/logs/bgp.stderr.log")).unwrap_or_default();
+    let log = lab.service_log_when("bgp", |l| l.contains("BFD down: resetting the BGP session"));
     assert!(log.contains("BFD down: resetting the BGP session"), "{log}");
 }
 
@@ -837,7 +841,7 @@ fn malformed_attributes_are_treat_as_withdraw_not_a_reset() {
     assert_eq!(n["flaps"], 0, "no session reset: {s}");
     assert_eq!(n["prefixes_received"], 2, "{s}");
     assert_eq!(kernel_routes(&sut), 2);
-    let log = std::fs::read_to_string(lab.path("data/logs/bgp.stderr.log")).unwrap_or_default();
+    let log = lab.service_log_when("bgp", |l| l.contains("treat-as-withdraw"));
     assert!(log.contains("treat-as-withdraw"), "{log}");
     let _ = exa.kill();
     let _ = exa.wait();

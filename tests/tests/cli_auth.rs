@@ -49,11 +49,7 @@ fn unknown_service_and_malformed_requests_are_clear_errors() {
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     assert!(lab.cli(&["show", "processes"]).status.success());
-    assert!(
-        lab.daemon_log().contains("bad frame magic"),
-        "{}",
-        lab.daemon_log()
-    );
+    lab.wait_log("bad frame magic");
 }
 
 #[test]

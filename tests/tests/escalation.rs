@@ -187,11 +187,6 @@ action = "none"
     assert_eq!(rec["action"], "left down (policy none)");
     let rows = lab.json(&["show", "processes"]);
     assert_eq!(rows[0]["state"], "failed");
-    assert!(
-        lab.daemon_log()
-            .contains("%SYSMGR-2-SERVICE_CRASHED: Service \"quitter\""),
-        "{}",
-        lab.daemon_log()
-    );
-    assert!(lab.daemon_log().contains("has finished with error code 7."));
+    let log = lab.wait_log("%SYSMGR-2-SERVICE_CRASHED: Service \"quitter\"");
+    assert!(log.contains("has finished with error code 7."), "{log}");
 }

@@ -355,7 +355,9 @@ fn sigkill_of_fib_with_10k_routes_deletes_no_kernel_route() {
         "same routes, same nexthop objects"
     );
     assert_eq!(l.nexthops(), nexthops);
-    let log = std::fs::read_to_string(l.lab.path("data/logs/fib.stderr.log")).unwrap_or_default();
+    let log = l.lab.service_log_when("fib", |t| {
+        t.lines().filter(|x| x.contains("fib reconciled")).count() >= 2
+    });
     assert!(
         log.lines()
             .filter(|x| x.contains("fib reconciled"))
@@ -688,7 +690,9 @@ fn pipelined_updates_end_with_the_latest_route_of_each_prefix() {
             r.expect("update accepted");
         }
     });
-    let log = std::fs::read_to_string(l.lab.path("data/logs/fib.stderr.log")).unwrap_or_default();
+    let log = l.lab.service_log_when("fib", |t| {
+        t.contains("the next update taken in before this one goes to the kernel")
+    });
     assert!(
         log.contains("the next update taken in before this one goes to the kernel"),
         "fib took the updates one at a time:\n{log}"

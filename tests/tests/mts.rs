@@ -192,7 +192,7 @@ fn poison_is_quarantined_after_two_crashes_and_the_third_instance_runs() {
             .contains("1 message(s) quarantined to the dead-letter queue"),
         "{recs:?}"
     );
-    assert!(lab.daemon_log().contains("%SYSMGR-2-MTS_DEAD_LETTER"));
+    lab.wait_log("%SYSMGR-2-MTS_DEAD_LETTER");
     let d = lab.json(&["show", "mts", "dead-letter"]);
     assert_eq!(d[0]["sap"], "rx");
     assert_eq!(d[0]["bytes"], 6);
@@ -249,12 +249,8 @@ fn identity_bad_frames_and_limits() {
             .contains(&"still works".to_string())
             .then_some(())
     });
-    let log = lab.daemon_log();
-    assert!(
-        log.contains("frame payload of 4294967295 bytes exceeds the limit"),
-        "{log}"
-    );
-    assert!(log.contains("stream ended inside a frame"), "{log}");
+    lab.wait_log("frame payload of 4294967295 bytes exceeds the limit");
+    lab.wait_log("stream ended inside a frame");
 
     // Queue limits: SAP other (101) has no receiver; the fourth message is refused.
     for i in 0..3 {

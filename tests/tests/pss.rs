@@ -202,5 +202,5 @@ fn a_corrupt_database_refuses_to_boot_unless_the_operator_moves_it_aside() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("db.corrupt-"))
         .collect();
     assert_eq!(aside.len(), 1, "moved aside, not deleted");
-    assert!(lab.daemon_log().contains("%SYSMGR-2-PSS_MOVED_ASIDE"));
+    lab.wait_log("%SYSMGR-2-PSS_MOVED_ASIDE");
 }
