@@ -9,6 +9,8 @@
 //! - [`notify`]: the sd_notify server;
 //! - [`proclog`]: the persistent process log and core records;
 //! - [`flusher`]: the database flushes, off the supervisor's thread;
+//! - [`outlog`] and [`selflog`]: services' output to their log files, sysmgr's own to stderr,
+//!   each written by a thread of its own;
 //! - [`control`] and [`cli`]: the MTS control path and its renderer;
 //! - [`services`]: commands answered by a service over MTS (`show bfd neighbors`, `show ip
 //!   route`, `show cef`, `clear route`, static routes).
@@ -26,6 +28,7 @@ pub mod outlog;
 pub mod procfs;
 pub mod proclog;
 pub mod redundancy;
+pub mod selflog;
 pub mod services;
 pub mod spawn;
 pub mod supervisor;

@@ -75,15 +75,24 @@ fn run_boot(args: &Cli, move_aside_corrupt_db: bool) -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(sysmgr::selflog::Stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // A panic's message goes straight to stderr: the lines before it first.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        sysmgr::selflog::flush(std::time::Duration::from_millis(500));
+        report(info);
+    }));
     let opts = BootOptions {
         config: args.config.clone(),
         data_dir: args.data_dir.clone(),
         move_aside_corrupt_db,
     };
-    match boot::boot(opts) {
+    let ended = boot::boot(opts);
+    // What is still queued for stderr, before exit or re-exec (not forever: stderr may be stuck).
+    sysmgr::selflog::flush(std::time::Duration::from_secs(2));
+    match ended {
         Ok(Exit::Shutdown) => ExitCode::SUCCESS,
         Ok(Exit::Reset) => {
             let err = boot::reexec_reset();

@@ -1,4 +1,5 @@
-//! NX-OS-shaped LOG_ERR lines to stderr and, when `/dev/log` exists, to syslog.
+//! NX-OS-shaped LOG_ERR lines to stderr (through [`crate::selflog`]) and, when `/dev/log`
+//! exists, to syslog.
 
 use std::os::unix::net::UnixDatagram;
 
@@ -8,8 +9,11 @@ const PRI_DAEMON_ERR: u8 = 27;
 /// Emit `%SYSMGR-<sev>-<MNEMONIC>: <text>` at LOG_ERR.
 pub fn err(severity: u8, mnemonic: &str, text: &str) {
     let line = format!("%SYSMGR-{severity}-{mnemonic}: {text}");
-    eprintln!("{line}");
-    if let Ok(s) = UnixDatagram::unbound() {
+    crate::selflog::line(format!("{line}\n").into_bytes());
+    // Never wait for a syslog daemon that does not read: the line is on stderr anyway.
+    if let Ok(s) = UnixDatagram::unbound()
+        && s.set_nonblocking(true).is_ok()
+    {
         let msg = format!("<{PRI_DAEMON_ERR}>sysmgr[{}]: {line}", std::process::id());
         let _ = s.send_to(msg.as_bytes(), "/dev/log");
     }

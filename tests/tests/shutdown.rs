@@ -216,3 +216,63 @@ fn a_log_file_that_blocks_holds_neither_restarts_nor_the_cli() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_stderr_nobody_reads_holds_neither_restarts_nor_the_cli() {
+    use std::os::fd::AsRawFd;
+    let mut lab = Lab::new("1s");
+    lab.service(
+        "victim",
+        &["--notify"],
+        "readiness = \"notify\"\n[ha.single-sup.primary]\naction = \"stateless\"\nmax-retries = 100\nmin-lifetime = \"1s\"\n",
+    );
+    // sysmgr's stderr: a pipe of one page that this test never reads (a stuck journal).
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    let log = std::fs::File::create(lab.path("sysmgr.log")).expect("log");
+    lab.boot_with_stderr(log, std::process::Stdio::from(w));
+    let mut pid = lab.wait_running("victim", None);
+    for _ in 0..20 {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
+        pid = lab.wait_running("victim", Some(pid));
+    }
+    // sysmgr had more to say than the pipe holds: the pipe is full, and everything went on.
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    unsafe { libc::ioctl(r.as_raw_fd(), libc::FIONREAD, &mut queued) };
+    // (Full: no room for another line, which the kernel writes whole or not at all.)
+    assert!(
+        queued > 4096 - 512,
+        "sysmgr's stderr pipe should be full: {queued}"
+    );
+    let kills = lab
+        .records("victim")
+        .iter()
+        .filter(|r| r["death"]["Signal"]["signal"] == 9)
+        .count();
+    assert_eq!(kills, 20);
+    // Once read, the lines come out, the LOG_ERR line of every kill among them.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(r);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while String::from_utf8_lossy(&got)
+            .matches("SERVICE_CRASHED")
+            .count()
+            < 20
+        {
+            match std::io::Read::read(&mut f, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = tx.send(got.len());
+    });
+    let read = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("every LOG_ERR line once stderr is read");
+    // More than twice what the pipe holds: sysmgr went on logging while it was full.
+    assert!(read > 8192, "{read} bytes");
+}
