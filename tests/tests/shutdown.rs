@@ -93,12 +93,8 @@ fn service_output_goes_to_capped_log_files() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(std::fs::metadata(&out).expect("log").len() <= 100_000);
     assert!(std::fs::metadata(&rotated).expect("rotated").len() <= 100_000);
-    wait_for(Duration::from_secs(5), "stderr log", || {
-        std::fs::read_to_string(lab.path("data/logs/chatty.stderr.log"))
-            .ok()?
-            .contains("hello on stderr")
-            .then_some(())
-    });
+    let log = lab.service_log_when("chatty", |l| l.contains("hello on stderr"));
+    assert!(log.contains("hello on stderr"), "{log:?}");
 }
 
 #[test]
@@ -209,12 +205,8 @@ fn a_log_file_that_blocks_holds_neither_restarts_nor_the_cli() {
     );
     assert!(text.contains(&format!("sysmgr-demo pid {pid} started (fresh")));
     assert!(text.contains(&format!("sysmgr-demo pid {pid2} started (stateless")));
-    wait_for(Duration::from_secs(5), "stderr log", || {
-        std::fs::read_to_string(lab.path("data/logs/chatty.stderr.log"))
-            .ok()?
-            .contains("hello on stderr")
-            .then_some(())
-    });
+    let log = lab.service_log_when("chatty", |l| l.contains("hello on stderr"));
+    assert!(log.contains("hello on stderr"), "{log:?}");
 }
 
 #[test]
