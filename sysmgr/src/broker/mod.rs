@@ -485,23 +485,25 @@ impl Broker {
         if h.flags.has(Flags::REQUEST) {
             self.origins.insert(seq, (h.msg_id, conn, h.src_sap));
         }
+        let mut confirm_now = h.flags.has(Flags::CONFIRM);
         if m.persistent()
             && let Some(st) = &self.store
         {
             st.put(&m)
                 .map_err(|e| format!("persistent queue write failed: {e}"))?;
-            if h.flags.has(Flags::CONFIRM) {
-                // Confirmed means on disk; a pipelined sender confirms only its last message,
-                // so one flush commits the whole batch.
-                st.flush()
-                    .map_err(|e| format!("persistent queue flush failed: {e}"))?;
+            if confirm_now && let Some(c) = self.conns.get(&conn) {
+                // Confirmed means on disk: the confirmation thread answers after its flush. A
+                // pipelined sender confirms only its last message, so one flush commits the
+                // batch.
+                st.confirm_when_flushed(h, c.outbox.clone());
+                confirm_now = false;
             }
         }
         let s = self.saps.get_mut(&h.dst_sap).ok_or("SAP vanished")?;
         s.bytes += m.payload.len();
         s.queue.push_back(m);
         self.deliver(h.dst_sap);
-        Ok(h.flags.has(Flags::CONFIRM).then(Vec::new))
+        Ok(confirm_now.then(Vec::new))
     }
 
     fn publish(

@@ -1,6 +1,22 @@
 //! Persistent MTS queues and dead letters in the supervisor's sled database.
+//!
+//! A persistent message sent with CONFIRM is confirmed once it is on disk (and applied by the
+//! standby, when there is one). Its confirmation goes out from a thread of its own after a group
+//! commit: every confirmation waiting shares one flush, and the broker's thread (the
+//! supervisor's) never waits for the disk or the standby.
 
-use super::{DeadLetter, Msg};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+use mts::frame::{Frame, Header};
+
+use super::{DeadLetter, Msg, Outbox};
+
+/// A confirmation held until the flush that covers its message.
+struct Confirm {
+    h: Header,
+    outbox: Arc<Outbox>,
+}
 
 /// `mts/queue`: key = SAP (4 bytes BE) + seq (8 bytes BE), value = the encoded [`Msg`].
 /// `mts/dead`: key = seq, value = the encoded [`DeadLetter`].
@@ -11,6 +27,7 @@ pub struct QueueStore {
     dead: sled::Tree,
     /// Dead letters are written on the supervisor's thread while a restart waits.
     flusher: crate::flusher::Flusher,
+    confirms: Sender<Confirm>,
 }
 
 fn key(sap: u32, seq: u64) -> [u8; 12] {
@@ -25,11 +42,21 @@ impl QueueStore {
         store: &pss::Store,
         flusher: crate::flusher::Flusher,
     ) -> Result<QueueStore, pss::PssError> {
+        let (confirms, held) = channel();
+        let st = store.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("mts-confirm".into())
+            .spawn(move || confirm_after_flush(&st, &held))
+        {
+            // Then confirmations fail (the channel is closed): the sender is told, nothing hangs.
+            tracing::error!(error = %e, "cannot start the MTS confirmation thread");
+        }
         Ok(QueueStore {
             store: store.clone(),
             queue: store.tree("mts/queue")?,
             dead: store.tree("mts/dead")?,
             flusher,
+            confirms,
         })
     }
 
@@ -46,13 +73,13 @@ impl QueueStore {
         Ok(())
     }
 
-    /// On disk, and applied by the standby supervisor when there is one.
-    pub fn flush(&self) -> Result<(), String> {
-        self.store.flush().map_err(|e| e.to_string())?;
-        if self.store.wait_replicated() == pss::Replicated::GaveUp {
-            standby_gave_up();
+    /// Answer the message of `h` (just `put`) on `outbox` once it is on disk.
+    pub fn confirm_when_flushed(&self, h: &Header, outbox: Arc<Outbox>) {
+        if let Err(e) = self.confirms.send(Confirm { h: *h, outbox }) {
+            let Confirm { h, outbox } = e.0;
+            let f = Frame::error_to(&h, 0, "persistent queue flush failed: no flusher thread");
+            outbox.push(&f.header, &f.payload);
         }
-        Ok(())
     }
 
     pub fn remove(&self, sap: u32, seq: u64) {
@@ -111,6 +138,27 @@ impl QueueStore {
             .filter_map(|v| v.ok())
             .filter_map(|v| mts::codec::decode(&v).ok())
             .collect()
+    }
+}
+
+/// The confirmation thread: one flush (and standby acknowledgement) for every confirmation
+/// waiting when it starts, then their answers, written straight into the senders' sockets.
+fn confirm_after_flush(store: &pss::Store, held: &Receiver<Confirm>) {
+    while let Ok(first) = held.recv() {
+        let mut batch = vec![first];
+        batch.extend(held.try_iter());
+        let r = store.flush().map_err(|e| e.to_string()).map(|_| {
+            if store.wait_replicated() == pss::Replicated::GaveUp {
+                standby_gave_up();
+            }
+        });
+        for Confirm { h, outbox } in batch {
+            let f = match &r {
+                Ok(()) => Frame::response_to(&h, 0, Vec::new()),
+                Err(e) => Frame::error_to(&h, 0, &format!("persistent queue flush failed: {e}")),
+            };
+            outbox.push_now(&f.header, &f.payload);
+        }
     }
 }
 
