@@ -15,7 +15,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
@@ -102,6 +102,7 @@ impl Tail {
 
 /// One stream's log file and what was dropped on its way there.
 pub struct LogSink {
+    /// The file's path, outside the lock a blocked writer holds (for the drop warning).
     path: PathBuf,
     file: Mutex<CappedFile>,
     /// Bytes read from the service and dropped because the writer was behind.
@@ -167,20 +168,22 @@ impl LogWriter {
     /// where it happened.
     pub fn send(&self, sink: &Arc<LogSink>, data: &[u8]) -> bool {
         let lost = sink.dropped.swap(0, Ordering::Relaxed);
-        match self.tx.try_send((sink.clone(), lost, data.to_vec())) {
-            Ok(()) => true,
-            Err(TrySendError::Full((s, lost, d)) | TrySendError::Disconnected((s, lost, d))) => {
-                s.dropped
-                    .fetch_add(lost + d.len() as u64, Ordering::Relaxed);
-                if lost == 0 {
-                    tracing::warn!(
-                        path = %s.path.display(),
-                        "service output dropped: its log file does not take writes fast enough"
-                    );
-                }
-                false
-            }
+        if self
+            .tx
+            .try_send((sink.clone(), lost, data.to_vec()))
+            .is_ok()
+        {
+            return true;
         }
+        sink.dropped
+            .fetch_add(lost + data.len() as u64, Ordering::Relaxed);
+        if lost == 0 {
+            tracing::warn!(
+                path = %sink.path.display(),
+                "service output dropped: its log file does not take writes fast enough"
+            );
+        }
+        false
     }
 }
 

@@ -66,13 +66,7 @@ fn run(rx: &Receiver<Msg>, w: &mut impl Write) {
 pub fn line(bytes: Vec<u8>) {
     let o = out();
     let lost = o.dropped.swap(0, Ordering::Relaxed);
-    if let Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) =
-        o.tx.try_send(Msg::Line(lost, bytes))
-    {
-        let lost = match m {
-            Msg::Line(l, _) => l,
-            Msg::Flush(_) => 0,
-        };
+    if o.tx.try_send(Msg::Line(lost, bytes)).is_err() {
         o.dropped.fetch_add(lost + 1, Ordering::Relaxed);
     }
 }

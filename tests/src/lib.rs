@@ -57,6 +57,18 @@ pub struct Lab {
     pub boot_args: Vec<String>,
 }
 
+/// A file's text once `ok` holds for it, or as it is after 5 s.
+fn file_when(path: &Path, ok: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if ok(&text) || Instant::now() >= end {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Lab {
     /// A lab whose minimum-lifetime floor is lowered to `floor` (e.g. "1s").
     pub fn new(floor: &str) -> Lab {
@@ -158,29 +170,15 @@ impl Lab {
     /// it from the service's pipe through a writer thread, so a line the service wrote before
     /// an event the test saw may land a little after.
     pub fn service_log_when(&self, service: &str, ok: impl Fn(&str) -> bool) -> String {
-        let path = self.path(&format!("data/logs/{service}.stderr.log"));
-        let end = Instant::now() + Duration::from_secs(5);
-        loop {
-            let log = std::fs::read_to_string(&path).unwrap_or_default();
-            if ok(&log) || Instant::now() >= end {
-                return log;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        file_when(&self.path(&format!("data/logs/{service}.stderr.log")), ok)
     }
 
     /// The daemon's log once it contains `needle` (sysmgr writes its log from a thread of its
     /// own, so a line may land just after the event the test saw).
     pub fn wait_log(&self, needle: &str) -> String {
-        let end = Instant::now() + Duration::from_secs(5);
-        loop {
-            let log = self.daemon_log();
-            if log.contains(needle) {
-                return log;
-            }
-            assert!(Instant::now() < end, "{needle:?} not in the log:\n{log}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = file_when(&self.path("sysmgr.log"), |l| l.contains(needle));
+        assert!(log.contains(needle), "{needle:?} not in the log:\n{log}");
+        log
     }
 
     pub fn daemon_pid(&self) -> i32 {
