@@ -306,6 +306,8 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
     } else {
         (5000, 2000, 1000, 300)
     };
+    // The raw-sled floor runs with the allocator settings sysmgr boots with.
+    sysmgr::boot::keep_io_buffers_mapped();
     let root = std::env::temp_dir().join(format!("sysmgr-pss-bench-{}", std::process::id()));
     std::fs::create_dir_all(&root)?;
     let _ = std::io::stdout().flush();

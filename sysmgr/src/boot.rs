@@ -29,7 +29,7 @@ pub fn reexec_reset() -> std::io::Error {
 /// fifth of the PSS thread's time. With the threshold fixed at glibc's own ceiling for the
 /// dynamic one (32 MiB), buffers come from the heap and are reused; the heap keeps up to
 /// 16 MiB free instead of returning it to the kernel at once.
-fn keep_io_buffers_mapped() {
+pub fn keep_io_buffers_mapped() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt changes two allocator thresholds under the allocator's own lock; it has
     // no other effect and no pointer arguments.
