@@ -5,6 +5,7 @@
 //! it. Tree names follow DESIGN.md: `sysmgr/*`, `mts/*`, `pss/<service>/<scope>`.
 
 pub mod client;
+mod disk;
 pub mod proto;
 pub mod server;
 
@@ -116,6 +117,7 @@ type WriteGate = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    disk: Arc<disk::Disk>,
     path: PathBuf,
     replica: Arc<(Mutex<Replica>, Condvar)>,
     gate: Arc<Mutex<Option<WriteGate>>>,
@@ -155,8 +157,11 @@ impl Store {
             }
             Err(e) => return Err(corrupt(&e.to_string())),
         }
+        let disk = disk::Disk::open(dir).map_err(|e| open_err(sled::Error::Io(e)))?;
+        disk.sync().map_err(|e| open_err(sled::Error::Io(e)))?;
         Ok(Store {
             db,
+            disk: Arc::new(disk),
             path: dir.to_path_buf(),
             replica: Default::default(),
             gate: Default::default(),
@@ -193,9 +198,12 @@ impl Store {
         self.db.generate_id()
     }
 
-    /// Flush everything to disk.
+    /// Flush everything to disk: sled's flush, then what it leaves out (see `disk.rs`), so
+    /// what was written before survives a power cut.
     pub fn flush(&self) -> Result<usize, sled::Error> {
-        self.db.flush()
+        let n = self.db.flush()?;
+        self.disk.sync().map_err(sled::Error::Io)?;
+        Ok(n)
     }
 
     fn replica(&self) -> std::sync::MutexGuard<'_, Replica> {
