@@ -186,6 +186,7 @@ fn start_redis(dir: &Path, port: u16, durable: bool) -> Result<Redis> {
 
 /// `pss-writer RESULT N1 N16`: run by sysmgr as a service; measures and writes its numbers.
 pub fn writer(mut args: impl Iterator<Item = String>) -> Result<()> {
+    use pss::client::Bytes;
     use pss::proto::{Durability, Scope};
     let out: PathBuf = args.next().context("result file")?.into();
     let n1: usize = args.next().context("n1")?.parse()?;
@@ -203,7 +204,7 @@ pub fn writer(mut args: impl Iterator<Item = String>) -> Result<()> {
             let mut lat = Vec::with_capacity(n1);
             for i in 0..n1 {
                 let t = Instant::now();
-                p.put(Scope::Private, key(0, i), value.as_slice(), d)
+                p.put(Scope::Private, key(0, i), Bytes::new(&value), d)
                     .await?;
                 lat.push(t.elapsed().as_secs_f64() * 1e6);
             }
@@ -215,7 +216,7 @@ pub fn writer(mut args: impl Iterator<Item = String>) -> Result<()> {
                     let c = mts::client::Client::connect_from_env().await?;
                     let p = pss::client::Pss::new(&c);
                     for i in 0..n16 {
-                        p.put(Scope::Private, key(w, i), value.as_slice(), d)
+                        p.put(Scope::Private, key(w, i), Bytes::new(&value), d)
                             .await?;
                     }
                     Ok::<(), anyhow::Error>(())
