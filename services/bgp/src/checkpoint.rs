@@ -27,7 +27,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use fib::proto::Prefix;
-use pss::client::{Pss, decode, encode};
+use pss::client::{ByteBuf, Bytes, Pss, decode, encode};
 use pss::proto::{Durability, Op, Request, Response, Scope};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -143,7 +143,7 @@ impl Ckpt {
         let key = log_key(side, peer, l.next);
         l.next += 1;
         l.bytes += msg.len();
-        self.ops.extend(put(key, msg));
+        self.ops.extend(put(key, Bytes::new(msg)));
     }
 
     /// Delete a log and its snapshot (the session is gone, or about to be rewritten).
@@ -208,7 +208,7 @@ impl Ckpt {
             .entry(peer)
             .or_default()
             .push_back((start, start + msg.len() as u64));
-        self.ops.extend(put(tx_key(peer, start), msg));
+        self.ops.extend(put(tx_key(peer, start), Bytes::new(msg)));
     }
 
     /// The kernel has the stream through `written`: those records can go.
@@ -433,7 +433,7 @@ pub async fn restore() -> Result<Restored, String> {
                 "log" => {
                     pos.first = pos.first.min(n);
                     pos.next = pos.next.max(n + 1);
-                    let msg: Vec<u8> = decode(&v).map_err(e)?;
+                    let msg = decode::<ByteBuf>(&v).map_err(e)?.into_vec();
                     pos.bytes += msg.len();
                     match side {
                         Side::In => r.received.entry(peer).or_default().push(msg),
@@ -460,7 +460,7 @@ pub async fn restore() -> Result<Restored, String> {
         };
         r.tx.entry(peer)
             .or_default()
-            .push((off, decode(&v).map_err(e)?));
+            .push((off, decode::<ByteBuf>(&v).map_err(e)?.into_vec()));
     }
     for l in r.positions.values_mut() {
         if l.first == u64::MAX {
