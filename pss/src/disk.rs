@@ -41,6 +41,12 @@ impl Disk {
         })
     }
 
+    /// How many blob files the last [`Disk::sync`] found synced.
+    #[cfg(test)]
+    pub(crate) fn synced_blobs(&self) -> usize {
+        self.synced.lock().map_or(0, |s| s.len())
+    }
+
     /// Sync every blob file not synced yet, their directory, then the log.
     pub(crate) fn sync(&self) -> io::Result<()> {
         {

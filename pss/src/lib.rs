@@ -445,6 +445,27 @@ mod tests {
     }
 
     #[test]
+    fn a_flush_syncs_the_blob_file_sled_writes_a_large_value_to() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(d.path()).expect("open");
+        assert_eq!(s.disk.synced_blobs(), 0);
+        // Over a quarter of sled's 512 KiB segment: sled stores it in a file of its own, which
+        // its own flush never syncs.
+        s.tree("pss/x/private")
+            .expect("tree")
+            .insert(b"big", vec![7u8; 200 * 1024])
+            .expect("insert");
+        s.flush().expect("flush");
+        assert!(
+            std::fs::read_dir(d.path().join("blobs"))
+                .expect("blobs")
+                .count()
+                > 0
+        );
+        assert!(s.disk.synced_blobs() > 0, "the blob file was not synced");
+    }
+
+    #[test]
     fn a_durable_write_waits_for_the_standby_and_gives_up_after_its_time() {
         let d = tempfile::tempdir().expect("tempdir");
         let s = Store::open(d.path()).expect("open");
