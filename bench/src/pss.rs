@@ -309,7 +309,7 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
         (5000, 2000, 1000, 300)
     };
     // The raw-sled floor runs with the allocator settings sysmgr boots with.
-    sysmgr::boot::keep_io_buffers_mapped();
+    pss::keep_io_buffers_mapped();
     let root = std::env::temp_dir().join(format!("sysmgr-pss-bench-{}", std::process::id()));
     std::fs::create_dir_all(&root)?;
     let _ = std::io::stdout().flush();

@@ -21,29 +21,11 @@ pub fn reexec_reset() -> std::io::Error {
         .exec()
 }
 
-/// sled allocates a new 512 KiB IO buffer each time it seals one (every ~120 4 KB writes, and
-/// at every flush), and frees it on its IO thread. The buffer is 8 KiB-aligned, and glibc's
-/// dynamic mmap threshold never covers an aligned allocation of that size (its freed chunk is
-/// smaller than the next request), so each buffer was a fresh `mmap`: 131 page faults to fill
-/// it, then an `munmap` whose TLB shootdown interrupts the other CPU; under 16 PSS writers, a
-/// fifth of the PSS thread's time. With the threshold fixed at glibc's own ceiling for the
-/// dynamic one (32 MiB), buffers come from the heap and are reused; the heap keeps up to
-/// 16 MiB free instead of returning it to the kernel at once.
-pub fn keep_io_buffers_mapped() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt changes two allocator thresholds under the allocator's own lock; it has
-    // no other effect and no pointer arguments.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
-    }
-}
-
 /// Boot once; returns how this boot ended. The caller re-execs on [`Exit::Reset`].
 pub fn boot(opts: BootOptions) -> Result<Exit, SysmgrError> {
     let lab = config::load(&opts.config, opts.data_dir.as_deref())?;
     let after_reset = std::env::var(REEXEC_ENV).is_ok_and(|v| v == "reset");
-    keep_io_buffers_mapped();
+    pss::keep_io_buffers_mapped();
     if std::process::id() != 1 {
         // Orphans of our services are reparented to us, so we reap them and nothing leaks.
         nix::sys::prctl::set_child_subreaper(true).map_err(|source| SysmgrError::Sys {
