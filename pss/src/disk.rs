@@ -29,16 +29,18 @@ pub(crate) struct Disk {
 }
 
 impl Disk {
-    /// The database in `dir`, just opened by sled. Syncs `dir` itself once, for the entries
-    /// sled may have just created in it.
+    /// The database in `dir`, just opened by sled: syncs `dir` itself (for the entries sled
+    /// may have just created in it) and everything in the database so far.
     pub(crate) fn open(dir: &Path) -> io::Result<Disk> {
         let log = File::open(dir.join("db"))?;
         File::open(dir)?.sync_all()?;
-        Ok(Disk {
+        let disk = Disk {
             log,
             blobs: dir.join("blobs"),
             synced: Mutex::new(HashSet::new()),
-        })
+        };
+        disk.sync()?;
+        Ok(disk)
     }
 
     /// How many blob files the last [`Disk::sync`] found synced.
@@ -49,35 +51,34 @@ impl Disk {
 
     /// Sync every blob file not synced yet, their directory, then the log.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        {
-            let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
-            let mut present = HashSet::new();
-            let mut new = false;
-            match std::fs::read_dir(&self.blobs) {
-                Ok(entries) => {
-                    for e in entries {
-                        let name = e?.file_name();
-                        if !synced.contains(&name) {
-                            match File::open(self.blobs.join(&name)) {
-                                Ok(f) => f.sync_data()?,
-                                // Removed by sled meanwhile: nothing to keep.
-                                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                                Err(e) => return Err(e),
-                            }
-                            new = true;
-                        }
-                        present.insert(name);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        self.sync_blobs()?;
+        self.log.sync_data()
+    }
+
+    fn sync_blobs(&self) -> io::Result<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        let present: HashSet<_> = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<io::Result<_>>()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
+            Err(e) => return Err(e),
+        };
+        let mut new = false;
+        for name in present.difference(&synced) {
+            match File::open(self.blobs.join(name)) {
+                Ok(f) => f.sync_data()?,
+                // Removed by sled meanwhile: nothing to keep.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             }
-            if new {
-                File::open(&self.blobs)?.sync_all()?;
-            }
-            *synced = present;
+            new = true;
         }
-        self.log.sync_data()
+        if new {
+            File::open(&self.blobs)?.sync_all()?;
+        }
+        *synced = present;
+        Ok(())
     }
 }
 

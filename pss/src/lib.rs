@@ -177,7 +177,6 @@ impl Store {
             Err(e) => return Err(corrupt(&e.to_string())),
         }
         let disk = disk::Disk::open(dir).map_err(|e| open_err(sled::Error::Io(e)))?;
-        disk.sync().map_err(|e| open_err(sled::Error::Io(e)))?;
         Ok(Store {
             db,
             disk: Arc::new(disk),
