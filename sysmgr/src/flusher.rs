@@ -85,6 +85,23 @@ fn run(store: &pss::Store, written: &AtomicU64, wake: &Receiver<()>, done: &watc
     }
 }
 
+/// A group commit on the calling thread: every item waiting when a flush starts shares it, then
+/// each is answered with the flush's result. Returns when the senders are gone.
+pub fn group_commit<T>(
+    held: &Receiver<T>,
+    flush: impl Fn() -> Result<(), String>,
+    mut answer: impl FnMut(T, &Result<(), String>),
+) {
+    while let Ok(first) = held.recv() {
+        let mut batch = vec![first];
+        batch.extend(held.try_iter());
+        let r = flush();
+        for item in batch {
+            answer(item, &r);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,25 +112,21 @@ fn encode_reply(h: &Header, r: Result<Response, String>) -> Frame {
 
 /// The flusher thread: one flush for every write waiting when it starts, then their answers.
 fn group_commit(server: &Server, held: &Receiver<Held>) {
-    while let Ok(first) = held.recv() {
-        let mut batch = vec![first];
-        batch.extend(held.try_iter());
-        let r = match server.flush() {
-            Ok(pss::Replicated::GaveUp) => {
-                super::store::standby_gave_up();
-                Ok(())
-            }
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!("flush failed: {e}")),
-        };
-        for Held { h, answer, outbox } in batch {
-            let f = match &r {
-                Ok(()) => encode_reply(&h, Ok(answer)),
-                Err(e) => Frame::error_to(&h, 0, e),
-            };
-            outbox.push_now(&f.header, &f.payload);
+    let flush = || match server.flush() {
+        Ok(pss::Replicated::GaveUp) => {
+            super::store::standby_gave_up();
+            Ok(())
         }
-    }
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("flush failed: {e}")),
+    };
+    crate::flusher::group_commit(held, flush, |Held { h, answer, outbox }, r| {
+        let f = match r {
+            Ok(()) => encode_reply(&h, Ok(answer)),
+            Err(e) => Frame::error_to(&h, 0, e),
+        };
+        outbox.push_now(&f.header, &f.payload);
+    });
 }
 
 /// Serve one request (on a PSS thread).

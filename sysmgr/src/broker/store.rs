@@ -144,22 +144,20 @@ impl QueueStore {
 /// The confirmation thread: one flush (and standby acknowledgement) for every confirmation
 /// waiting when it starts, then their answers, written straight into the senders' sockets.
 fn confirm_after_flush(store: &pss::Store, held: &Receiver<Confirm>) {
-    while let Ok(first) = held.recv() {
-        let mut batch = vec![first];
-        batch.extend(held.try_iter());
-        let r = store.flush().map_err(|e| e.to_string()).map(|_| {
-            if store.wait_replicated() == pss::Replicated::GaveUp {
-                standby_gave_up();
-            }
-        });
-        for Confirm { h, outbox } in batch {
-            let f = match &r {
-                Ok(()) => Frame::response_to(&h, 0, Vec::new()),
-                Err(e) => Frame::error_to(&h, 0, &format!("persistent queue flush failed: {e}")),
-            };
-            outbox.push_now(&f.header, &f.payload);
+    let flush = || {
+        store.flush().map_err(|e| e.to_string())?;
+        if store.wait_replicated() == pss::Replicated::GaveUp {
+            standby_gave_up();
         }
-    }
+        Ok(())
+    };
+    crate::flusher::group_commit(held, flush, |Confirm { h, outbox }, r| {
+        let f = match r {
+            Ok(()) => Frame::response_to(&h, 0, Vec::new()),
+            Err(e) => Frame::error_to(&h, 0, &format!("persistent queue flush failed: {e}")),
+        };
+        outbox.push_now(&f.header, &f.payload);
+    });
 }
 
 /// A durable write waited for the standby longer than `dead-after`: the link was dropped, and
