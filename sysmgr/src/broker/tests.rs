@@ -284,3 +284,57 @@ fn a_slow_receiver_fills_its_queue_not_sysmgr_memory() {
     b.resume(bgp);
     assert!(frames(&bo).len() + n > n);
 }
+
+/// A persistent message's CONFIRM waits for the flush; a supervisor fenced meanwhile does not
+/// confirm (as a PSS `durable` write is not acknowledged), so the sender sends it again to
+/// the new active.
+#[test]
+fn a_fenced_supervisor_does_not_confirm_a_persistent_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ::pss::Store::open(dir.path()).expect("store");
+    let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = fenced.clone();
+    store.set_write_gate(move || {
+        if f.load(std::sync::atomic::Ordering::SeqCst) {
+            Err("fenced: another supervisor may be active".into())
+        } else {
+            Ok(())
+        }
+    });
+    let qs = QueueStore::open(&store, crate::flusher::Flusher::start(&store)).expect("queues");
+    let answer = |seq: u64| {
+        let (h, body) = msg(7, 100, seq, Flags::PERSISTENT | Flags::CONFIRM, b"x");
+        qs.put(&Msg {
+            seq,
+            src_sap: 7,
+            dst_sap: 100,
+            opcode: 1,
+            flags: h.flags.0,
+            payload: body,
+            crashes: 0,
+            redelivered: false,
+            enqueued_ms: 0,
+        })
+        .expect("put");
+        let out = Arc::new(Outbox::default());
+        qs.confirm_when_flushed(&h, out.clone());
+        let t0 = std::time::Instant::now();
+        loop {
+            let f = frames(&out);
+            if let Some((h, body)) = f.into_iter().next() {
+                return (h, String::from_utf8_lossy(&body).into_owned());
+            }
+            assert!(t0.elapsed().as_secs() < 10, "no confirmation");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let (h, _) = answer(1);
+    assert!(
+        h.flags.has(Flags::RESPONSE) && !h.flags.has(Flags::ERROR),
+        "confirmed"
+    );
+    fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (h, why) = answer(2);
+    assert!(h.flags.has(Flags::ERROR), "not confirmed once fenced");
+    assert!(why.contains("not confirmed: fenced"), "{why}");
+}
