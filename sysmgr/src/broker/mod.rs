@@ -470,6 +470,13 @@ impl Broker {
             return Ok(h.flags.has(Flags::CONFIRM).then(Vec::new));
         }
         self.admit(h.dst_sap, payload.len())?;
+        if h.flags.has(Flags::PERSISTENT)
+            && let Some(st) = &self.store
+        {
+            // As a PSS write is: what a fenced supervisor stored may not be on the new active.
+            st.may_write()
+                .map_err(|e| format!("persistent message refused: {e}"))?;
+        }
         let seq = self.seq();
         let m = Msg {
             seq,

@@ -64,6 +64,11 @@ impl QueueStore {
         self.store.next_id()
     }
 
+    /// Err(why) while this supervisor must take no writes ([`pss::Store::may_write`]).
+    pub fn may_write(&self) -> Result<(), String> {
+        self.store.may_write()
+    }
+
     pub fn put(&self, m: &Msg) -> Result<(), String> {
         let v = mts::codec::encode(m).map_err(|e| e.to_string())?;
         let k = key(m.dst_sap, m.seq);

@@ -287,9 +287,9 @@ fn a_slow_receiver_fills_its_queue_not_sysmgr_memory() {
 
 /// A persistent message's CONFIRM waits for the flush; a supervisor fenced meanwhile does not
 /// confirm (as a PSS `durable` write is not acknowledged), so the sender sends it again to
-/// the new active.
+/// the new active; and while fenced it takes no new persistent message (as PSS takes no write).
 #[test]
-fn a_fenced_supervisor_does_not_confirm_a_persistent_message() {
+fn a_fenced_supervisor_neither_confirms_nor_takes_persistent_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = ::pss::Store::open(dir.path()).expect("store");
     let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -337,4 +337,32 @@ fn a_fenced_supervisor_does_not_confirm_a_persistent_message() {
     let (h, why) = answer(2);
     assert!(h.flags.has(Flags::ERROR), "not confirmed once fenced");
     assert!(why.contains("not confirmed: fenced"), "{why}");
+
+    // And the broker takes no new persistent message while fenced (a plain one still goes).
+    let mut b = Broker::new(
+        Limits {
+            max_messages: 10,
+            max_bytes: 10_000,
+        },
+        Some(qs.clone()),
+    );
+    b.set_saps(&[("fib".into(), 101, "fib".into())]);
+    let op = Arc::new(Outbox::default());
+    let (cli, _) = b.connect(Identity::Operator, op.clone());
+    let (h, p) = msg(mts::sap::CLI, 101, 1, Flags::PERSISTENT, b"p");
+    b.route(cli, h, p);
+    let f = frames(&op);
+    assert_eq!(f.len(), 1, "an answer to the sender");
+    assert!(f[0].0.flags.has(Flags::ERROR));
+    let why = String::from_utf8_lossy(&f[0].1);
+    assert!(why.contains("persistent message refused: fenced"), "{why}");
+    let (h, p) = msg(mts::sap::CLI, 101, 2, 0, b"plain");
+    b.route(cli, h, p);
+    assert!(frames(&op).is_empty(), "no error for a plain message");
+    assert_eq!(b.queues()[0].depth, 1, "only the plain one is queued");
+    fenced.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (h, p) = msg(mts::sap::CLI, 101, 3, Flags::PERSISTENT, b"p");
+    b.route(cli, h, p);
+    assert!(frames(&op).is_empty(), "taken again once unfenced");
+    assert_eq!(b.queues()[0].depth, 2);
 }
