@@ -216,6 +216,19 @@ impl Store {
         self.db.generate_id()
     }
 
+    /// Make everything written so far durable, for an acknowledgement that promises it (a
+    /// `durable` PSS write, a confirmed persistent MTS message): on disk, and applied by the
+    /// standby supervisor when there is one (so it survives a switchover too).
+    ///
+    /// A supervisor fenced meanwhile (it stalled, and the other one took over) does not
+    /// acknowledge: what it took may not be on the new active.
+    pub fn commit(&self) -> Result<Replicated, PssError> {
+        self.flush().map_err(PssError::Db)?;
+        let r = self.wait_replicated();
+        self.may_write().map_err(PssError::Denied)?;
+        Ok(r)
+    }
+
     /// Flush everything to disk: sled's flush, then what it leaves out (see `disk.rs`), so
     /// what was written before survives a power cut.
     pub fn flush(&self) -> Result<usize, sled::Error> {

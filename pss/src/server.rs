@@ -369,16 +369,9 @@ impl Server {
         Ok(out)
     }
 
-    /// Make everything written so far durable: on disk, and applied by the standby supervisor
-    /// when there is one (so it survives a switchover too).
-    ///
-    /// A supervisor fenced meanwhile (it stalled, and the other one took over) does not
-    /// acknowledge: what it took may not be on the new active.
+    /// Make everything written so far durable ([`Store::commit`]).
     pub fn flush(&self) -> Result<crate::Replicated, PssError> {
-        self.store.flush().map_err(PssError::Db)?;
-        let r = self.store.wait_replicated();
-        self.store.may_write().map_err(PssError::Denied)?;
-        Ok(r)
+        self.store.commit()
     }
 }
 

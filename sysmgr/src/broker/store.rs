@@ -149,16 +149,19 @@ impl QueueStore {
 /// The confirmation thread: one flush (and standby acknowledgement) for every confirmation
 /// waiting when it starts, then their answers, written straight into the senders' sockets.
 ///
-/// Like a PSS `durable` write ([`pss::Server::flush`]), a supervisor fenced meanwhile (it
-/// stalled, and the other one took over) does not confirm: the message may not be on the new
-/// active, so the sender is told to send it again there.
+/// As for a PSS `durable` write ([`pss::Store::commit`]), a supervisor fenced meanwhile does
+/// not confirm: the message may not be on the new active, so the sender is told to send it
+/// again there.
 fn confirm_after_flush(store: &pss::Store, held: &Receiver<Confirm>) {
-    let flush = || {
-        store.flush().map_err(|e| e.to_string())?;
-        if store.wait_replicated() == pss::Replicated::GaveUp {
-            standby_gave_up();
+    let flush = || match store.commit() {
+        Ok(r) => {
+            if r == pss::Replicated::GaveUp {
+                standby_gave_up();
+            }
+            Ok(())
         }
-        store.may_write()
+        Err(pss::PssError::Denied(why)) => Err(why),
+        Err(e) => Err(e.to_string()),
     };
     crate::flusher::group_commit(held, flush, |Confirm { h, outbox }, r| {
         let f = match r {
