@@ -8,7 +8,8 @@
 //!   `bench/run-fib.sh`).
 //! - `sysmgr-bench bgp-decode [--prefixes N]`: 1M-prefix decode through `bgp::wire` (see
 //!   `bgp.rs`).
-//! - `sysmgr-bench mts-echo`: the receiver service of the MTS benchmark (run by sysmgr).
+//! - `sysmgr-bench mts-echo`: the receiver service of the MTS benchmark (run by sysmgr);
+//!   `floor-echo` and `floor-relay` are its anchors' processes.
 //! - `sysmgr-bench switchover [--rounds N]`: two supervisors, switchover time against a cold
 //!   boot, and replication lag under the PSS writer (see `switchover.rs`).
 
@@ -34,6 +35,10 @@ fn main() -> anyhow::Result<()> {
         Some("switchover") => switchover::main(args),
         Some("floor-echo") => {
             mts::floor_echo(std::path::Path::new(&args.next().unwrap_or_default()))
+        }
+        Some("floor-relay") => {
+            let up = args.next().unwrap_or_default();
+            mts::floor_relay(up.as_ref(), args.next().unwrap_or_default().as_ref())
         }
         _ => anyhow::bail!(
             "usage: sysmgr-bench restart [--kills N] [--out CSV] | mts [--quick] | pss [--quick] | switchover [--rounds N] | bfd-restart --iface IF --from ADDR [--kills N]"

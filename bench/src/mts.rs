@@ -6,6 +6,12 @@
 //! same blocking driver code; the receivers are `mts-echo` (a real sysmgr service, async
 //! `mts::client`) and `floor-echo` (a blocking loop). Runs alternate floor/broker so machine
 //! noise hits both.
+//!
+//! A third path anchors the round trip: `floor-relay`, a process that only copies bytes
+//! between two sockets, in front of another `floor-echo`. It has the broker's shape (two
+//! sockets each way, a process in the middle woken by both sides) and none of its work, so it
+//! shows what that shape costs on the machine at hand, which the 2x above does not: on a VM
+//! the cost of a round trip depends mostly on how many wake-ups cross CPUs.
 
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -76,6 +82,47 @@ pub fn floor_echo(path: &Path) -> Result<()> {
             w.write_all(&resp.to_bytes())?;
         } else {
             count += 1;
+        }
+    }
+}
+
+/// `floor-relay UP DOWN`: the relay of the diagnostic row. It connects to UP (the driver),
+/// takes one connection on DOWN (its own `floor-echo`), and copies bytes both ways from one
+/// `poll(2)` loop: no frames, no routing, no queues. The shape of a brokered round trip (two
+/// sockets each way, a process in the middle woken by both sides) with none of a broker's
+/// work, so it measures what that shape costs on this machine.
+pub fn floor_relay(up: &Path, down: &Path) -> Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let listener = UnixListener::bind(down)?;
+    let mut a = UnixStream::connect(up)?;
+    let (mut b, _) = listener.accept()?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let mut fds = [
+            PollFd::new(a.as_fd(), PollFlags::POLLIN),
+            PollFd::new(b.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let ready = [fds[0].any() == Some(true), fds[1].any() == Some(true)];
+        for (i, r) in ready.into_iter().enumerate() {
+            if !r {
+                continue;
+            }
+            let (from, to) = if i == 0 {
+                (&mut a, &mut b)
+            } else {
+                (&mut b, &mut a)
+            };
+            let n = from.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            to.write_all(&buf[..n])?;
         }
     }
 }
@@ -181,7 +228,8 @@ impl Path_ {
 struct Lab {
     dir: PathBuf,
     sysmgr: Child,
-    floor: Child,
+    /// The floor's echo, the relay and the relay's echo.
+    others: Vec<Child>,
 }
 
 impl Drop for Lab {
@@ -191,13 +239,22 @@ impl Drop for Lab {
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.sysmgr.wait();
-        let _ = self.floor.kill();
-        let _ = self.floor.wait();
+        for c in &mut self.others {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn setup() -> Result<(Lab, Path_, Path_)> {
+/// The paths under test, each its own connection: the floor, the broker, and the minimal relay.
+struct Paths {
+    floor: Path_,
+    broker: Path_,
+    relay: Path_,
+}
+
+fn setup() -> Result<(Lab, Paths)> {
     let bins = std::env::current_exe()?
         .parent()
         .context("exe dir")?
@@ -224,19 +281,27 @@ fn setup() -> Result<(Lab, Path_, Path_)> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let fpath = dir.join("floor.sock");
-    let listener = UnixListener::bind(&fpath)?;
-    let floor = Command::new(bins.join("sysmgr-bench"))
-        .arg("floor-echo")
-        .arg(&fpath)
-        .stdin(Stdio::null())
-        .spawn()?;
-    let (fs, _) = listener.accept()?;
-    let lab = Lab {
+    let mut lab = Lab {
         dir: dir.clone(),
         sysmgr,
-        floor,
+        others: Vec::new(),
     };
+    let spawn = |lab: &mut Lab, args: &[&Path]| -> Result<()> {
+        let mut c = Command::new(bins.join("sysmgr-bench"));
+        lab.others.push(c.args(args).stdin(Stdio::null()).spawn()?);
+        Ok(())
+    };
+    let accept = |path: &Path, lab: &mut Lab, args: &[&Path]| -> Result<UnixStream> {
+        let listener = UnixListener::bind(path)?;
+        spawn(lab, args)?;
+        Ok(listener.accept()?.0)
+    };
+    let fpath = dir.join("floor.sock");
+    let fs = accept(&fpath, &mut lab, &[Path::new("floor-echo"), &fpath])?;
+    let (up, down) = (dir.join("relay-up.sock"), dir.join("relay-down.sock"));
+    let rs = accept(&up, &mut lab, &[Path::new("floor-relay"), &up, &down])?;
+    // The relay listens before it connects: its echo can connect now.
+    spawn(&mut lab, &[Path::new("floor-echo"), &down])?;
     // Wait until the echo service has bound its SAP.
     let sock = dir.join("data/sysmgr.sock");
     let end = Instant::now() + Duration::from_secs(20);
@@ -252,7 +317,12 @@ fn setup() -> Result<(Lab, Path_, Path_)> {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    Ok((lab, Path_::new("floor", fs, 0)?, broker))
+    let paths = Paths {
+        floor: Path_::new("floor", fs, 0)?,
+        broker,
+        relay: Path_::new("relay", rs, 0)?,
+    };
+    Ok((lab, paths))
 }
 
 fn stats(v: &mut [f64]) -> (f64, f64) {
@@ -272,7 +342,7 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
             other => bail!("unknown argument {other}"),
         }
     }
-    let (_lab, mut floor, mut broker) = setup()?;
+    let (_lab, mut paths) = setup()?;
     let rt_n = rt_only.unwrap_or(if quick { 2_000 } else { 20_000 });
     let rounds = if quick { 2 } else { 5 };
     println!(
@@ -281,28 +351,37 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
     println!("| path | size | round trip median µs | p99 µs | median / floor |");
     println!("|---|---:|---:|---:|---:|");
     for size in [64usize, 4096] {
-        let (mut f, mut b) = (Vec::new(), Vec::new());
+        // One round trip on each path per step, the order rotating every 1000 steps, so drift
+        // hits all three and each block reaches its steady state.
+        let mut v: [Vec<f64>; 3] = Default::default();
         for i in 0..rt_n {
-            // Interleave in blocks of 1000 so drift hits both and each block reaches its steady state.
-            if (i / 1000) % 2 == 0 {
-                f.push(floor.round_trip(size)?);
-                b.push(broker.round_trip(size)?);
-            } else {
-                b.push(broker.round_trip(size)?);
-                f.push(floor.round_trip(size)?);
+            for k in 0..3 {
+                let which = (k + i / 1000) % 3;
+                let p = match which {
+                    0 => &mut paths.floor,
+                    1 => &mut paths.broker,
+                    _ => &mut paths.relay,
+                };
+                v[which].push(p.round_trip(size)?);
             }
         }
-        let (fm, fp) = stats(&mut f);
-        let (bm, bp) = stats(&mut b);
+        let [f, b, r] = &mut v;
+        let (fm, fp) = stats(f);
+        let (bm, bp) = stats(b);
+        let (rm, rp) = stats(r);
         println!("| raw Unix socket (floor) | {size} B | {fm:.1} | {fp:.1} | 1.00x |");
         println!(
             "| sysmgr broker | {size} B | {bm:.1} | {bp:.1} | {:.2}x |",
             bm / fm
         );
+        println!(
+            "| (anchor) minimal relay: a process copying bytes between two sockets | {size} B | {rm:.1} | {rp:.1} | {:.2}x |",
+            rm / fm
+        );
         if size == 64 {
             let mut o = Vec::new();
             for _ in 0..rt_n / 4 {
-                o.push(broker.broker_only()?);
+                o.push(paths.broker.broker_only()?);
             }
             let (om, op) = stats(&mut o);
             println!(
@@ -330,9 +409,9 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
         let (mut f, mut b) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             if flags == 0 {
-                f.push(floor.throughput(n, size, 0)?);
+                f.push(paths.floor.throughput(n, size, 0)?);
             }
-            b.push(broker.throughput(n, size, flags)?);
+            b.push(paths.broker.throughput(n, size, flags)?);
         }
         b.sort_by(f64::total_cmp);
         let bm = pct(&b, 0.5);
