@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -132,7 +131,7 @@ impl Client {
     pub async fn connect(path: &Path) -> Result<Client, MtsError> {
         let stream = UnixStream::connect(path).await?;
         let out = Arc::new(Outbox::new(&stream));
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = crate::sock::split_tokio(stream)?;
         let waiters: Waiters = Arc::default();
         let (tx, incoming) = mpsc::unbounded_channel();
         let wout = out.clone();

@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod proto;
 pub mod sap;
 pub mod service;
+pub mod sock;
 
 pub use error::MtsError;
 pub use frame::{Flags, Frame, Header};

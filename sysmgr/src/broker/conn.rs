@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use mts::frame::{DEFAULT_MAX_PAYLOAD, Flags, Frame, HEADER_LEN, Header};
 use mts::{codec, sap};
-use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -80,7 +79,7 @@ async fn connection(
         gid: cred.gid(),
     };
     let outbox = Arc::new(Outbox::new(&stream));
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = mts::sock::split_tokio(stream).map_err(|e| format!("socket: {e}"))?;
     let (identity, id) = {
         let mut b = lock(&broker);
         let identity = resolve(&b, peer);
@@ -107,7 +106,7 @@ async fn connection(
 }
 
 async fn read_loop(
-    rd: &mut tokio::net::unix::OwnedReadHalf,
+    rd: &mut mts::sock::ReadHalf,
     broker: &Arc<Mutex<Broker>>,
     control_tx: &mpsc::Sender<ControlMsg>,
     id: super::ConnId,
