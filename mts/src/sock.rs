@@ -6,7 +6,7 @@
 //! answer, only to find nothing to do: one wasted wake-up (often on the other CPU) per frame
 //! sent, in the service and in sysmgr alike. Here the socket is registered for reading only,
 //! and writes go straight to the socket; only when it is full does [`WriteHalf`] register
-//! (a duplicate of) it for writability, until the write completes.
+//! (a duplicate of) it for writability, until a write is taken whole.
 
 use std::io;
 use std::net::Shutdown;
