@@ -86,7 +86,7 @@ pub fn floor_echo(path: &Path) -> Result<()> {
     }
 }
 
-/// `floor-relay UP DOWN`: the relay of the diagnostic row. It connects to UP (the driver),
+/// `floor-relay UP DOWN`: the relay of the anchor row. It connects to UP (the driver),
 /// takes one connection on DOWN (its own `floor-echo`), and copies bytes both ways from one
 /// `poll(2)` loop: no frames, no routing, no queues. The shape of a brokered round trip (two
 /// sockets each way, a process in the middle woken by both sides) with none of a broker's
