@@ -40,8 +40,8 @@ pub struct ReadHalf {
 }
 
 impl ReadHalf {
-    /// Read what is there into `buf`'s spare capacity (which must not be empty); 0 at the end
-    /// of the stream.
+    /// Read what is there into `buf`'s spare capacity (64 KiB more first if it has none); 0
+    /// at the end of the stream.
     pub async fn read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
         if buf.capacity() == buf.len() {
             buf.reserve(64 * 1024);
@@ -124,17 +124,15 @@ impl AsyncWrite for WriteHalf {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.wait.is_none() {
-                        let dup = self.sock.as_fd().try_clone_to_owned()?;
-                        // SAFETY: the `AsyncFd` owns `dup`, which stays open until it drops.
-                        let w =
-                            unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE)? };
-                        self.wait = Some(w);
-                    }
-                    let Some(w) = self.wait.as_ref() else {
-                        continue;
+                    let w = match self.wait.take() {
+                        Some(w) => w,
+                        None => {
+                            let dup = self.sock.as_fd().try_clone_to_owned()?;
+                            // SAFETY: the `AsyncFd` owns `dup`, which stays open until it drops.
+                            unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE)? }
+                        }
                     };
-                    let mut guard = ready!(w.poll_write_ready(cx))?;
+                    let mut guard = ready!(self.wait.insert(w).poll_write_ready(cx))?;
                     // Registered after the socket filled: the first report may be stale, and
                     // the next send tells.
                     guard.clear_ready();
@@ -156,12 +154,6 @@ impl AsyncWrite for WriteHalf {
 impl Drop for WriteHalf {
     fn drop(&mut self) {
         let _ = self.sock.shutdown(Shutdown::Write);
-    }
-}
-
-impl AsFd for WriteHalf {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
     }
 }
 
