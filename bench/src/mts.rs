@@ -26,6 +26,11 @@ use crate::restart::pct;
 
 /// Ask the receiver how many one-way messages it counted since the last ask.
 const OP_COUNT: u32 = 99;
+/// Ask the receiver to bind the SAP named in the payload (one of `away1`...): the broker then
+/// delivers what was queued for it.
+const OP_BIND: u32 = 98;
+/// SAPs the echo service declares but binds only when asked: `away1` = 101, ...
+const AWAY_SAPS: u32 = 5;
 const OP_DATA: u32 = 7;
 const ECHO_SAP: u32 = 100;
 
@@ -48,6 +53,10 @@ pub fn echo() -> Result<()> {
                 if m.header.opcode == OP_COUNT {
                     c.respond_raw(&m, &count.to_be_bytes());
                     count = 0;
+                } else if m.header.opcode == OP_BIND {
+                    let name = String::from_utf8_lossy(&m.payload).into_owned();
+                    c.bind(&name).await?;
+                    c.respond_raw(&m, &[]);
                 } else {
                     c.respond_raw(&m, &m.payload);
                 }
@@ -205,7 +214,18 @@ impl Path_ {
             self.stream.write_all(&buf)?;
             sent += k;
         }
-        let q = self.frame(OP_COUNT, Flags::REQUEST, Vec::new());
+        let got = self.count()?;
+        if got != n {
+            bail!("{}: receiver counted {got} of {n}", self.name);
+        }
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    }
+
+    /// Send a request to the echo and wait for its answer (skipping nothing else: the driver's
+    /// connection gets only answers).
+    fn ask(&mut self, dst: u32, opcode: u32, flags: u8, payload: Vec<u8>) -> Result<Frame> {
+        let mut q = self.frame(opcode, flags, payload);
+        q.header.dst_sap = dst;
         self.stream.write_all(&q.to_bytes())?;
         loop {
             let r = read_frame(&mut self.reader)?;
@@ -213,20 +233,73 @@ impl Path_ {
                 bail!("{}: {}", self.name, String::from_utf8_lossy(&r.payload));
             }
             if r.header.reply_to == q.header.msg_id {
-                let mut c = [0u8; 8];
-                c.copy_from_slice(&r.payload[..8]);
-                let got = u64::from_be_bytes(c);
-                if got != n {
-                    bail!("{}: receiver counted {got} of {n}", self.name);
-                }
-                return Ok(n as f64 / t.elapsed().as_secs_f64());
+                return Ok(r);
             }
         }
+    }
+
+    /// How many one-way messages the echo counted since the last ask.
+    fn count(&mut self) -> Result<u64> {
+        let r = self.ask(self.dst, OP_COUNT, Flags::REQUEST, Vec::new())?;
+        let c: [u8; 8] = r
+            .payload
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .context("count")?;
+        Ok(u64::from_be_bytes(c))
+    }
+
+    /// Persistent messages for a receiver that is away: `n` of `size` bytes to SAP `away`
+    /// (declared, not bound), the last with CONFIRM, so all are in sled and on disk when it
+    /// comes back. Then the echo binds `away` and the broker delivers them all; a last
+    /// persistent CONFIRM message after the count is complete waits for the removals to be
+    /// applied and flushed too. Returns (stored msgs/s, delivered msgs/s).
+    fn away_then_back(&mut self, n: u64, size: usize, away: u32, name: &str) -> Result<(f64, f64)> {
+        let payload = vec![0x5a; size];
+        let t = Instant::now();
+        let mut buf = Vec::new();
+        let mut sent = 0;
+        while sent < n - 1 {
+            buf.clear();
+            let k = 256.min(n - 1 - sent);
+            for _ in 0..k {
+                let mut h = self.frame(OP_DATA, Flags::PERSISTENT, Vec::new()).header;
+                (h.dst_sap, h.len) = (away, size as u32);
+                buf.extend_from_slice(&h.encode());
+                buf.extend_from_slice(&payload);
+            }
+            self.stream.write_all(&buf)?;
+            sent += k;
+        }
+        let confirm = Flags::PERSISTENT | Flags::CONFIRM;
+        self.ask(away, OP_DATA, confirm, payload.clone())?;
+        let stored = n as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        self.ask(self.dst, OP_BIND, Flags::REQUEST, name.as_bytes().to_vec())?;
+        let mut got = 0;
+        while got < n {
+            got += self.count()?;
+            if got < n {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        self.ask(away, OP_DATA, confirm, payload)?;
+        let back = n as f64 / t.elapsed().as_secs_f64();
+        // The last one, counted.
+        let end = Instant::now() + Duration::from_secs(10);
+        while got < n + 1 {
+            got += self.count()?;
+            if Instant::now() > end {
+                bail!("{}: receiver counted {got} of {}", self.name, n + 1);
+            }
+        }
+        Ok((stored, back))
     }
 }
 
 struct Lab {
     dir: PathBuf,
+    bins: PathBuf,
     sysmgr: Child,
     /// The floor's echo, the relay and the relay's echo.
     others: Vec<Child>,
@@ -268,8 +341,11 @@ fn setup() -> Result<(Lab, Paths)> {
     std::fs::write(
         dir.join("echo.toml"),
         format!(
-            "command = [{:?}, \"mts-echo\"]\nreadiness = \"notify\"\n[saps]\necho = {ECHO_SAP}\n",
-            bins.join("sysmgr-bench").display().to_string()
+            "command = [{:?}, \"mts-echo\"]\nreadiness = \"notify\"\n[saps]\necho = {ECHO_SAP}\n{}",
+            bins.join("sysmgr-bench").display().to_string(),
+            (1..=AWAY_SAPS)
+                .map(|i| format!("away{i} = {}\n", ECHO_SAP + i))
+                .collect::<String>()
         ),
     )?;
     let sysmgr = Command::new(bins.join("sysmgr"))
@@ -283,6 +359,7 @@ fn setup() -> Result<(Lab, Paths)> {
         .spawn()?;
     let mut lab = Lab {
         dir: dir.clone(),
+        bins: bins.clone(),
         sysmgr,
         others: Vec::new(),
     };
@@ -325,6 +402,61 @@ fn setup() -> Result<(Lab, Paths)> {
     Ok((lab, paths))
 }
 
+/// (written to sled, delivered before written) for SAP `name`, from `show mts queues`.
+fn queue_counts(lab: &Lab, name: &str) -> Result<(u64, u64)> {
+    let out = Command::new(lab.bins.join("sysmgr"))
+        .args(["show", "mts", "queues", "--json", "--config"])
+        .arg(lab.dir.join("sysmgr.toml"))
+        .env_remove("SYSMGR_SOCKET")
+        .output()?;
+    if !out.status.success() {
+        bail!("show mts queues: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let row = rows
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == name))
+        .with_context(|| format!("no queue {name} in show mts queues"))?;
+    let n = |k: &str| row[k].as_u64().with_context(|| format!("{k} of {name}"));
+    Ok((
+        n("persistent_written")?,
+        n("persistent_delivered_unwritten")?,
+    ))
+}
+
+/// Persistent messages for a receiver that is away, then comes back: every one is written.
+fn away(lab: &Lab, broker: &mut Path_, quick: bool, rounds: usize) -> Result<()> {
+    let n: u64 = if quick { 50_000 } else { 200_000 };
+    let (mut stored, mut back) = (Vec::new(), Vec::new());
+    for i in 1..=rounds.min(AWAY_SAPS as usize) {
+        let name = format!("away{i}");
+        let (s, b) = broker.away_then_back(n, 64, ECHO_SAP + i as u32, &name)?;
+        stored.push(s);
+        back.push(b);
+        // The check that makes these rows mean something: each message went to sled (the
+        // last one, sent after the receiver is back, may not have).
+        let (w, _) = queue_counts(lab, &name)?;
+        if w < n {
+            bail!("{name}: only {w} of {n} persistent messages were written to sled");
+        }
+    }
+    println!("\n| path | 64 B persistent, receiver away | messages | msgs/s median | min | max |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (what, v) in [
+        ("sent and on disk (the last one confirmed)", &mut stored),
+        ("delivered once it binds, removals on disk", &mut back),
+    ] {
+        v.sort_by(f64::total_cmp);
+        println!(
+            "| sysmgr broker (sled) | {what} | {n} | {:.0} | {:.0} | {:.0} |",
+            pct(v, 0.5),
+            v[0],
+            v[v.len() - 1]
+        );
+    }
+    Ok(())
+}
+
 fn stats(v: &mut [f64]) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
     (pct(v, 0.5), pct(v, 0.99))
@@ -333,16 +465,19 @@ fn stats(v: &mut [f64]) -> (f64, f64) {
 pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
     let mut quick = false;
     let mut rt_only: Option<usize> = None;
+    let mut persistent_only = false;
     let mut args = args;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
             // Profiling aid: only N round trips per size, no throughput runs.
             "--rt-only" => rt_only = Some(args.next().context("--rt-only N")?.parse()?),
+            // Profiling aid: only the persistent throughput runs.
+            "--persistent-only" => persistent_only = true,
             other => bail!("unknown argument {other}"),
         }
     }
-    let (_lab, mut paths) = setup()?;
+    let (lab, mut paths) = setup()?;
     let rt_n = rt_only.unwrap_or(if quick { 2_000 } else { 20_000 });
     let rounds = if quick { 2 } else { 5 };
     println!(
@@ -350,7 +485,7 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
     );
     println!("| path | size | round trip median µs | p99 µs | median / floor |");
     println!("|---|---:|---:|---:|---:|");
-    for size in [64usize, 4096] {
+    for size in [64usize, 4096].into_iter().filter(|_| !persistent_only) {
         // One round trip on each path per step, the order rotating every 1000 steps, so drift
         // hits all three and each block reaches its steady state.
         let mut v: [Vec<f64>; 3] = Default::default();
@@ -406,6 +541,9 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
         ),
     ];
     for (label, size, n, flags) in cases {
+        if persistent_only && flags == 0 {
+            continue;
+        }
         let (mut f, mut b) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             if flags == 0 {
@@ -437,5 +575,19 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
             );
         }
     }
+    // One more, confirmed: the writer has applied everything before it. Then count it.
+    let confirm = Flags::PERSISTENT | Flags::CONFIRM;
+    paths
+        .broker
+        .ask(ECHO_SAP, OP_DATA, confirm, vec![0x5a; 64])?;
+    paths.broker.count()?;
+    let echo = queue_counts(&lab, "echo")?;
+    println!(
+        "\nOf the persistent messages to the bound receiver, {} were written to sled and {} were delivered before the broker's writer reached them, so never written ({:.1}% written).",
+        echo.0,
+        echo.1,
+        100.0 * echo.0 as f64 / (echo.0 + echo.1).max(1) as f64
+    );
+    away(&lab, &mut paths.broker, quick, rounds)?;
     Ok(())
 }

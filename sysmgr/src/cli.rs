@@ -753,7 +753,9 @@ fn mts_queues(rows: &[crate::broker::QueueRow]) -> String {
         ("Bytes", 10, R),
         ("Pending-acks", 12, R),
         ("Persistent", 10, R),
-        ("Oldest-age", 0, L),
+        ("Oldest-age", 12, L),
+        ("Written", 10, R),
+        ("Not-written", 0, R),
     ];
     table(COLS, rows, |r| {
         vec![
@@ -764,6 +766,8 @@ fn mts_queues(rows: &[crate::broker::QueueRow]) -> String {
             r.pending_acks.to_string(),
             r.persistent.to_string(),
             r.oldest_age_ms.map(dur).unwrap_or_else(|| "-".into()),
+            r.persistent_written.to_string(),
+            r.persistent_delivered_unwritten.to_string(),
         ]
     })
 }

@@ -148,20 +148,32 @@ fn persistent_message_survives_sigkill_of_sysmgr() {
     let mut c = MtsConn::connect(&lab);
     c.send_confirmed(RX, "kept", ACK | Flags::PERSISTENT)
         .expect("queued on disk");
+    // A burst the broker's writer stores together (several segments), the last one confirmed.
+    let burst: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
+    for t in &burst[..99] {
+        c.send(RX, 7, ACK | Flags::PERSISTENT, t.as_bytes());
+    }
+    c.send_confirmed(RX, &burst[99], ACK | Flags::PERSISTENT)
+        .expect("the burst is on disk");
     c.send_confirmed(RX, "volatile", ACK)
         .expect("queued in memory");
+    let row = rx_queue(&lab);
+    assert_eq!(row["persistent_written"], 101, "{row}");
+    assert_eq!(row["persistent_delivered_unwritten"], 0, "{row}");
     lab.signal(Signal::SIGKILL);
     lab.wait_exit(Duration::from_secs(5));
     gate(&lab, true);
     lab.boot();
     let row = rx_queue(&lab);
-    assert_eq!(row["depth"], 1, "{row}");
-    assert_eq!(row["persistent"], 1);
+    assert_eq!(row["depth"], 101, "{row}");
+    assert_eq!(row["persistent"], 101);
     wait_for(Duration::from_secs(10), "delivery after reboot", || {
-        (!received(&lab).is_empty()).then_some(())
+        (received(&lab).len() >= 101).then_some(())
     });
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(texts(&lab), ["kept"]);
+    let mut want = vec!["kept".to_string()];
+    want.extend(burst);
+    assert_eq!(texts(&lab), want);
 }
 
 #[test]

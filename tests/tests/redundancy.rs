@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sysmgr_tests::netns::{Bird, KernelWatch, Netns, veth};
-use sysmgr_tests::{Lab, bin, is_root, wait_for};
+use sysmgr_tests::{Lab, MtsConn, bin, is_root, wait_for};
 
 /// Two labs sharing a lock file, each with the demo `store` service; `sup-1` is booted
 /// first, so it is the active.
@@ -142,6 +142,77 @@ fn the_standby_mirrors_the_store_and_takes_over_when_the_active_dies() {
         (s["this"]["redundancy_state"] == "Standby" && s["operational"] == "HA").then_some(())
     });
     assert!(store_row(&a).expect("listed")["pid"].is_null());
+}
+
+/// Persistent MTS messages queued on the active for a service that is not running there are
+/// copied to the standby and delivered, in order, by the new active after a SIGKILL of the old
+/// one; once acked they are gone from the new active's queue.
+#[test]
+fn persistent_messages_queued_on_the_active_are_delivered_by_the_new_active() {
+    let gate = |lab: &Lab, ready: bool| {
+        let args: &[&str] = if ready {
+            &["--notify", "--ready-delay", "200"]
+        } else {
+            &[]
+        };
+        lab.service(
+            "gate",
+            args,
+            "readiness = \"notify\"\nstart-timeout = \"1h\"\n",
+        );
+    };
+    let (mut a, mut b) = pair_with(|lab| {
+        // On sup-1 the gate never gets ready, so rx never runs there: its messages wait.
+        gate(lab, false);
+        let report = lab.path("report").display().to_string();
+        lab.service(
+            "rx",
+            &["--mts-bind", "rx", "--report", &report],
+            "depends-on = [\"gate\"]\n[saps]\nrx = 100\n",
+        );
+    });
+    gate(&b, true);
+    boot_in_order(&mut a, &mut b);
+    wait_for(
+        Duration::from_secs(10),
+        "sup-1 active with HA standby",
+        || {
+            let s = status(&a)?;
+            (s["this"]["internal_state"] == "Active with HA standby").then_some(())
+        },
+    );
+    let mut c = MtsConn::connect(&a);
+    let ack = mts::Flags::NEEDS_ACK | mts::Flags::PERSISTENT;
+    let texts: Vec<String> = (0..70).map(|i| format!("m{i}")).collect();
+    for t in &texts[..69] {
+        c.send(100, 7, ack, t.as_bytes());
+    }
+    // Confirmed: on sup-1's disk and applied by sup-2, with everything before it.
+    c.send_confirmed(100, &texts[69], ack).expect("confirmed");
+    let q = a.json(&["show", "mts", "queues"]);
+    assert_eq!(q[0]["depth"], 70, "{q}");
+    kill(Pid::from_raw(a.daemon_pid()), Signal::SIGKILL).expect("SIGKILL");
+    wait_for(
+        Duration::from_secs(10),
+        "rx got everything on sup-2",
+        || {
+            let got = b.report("report");
+            (got.iter().filter(|l| l.starts_with("recv ")).count() >= 70).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let got: Vec<String> = b
+        .report("report")
+        .iter()
+        .filter(|l| l.starts_with("recv "))
+        .map(|l| l.rsplit("text=").next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(got, texts, "delivered once each, in order");
+    wait_for(Duration::from_secs(10), "acked on sup-2", || {
+        let q = b.json(&["show", "mts", "queues"]);
+        (q[0]["depth"] == 0 && q[0]["pending_acks"] == 0 && q[0]["persistent"] == 0).then_some(())
+    });
+    let _ = a.daemon.take().map(|mut d| d.wait());
 }
 
 /// A durable checkpoint is acknowledged only once the standby has applied it: the writer

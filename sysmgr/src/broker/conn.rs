@@ -114,8 +114,12 @@ async fn read_loop(
     outbox: &Arc<Outbox>,
 ) -> Result<(), String> {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let backlog = lock(broker).store.as_ref().map(|s| s.backlog());
     loop {
         let mut at = 0;
+        // Whether this batch had persistent messages: then the connection is not read again
+        // while the store's writer is far behind (flow control instead of a growing backlog).
+        let mut persistent = false;
         {
             let mut routed: Option<std::sync::MutexGuard<'_, Broker>> = None;
             while buf.len() - at >= HEADER_LEN {
@@ -150,6 +154,7 @@ async fn read_loop(
                     control_request(h, payload, identity, control_tx, outbox)?;
                     continue;
                 }
+                persistent |= h.flags.has(Flags::PERSISTENT);
                 // One lock for the whole batch of frames read together.
                 routed
                     .get_or_insert_with(|| lock(broker))
@@ -157,6 +162,9 @@ async fn read_loop(
             }
         }
         buf.drain(..at);
+        if persistent && let Some(b) = backlog.as_ref().filter(|b| b.behind()) {
+            b.caught_up().await;
+        }
         if buf.capacity() - buf.len() < 16 * 1024 {
             buf.reserve(64 * 1024);
         }

@@ -2,8 +2,9 @@
 //!
 //! This is the synchronous core; [`conn`] runs one reader and one writer task per connection and
 //! calls into it. The supervisor tells it when instances start and die. Persistent messages live
-//! in sled (`mts/queue`) from the moment they are queued until they are acked (or delivered, when
-//! no ack is asked), so they survive a sysmgr restart; dead letters are kept in `mts/dead`.
+//! in sled (`mts/segments`, written behind by [`writer`]) from when they are queued until they
+//! are acked (or delivered, when no ack is asked), so they survive a sysmgr restart; dead
+//! letters are kept in `mts/dead`.
 //!
 //! Message identity: the broker gives every message a `seq` unique across restarts (sled's id
 //! generator) and delivers it with `msg_id = seq`; acks and responses quote that id. For a
@@ -13,6 +14,7 @@ pub mod conn;
 pub mod outbox;
 pub mod pss;
 mod store;
+mod writer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -145,6 +147,13 @@ pub struct QueueRow {
     pub pending_acks: usize,
     pub persistent: usize,
     pub oldest_age_ms: Option<u64>,
+    /// Persistent messages since boot written to sled (`persistent_written`), and delivered
+    /// (and acked, when asked) before the writer got to them, so never written
+    /// (`persistent_delivered_unwritten`). See [`QueueStore`].
+    #[serde(default)]
+    pub persistent_written: u64,
+    #[serde(default)]
+    pub persistent_delivered_unwritten: u64,
 }
 
 pub struct Broker {
@@ -192,6 +201,7 @@ impl Broker {
         b.by_name.insert("pss".into(), sap::PSS);
         if let Some(s) = &b.store {
             b.dead = s.dead_letters();
+            b.next_seq = b.dead.iter().map(|d| d.seq).max().unwrap_or(0);
         }
         b
     }
@@ -200,14 +210,45 @@ impl Broker {
         self.limits = limits;
     }
 
+    /// A message id above every id given before and every id stored (the stored ones may come
+    /// from the other supervisor, whose id counter is not ours).
     fn seq(&mut self) -> u64 {
-        if let Some(s) = &self.store
-            && let Ok(id) = s.next_id()
-        {
-            return id;
-        }
-        self.next_seq += 1;
+        let id = match &self.store {
+            Some(s) => s.next_id().unwrap_or(0),
+            None => 0,
+        };
+        self.next_seq = id.max(self.next_seq + 1);
         self.next_seq
+    }
+
+    /// Become the active supervisor's broker: what the other supervisor stored (persistent
+    /// messages, dead letters) was copied into our database while we were the standby, and is
+    /// now ours to deliver. Queues take their persistent messages from the database again.
+    pub fn take_over_queues(&mut self) {
+        let Some(st) = &self.store else { return };
+        st.reindex();
+        self.dead = st.dead_letters();
+        let mut top = self.dead.iter().map(|d| d.seq).max().unwrap_or(0);
+        for (n, s) in self.saps.iter_mut() {
+            let stored = st.load(*n);
+            top = top.max(stored.iter().map(|m| m.seq).max().unwrap_or(0));
+            let mut q: Vec<Msg> = s
+                .queue
+                .drain(..)
+                .chain(std::mem::take(&mut s.pending).into_values())
+                // What this broker loaded at boot may be older than the copy: the copy wins.
+                .filter(|m| !m.persistent())
+                .chain(stored)
+                .collect();
+            q.sort_by_key(|m| m.seq);
+            s.bytes = q.iter().map(|m| m.payload.len()).sum();
+            s.queue = q.into();
+        }
+        self.next_seq = self.next_seq.max(top);
+        let saps: Vec<u32> = self.saps.keys().copied().collect();
+        for n in saps {
+            self.deliver(n);
+        }
     }
 
     /// Declare the service SAPs of the current policies: (name, number, owner).
@@ -242,6 +283,7 @@ impl Broker {
                     let mut s = Sap::new(name, Some(owner));
                     if let Some(st) = &self.store {
                         for m in st.load(*n) {
+                            self.next_seq = self.next_seq.max(m.seq);
                             s.bytes += m.payload.len();
                             s.queue.push_back(m);
                         }
@@ -496,7 +538,7 @@ impl Broker {
         if m.persistent()
             && let Some(st) = &self.store
         {
-            st.put(&m)
+            st.put(&m, true)
                 .map_err(|e| format!("persistent queue write failed: {e}"))?;
             if confirm_now && let Some(c) = self.conns.get(&conn) {
                 // Confirmed means on disk: the confirmation thread answers after its flush. A
@@ -665,7 +707,7 @@ impl Broker {
                 if m.persistent()
                     && let Some(st) = &self.store
                 {
-                    let _ = st.put(&m);
+                    let _ = st.put(&m, false);
                 }
                 s.queue.push_front(m);
             }
@@ -713,6 +755,11 @@ impl Broker {
                     .chain(s.pending.values())
                     .map(|m| m.enqueued_ms)
                     .min();
+                let w = self
+                    .store
+                    .as_ref()
+                    .map(|st| st.counts(*n))
+                    .unwrap_or_default();
                 QueueRow {
                     sap: *n,
                     name: s.name.clone(),
@@ -726,6 +773,8 @@ impl Broker {
                         .filter(|m| m.persistent())
                         .count(),
                     oldest_age_ms: oldest.map(|t| now.saturating_sub(t)),
+                    persistent_written: w.written,
+                    persistent_delivered_unwritten: w.delivered_unwritten,
                 }
             })
             .collect()

@@ -6,35 +6,34 @@
 //! supervisor's) never waits for the disk or the standby.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
 use mts::frame::{Frame, Header};
 
+use super::writer::{self, Backlog, Counts, Op, WriteCounts, Writer};
 use super::{DeadLetter, Msg, Outbox};
 
 /// A confirmation held until the flush that covers its message.
-struct Confirm {
-    h: Header,
-    outbox: Arc<Outbox>,
+pub struct Confirm {
+    pub h: Header,
+    pub outbox: Arc<Outbox>,
 }
 
-/// `mts/queue`: key = SAP (4 bytes BE) + seq (8 bytes BE), value = the encoded [`Msg`].
-/// `mts/dead`: key = seq, value = the encoded [`DeadLetter`].
+/// Persistent MTS messages (`mts/segments`, see [`super::writer`]) and dead letters
+/// (`mts/dead`: key = seq, value = the encoded [`DeadLetter`]).
+///
+/// Writes go to sled on a thread of their own (`mts-store`), in the order they were made: the
+/// broker's thread only sends them. The in-memory queues are what the broker serves from; sled
+/// is their copy for the next boot.
 #[derive(Clone)]
 pub struct QueueStore {
-    store: pss::Store,
-    queue: sled::Tree,
+    segments: sled::Tree,
     dead: sled::Tree,
-    /// Dead letters are written on the supervisor's thread while a restart waits.
-    flusher: crate::flusher::Flusher,
-    confirms: Sender<Confirm>,
-}
-
-fn key(sap: u32, seq: u64) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..4].copy_from_slice(&sap.to_be_bytes());
-    k[4..].copy_from_slice(&seq.to_be_bytes());
-    k
+    store: pss::Store,
+    ops: Sender<Op>,
+    counts: Counts,
+    backlog: Arc<Backlog>,
 }
 
 impl QueueStore {
@@ -51,12 +50,39 @@ impl QueueStore {
             // Then confirmations fail (the channel is closed): the sender is told, nothing hangs.
             tracing::error!(error = %e, "cannot start the MTS confirmation thread");
         }
-        Ok(QueueStore {
-            store: store.clone(),
-            queue: store.tree("mts/queue")?,
-            dead: store.tree("mts/dead")?,
+        let segments = store.tree("mts/segments")?;
+        let dead = store.tree("mts/dead")?;
+        let moved =
+            writer::migrate(&store.tree("mts/queue")?, &segments).map_err(pss::PssError::Db)?;
+        if moved > 0 {
+            tracing::info!("{moved} persistent MTS messages moved from mts/queue to mts/segments");
+        }
+        let (ops, rx) = channel();
+        let counts = Counts::default();
+        let backlog = Arc::new(Backlog::default());
+        let w = Writer::new(
+            store.clone(),
+            segments.clone(),
+            dead.clone(),
             flusher,
             confirms,
+            counts.clone(),
+            backlog.clone(),
+        );
+        if let Err(e) = std::thread::Builder::new()
+            .name("mts-store".into())
+            .spawn(move || w.run(&rx))
+        {
+            // Then persistent messages are refused (the channel is closed) with this reason.
+            tracing::error!(error = %e, "cannot start the MTS store thread");
+        }
+        Ok(QueueStore {
+            segments,
+            dead,
+            store: store.clone(),
+            ops,
+            counts,
+            backlog,
         })
     }
 
@@ -69,80 +95,104 @@ impl QueueStore {
         self.store.may_write()
     }
 
-    pub fn put(&self, m: &Msg) -> Result<(), String> {
-        let v = mts::codec::encode(m).map_err(|e| e.to_string())?;
-        let k = key(m.dst_sap, m.seq);
-        self.queue.insert(k, v.clone()).map_err(|e| e.to_string())?;
-        self.store
-            .replicate(&self.queue, false, vec![(k.to_vec(), Some(v))]);
-        Ok(())
+    fn write(&self, op: Op) -> Result<(), String> {
+        self.backlog.ops.fetch_add(1, Ordering::SeqCst);
+        self.ops.send(op).map_err(|_| {
+            self.backlog.ops.fetch_sub(1, Ordering::SeqCst);
+            "no MTS store thread".to_string()
+        })
+    }
+
+    /// Store `m` (`fresh`: for the first time; a message re-stored after a crash is not).
+    pub fn put(&self, m: &Msg, fresh: bool) -> Result<(), String> {
+        self.write(Op::Put {
+            msg: m.clone(),
+            fresh,
+        })
+    }
+
+    pub fn remove(&self, sap: u32, seq: u64) {
+        if let Err(e) = self.write(Op::Remove(writer::key(sap, seq))) {
+            tracing::error!("mts/segments remove: {e}");
+        }
+    }
+
+    /// The writer's backlog: a connection that sent persistent messages is not read while the
+    /// writer is more than [`writer::MAX_BACKLOG`] writes behind.
+    pub fn backlog(&self) -> Arc<Backlog> {
+        self.backlog.clone()
     }
 
     /// Answer the message of `h` (just `put`) on `outbox` once it is on disk.
     pub fn confirm_when_flushed(&self, h: &Header, outbox: Arc<Outbox>) {
-        if let Err(e) = self.confirms.send(Confirm { h: *h, outbox }) {
-            let Confirm { h, outbox } = e.0;
+        if let Err(e) = self.ops.send(Op::Confirm(Confirm { h: *h, outbox })) {
+            let Op::Confirm(Confirm { h, outbox }) = e.0 else {
+                return;
+            };
             let f = Frame::error_to(&h, 0, "persistent queue flush failed: no flusher thread");
             outbox.push(&f.header, &f.payload);
         }
     }
 
-    pub fn remove(&self, sap: u32, seq: u64) {
-        let k = key(sap, seq);
-        if let Err(e) = self.queue.remove(k) {
-            tracing::error!("mts/queue remove: {e}");
+    /// Wait until every write made so far is applied.
+    fn sync(&self) {
+        let (tx, rx) = channel();
+        if self.ops.send(Op::Sync(tx)).is_ok() {
+            let _ = rx.recv();
         }
-        self.store
-            .replicate(&self.queue, false, vec![(k.to_vec(), None)]);
+    }
+
+    /// Index the database's segments again (they were copied in from the other supervisor).
+    pub fn reindex(&self) {
+        if self.ops.send(Op::Reindex).is_err() {
+            tracing::error!("mts/segments reindex: no MTS store thread");
+        }
+        self.sync();
     }
 
     /// Every persistent message of a SAP, oldest first.
     pub fn load(&self, sap: u32) -> Vec<Msg> {
-        self.queue
-            .scan_prefix(sap.to_be_bytes())
-            .values()
-            .filter_map(|v| v.ok())
-            .filter_map(|v| mts::codec::decode(&v).ok())
-            .collect()
+        self.sync();
+        writer::load(&self.segments, sap)
     }
 
     pub fn drop_sap(&self, sap: u32) {
-        for k in self
-            .queue
-            .scan_prefix(sap.to_be_bytes())
-            .keys()
-            .filter_map(|k| k.ok())
-        {
-            let _ = self.queue.remove(&k);
-            self.store
-                .replicate(&self.queue, false, vec![(k.to_vec(), None)]);
+        if self.ops.send(Op::DropSap(sap)).is_err() {
+            tracing::error!("mts/segments drop: no MTS store thread");
         }
     }
 
     pub fn put_dead(&self, d: &DeadLetter) {
         match mts::codec::encode(d) {
-            Ok(v) => {
-                if let Err(e) = self.dead.insert(d.seq.to_be_bytes(), v.clone()) {
-                    tracing::error!("mts/dead insert: {e}");
+            Ok(value) => {
+                let op = Op::Dead {
+                    key: d.seq.to_be_bytes(),
+                    value,
+                };
+                if self.ops.send(op).is_err() {
+                    tracing::error!("mts/dead insert: no MTS store thread");
                 }
-                self.store.replicate(
-                    &self.dead,
-                    false,
-                    vec![(d.seq.to_be_bytes().to_vec(), Some(v))],
-                );
-                self.flusher.dirty();
             }
             Err(e) => tracing::error!("mts/dead encode: {e}"),
         }
     }
 
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.sync();
         self.dead
             .iter()
             .values()
             .filter_map(|v| v.ok())
             .filter_map(|v| mts::codec::decode(&v).ok())
             .collect()
+    }
+
+    /// What became of SAP `sap`'s persistent messages so far (as far as the writer got).
+    pub fn counts(&self, sap: u32) -> WriteCounts {
+        writer::lock(&self.counts)
+            .get(&sap)
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -180,4 +230,39 @@ pub fn standby_gave_up() {
         "REPLICATION_STALLED",
         "The standby supervisor did not acknowledge a durable write in time; the replication link restarts with a full copy.",
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_put_through_the_thread_is_loaded_back_in_order() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = pss::Store::open(d.path()).expect("open");
+        let qs = QueueStore::open(&store, crate::flusher::Flusher::start(&store)).expect("open");
+        let m = |seq: u64| Msg {
+            seq,
+            src_sap: 7,
+            dst_sap: 100,
+            opcode: 1,
+            flags: mts::frame::Flags::PERSISTENT,
+            payload: vec![seq as u8; 10],
+            crashes: 0,
+            redelivered: false,
+            enqueued_ms: 0,
+        };
+        for seq in 1..=1000 {
+            qs.put(&m(seq), true).expect("put");
+        }
+        for seq in (1..=1000).filter(|s| s % 2 == 0) {
+            qs.remove(100, seq);
+        }
+        let got: Vec<u64> = qs.load(100).iter().map(|m| m.seq).collect();
+        let want: Vec<u64> = (1..=1000).filter(|s| s % 2 == 1).collect();
+        assert_eq!(got, want);
+        let c = qs.counts(100);
+        assert_eq!(c.written + c.delivered_unwritten, 1000, "{c:?}");
+        assert!(!qs.backlog().behind());
+    }
 }

@@ -34,7 +34,7 @@ fn frames(o: &Outbox) -> Vec<(Header, Vec<u8>)> {
     out
 }
 
-fn msg(src: u32, dst: u32, id: u64, flags: u8, body: &[u8]) -> (Header, Vec<u8>) {
+pub(super) fn msg(src: u32, dst: u32, id: u64, flags: u8, body: &[u8]) -> (Header, Vec<u8>) {
     let h = Header {
         flags: Flags(flags),
         len: body.len() as u32,
@@ -304,17 +304,20 @@ fn a_fenced_supervisor_neither_confirms_nor_takes_persistent_messages() {
     let qs = QueueStore::open(&store, crate::flusher::Flusher::start(&store)).expect("queues");
     let answer = |seq: u64| {
         let (h, body) = msg(7, 100, seq, Flags::PERSISTENT | Flags::CONFIRM, b"x");
-        qs.put(&Msg {
-            seq,
-            src_sap: 7,
-            dst_sap: 100,
-            opcode: 1,
-            flags: h.flags.0,
-            payload: body,
-            crashes: 0,
-            redelivered: false,
-            enqueued_ms: 0,
-        })
+        qs.put(
+            &Msg {
+                seq,
+                src_sap: 7,
+                dst_sap: 100,
+                opcode: 1,
+                flags: h.flags.0,
+                payload: body,
+                crashes: 0,
+                redelivered: false,
+                enqueued_ms: 0,
+            },
+            true,
+        )
         .expect("put");
         let out = Arc::new(Outbox::default());
         qs.confirm_when_flushed(&h, out.clone());
@@ -365,4 +368,65 @@ fn a_fenced_supervisor_neither_confirms_nor_takes_persistent_messages() {
     b.route(cli, h, p);
     assert!(frames(&op).is_empty(), "taken again once unfenced");
     assert_eq!(b.queues()[0].depth, 2);
+}
+
+/// After a takeover, what the old active stored (copied into this supervisor's database while it
+/// was the standby) is queued, delivered in order before anything newer, and removed from the
+/// database once delivered; new messages get ids above the copied ones.
+#[test]
+fn a_new_active_delivers_what_the_old_one_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ::pss::Store::open(dir.path()).expect("store");
+    let qs = QueueStore::open(&store, crate::flusher::Flusher::start(&store)).expect("queues");
+    let mut b = Broker::new(
+        Limits {
+            max_messages: 100,
+            max_bytes: 100_000,
+        },
+        Some(qs.clone()),
+    );
+    b.set_saps(&[("bgp".into(), 100, "bgp".into())]);
+    // The replication link writes the old active's segment (ids from its own counter).
+    let far = 1u64 << 40;
+    let old: Vec<Msg> = (0..3u64)
+        .map(|i| Msg {
+            seq: far + i,
+            src_sap: 7,
+            dst_sap: 100,
+            opcode: 7,
+            flags: Flags::PERSISTENT,
+            payload: vec![b'a' + i as u8],
+            crashes: 0,
+            redelivered: false,
+            enqueued_ms: 0,
+        })
+        .collect();
+    let seg = store.tree("mts/segments").expect("tree");
+    seg.insert(
+        super::writer::key(100, far),
+        mts::codec::encode(&old).expect("encode"),
+    )
+    .expect("insert");
+    assert_eq!(b.queues()[0].depth, 0, "the standby's broker did not know");
+    // What it had loaded at its own boot, older than the copy (delivered by the old active).
+    let mut stale = old[0].clone();
+    stale.seq = 5;
+    if let Some(s) = b.saps.get_mut(&100) {
+        s.queue.push_back(stale);
+    }
+    b.take_over_queues();
+    assert_eq!(b.queues()[0].depth, 3);
+    let op = Arc::new(Outbox::default());
+    let (cli, _) = b.connect(Identity::Operator, op);
+    let (h, p) = msg(mts::sap::CLI, 100, 1, Flags::PERSISTENT, b"new");
+    b.route(cli, h, p);
+    let (bgp, bo) = service(&mut b, "bgp");
+    b.bind(bgp, "bgp").expect("bind");
+    let f = frames(&bo);
+    let got: Vec<&[u8]> = f.iter().map(|(_, p)| p.as_slice()).collect();
+    assert_eq!(got, [&b"a"[..], b"b", b"c", b"new"]);
+    assert!(f[3].0.msg_id > far + 2, "a new id above the copied ones");
+    // Delivered (no ack asked): gone from the database too, through the writer's index.
+    assert!(qs.load(100).is_empty());
+    assert!(seg.is_empty(), "the old active's segment was deleted");
 }

@@ -86,6 +86,8 @@ impl Supervisor {
                     "switchover: {} active, epoch {epoch} ({peer} gone)",
                     self.sys.name
                 ));
+                // What the old active queued for our services was copied into our database.
+                self.mts().take_over_queues();
                 for s in self.services.values_mut() {
                     s.standby_restart_at = None;
                     if s.inst.is_none() && s.stop.is_none() {

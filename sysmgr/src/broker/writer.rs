@@ -1,0 +1,681 @@
+//! The `mts-store` thread: writes persistent MTS messages to sled behind the broker.
+//!
+//! The broker's thread sends [`Op`]s and goes on; this thread applies them in order, a batch
+//! at a time (whatever is waiting when it wakes), and applies each batch net:
+//! - a message stored and removed within one batch (delivered, and acked when it asked for an
+//!   ack, before it reached sled) is not written at all, as a message store that writes behind
+//!   does. That is all a message delivered at once could rely on anyway: its remove followed
+//!   its insert before any flush could make either durable;
+//! - the messages a batch stores for one SAP are written together, in segments of up to
+//!   [`SEGMENT_MESSAGES`] messages ([`SEGMENT_BYTES`]), one sled record each: sled costs about
+//!   as much per record as per byte up to a few KiB (7–10 µs an insert of a 100-byte value on
+//!   this machine), so one record per message made sled the limit;
+//! - a segment whose messages are all removed is deleted; one with some left is rewritten once
+//!   per batch with what is left.
+//!
+//! `mts/segments`: key = SAP (4 bytes BE) + seq of its first message (8 bytes BE), value = the
+//! encoded `Vec<Msg>` in seq order. Seqs are unique across SAPs and grow, so a SAP's segments,
+//! read in key order, give its messages oldest first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use mts::frame::Frame;
+
+use super::Msg;
+use super::store::Confirm;
+
+/// At most this many messages in one segment...
+pub const SEGMENT_MESSAGES: usize = 32;
+/// ...and at most this many payload bytes (a bigger message is a segment of its own).
+pub const SEGMENT_BYTES: usize = 32 * 1024;
+/// The most writes the thread applies as one batch.
+const MAX_BATCH: usize = 8192;
+
+pub type Key = [u8; 12];
+
+pub fn key(sap: u32, seq: u64) -> Key {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&sap.to_be_bytes());
+    k[4..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn sap_of(key: &Key) -> u32 {
+    u32::from_be_bytes([key[0], key[1], key[2], key[3]])
+}
+
+/// A write for the writer thread, applied in the order sent.
+pub enum Op {
+    /// A message stored; `fresh` when it was never stored before (not a re-store after a crash).
+    Put {
+        msg: Msg,
+        fresh: bool,
+    },
+    Remove(Key),
+    DropSap(u32),
+    Dead {
+        key: [u8; 8],
+        value: Vec<u8>,
+    },
+    /// Confirm once every write sent before it is applied and flushed.
+    Confirm(Confirm),
+    /// Answer once every write sent before it is applied.
+    Sync(Sender<()>),
+    /// Index the segments in the database again: they were written by the other supervisor.
+    Reindex,
+}
+
+/// Of a SAP's persistent messages since boot: how many were written to sled, and how many
+/// were delivered (and acked, when they asked for one) before the writer got to them, so that
+/// neither their insert nor their remove was written.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteCounts {
+    pub written: u64,
+    pub delivered_unwritten: u64,
+}
+
+/// Per SAP, updated once per batch.
+pub type Counts = Arc<Mutex<HashMap<u32, WriteCounts>>>;
+
+pub fn lock<T>(c: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes sent and not applied yet, and a wake-up for senders waiting for them to drop.
+#[derive(Default)]
+pub struct Backlog {
+    pub ops: AtomicUsize,
+    pub room: tokio::sync::Notify,
+}
+
+/// Senders wait (their connection is not read) while more writes than this are waiting.
+pub const MAX_BACKLOG: usize = 64 * 1024;
+
+impl Backlog {
+    pub fn behind(&self) -> bool {
+        self.ops.load(Ordering::SeqCst) > MAX_BACKLOG
+    }
+
+    /// Resolves once the writer is no longer behind.
+    pub async fn caught_up(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if !self.behind() {
+                return;
+            }
+            room.await;
+        }
+    }
+}
+
+/// Where each stored message is: the segment that holds it, and how many of each segment's
+/// messages are still stored.
+#[derive(Default)]
+struct Index {
+    at: HashMap<Key, Key>,
+    live: HashMap<Key, usize>,
+}
+
+impl Index {
+    fn build(segments: &sled::Tree) -> Index {
+        let mut index = Index::default();
+        for (k, v) in segments.iter().filter_map(|r| r.ok()) {
+            let Ok(seg) = k.as_ref().try_into() else {
+                continue;
+            };
+            let msgs: Vec<Msg> = mts::codec::decode(&v).unwrap_or_default();
+            for m in &msgs {
+                index.at.insert(key(m.dst_sap, m.seq), seg);
+            }
+            index.live.insert(seg, msgs.len());
+        }
+        index
+    }
+}
+
+/// What one batch does to an existing segment.
+enum Change {
+    Replace(Msg),
+    Remove(u64),
+}
+
+pub struct Writer {
+    pub store: pss::Store,
+    pub segments: sled::Tree,
+    pub dead: sled::Tree,
+    /// Dead letters are flushed soon after they are written.
+    pub flusher: crate::flusher::Flusher,
+    pub confirms: Sender<Confirm>,
+    pub counts: Counts,
+    pub backlog: Arc<Backlog>,
+    index: Index,
+}
+
+impl Writer {
+    /// Index the segments the database holds.
+    pub fn new(
+        store: pss::Store,
+        segments: sled::Tree,
+        dead: sled::Tree,
+        flusher: crate::flusher::Flusher,
+        confirms: Sender<Confirm>,
+        counts: Counts,
+        backlog: Arc<Backlog>,
+    ) -> Writer {
+        let index = Index::build(&segments);
+        Writer {
+            store,
+            segments,
+            dead,
+            flusher,
+            confirms,
+            counts,
+            backlog,
+            index,
+        }
+    }
+
+    pub fn run(mut self, rx: &Receiver<Op>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+            self.apply(batch);
+        }
+    }
+
+    pub fn apply(&mut self, batch: Vec<Op>) {
+        // Per message: was its first write in this batch a fresh store, and which is its last.
+        let mut last: HashMap<Key, (bool, usize)> = HashMap::new();
+        let mut writes = 0;
+        for (i, op) in batch.iter().enumerate() {
+            let (k, fresh) = match op {
+                Op::Put { msg, fresh } => (key(msg.dst_sap, msg.seq), *fresh),
+                Op::Remove(k) => (*k, false),
+                _ => continue,
+            };
+            writes += 1;
+            last.entry(k).or_insert((fresh, i)).1 = i;
+        }
+        let mut failed: Option<String> = None;
+        let mut fresh_by_sap: BTreeMap<u32, Vec<Msg>> = BTreeMap::new();
+        let mut changes: HashMap<Key, Vec<Change>> = HashMap::new();
+        let mut counts: HashMap<u32, WriteCounts> = HashMap::new();
+        let (mut confirms, mut syncs, mut dead) = (Vec::new(), Vec::new(), false);
+        let mut reindex = false;
+        for (i, op) in batch.into_iter().enumerate() {
+            match op {
+                Op::Put { msg, .. } => {
+                    let k = key(msg.dst_sap, msg.seq);
+                    match last.get(&k) {
+                        // A later write of this message in the batch stands.
+                        Some(&(_, l)) if l != i => {}
+                        Some(&(true, _)) => fresh_by_sap.entry(msg.dst_sap).or_default().push(msg),
+                        _ => match self.index.at.get(&k) {
+                            Some(seg) => {
+                                changes.entry(*seg).or_default().push(Change::Replace(msg))
+                            }
+                            // Not stored (its SAP was dropped since): store it anew.
+                            None => fresh_by_sap.entry(msg.dst_sap).or_default().push(msg),
+                        },
+                    }
+                }
+                Op::Remove(k) => match last.get(&k) {
+                    Some(&(true, l)) if l == i => {
+                        // Stored and removed within the batch: nothing to write.
+                        counts.entry(sap_of(&k)).or_default().delivered_unwritten += 1;
+                    }
+                    Some(&(false, l)) if l == i => {
+                        if let Some(seg) = self.index.at.get(&k) {
+                            changes.entry(*seg).or_default().push(Change::Remove(
+                                u64::from_be_bytes(k[4..].try_into().unwrap_or_default()),
+                            ));
+                        }
+                    }
+                    _ => {}
+                },
+                Op::DropSap(sap) => {
+                    // What this batch was about to write for the SAP goes with it.
+                    fresh_by_sap.remove(&sap);
+                    changes.retain(|seg, _| sap_of(seg) != sap);
+                    if let Err(e) = self.drop_sap(sap) {
+                        fail(&mut failed, "mts/segments remove", e);
+                    }
+                }
+                Op::Dead { key, value } => {
+                    if let Err(e) = self.dead.insert(key, value.as_slice()) {
+                        fail(&mut failed, "mts/dead insert", e);
+                    }
+                    self.store
+                        .replicate(&self.dead, false, vec![(key.to_vec(), Some(value))]);
+                    dead = true;
+                }
+                Op::Confirm(c) => confirms.push(c),
+                Op::Sync(tx) => syncs.push(tx),
+                Op::Reindex => reindex = true,
+            }
+        }
+        let mut repl = Vec::new();
+        for (seg, ch) in changes {
+            if let Err(e) = self.change(seg, ch, &mut repl) {
+                fail(&mut failed, "mts/segments rewrite", e);
+            }
+        }
+        for (sap, mut msgs) in fresh_by_sap {
+            // In seq order: a message stored and re-stored in the batch is where its re-store was.
+            msgs.sort_by_key(|m| m.seq);
+            counts.entry(sap).or_default().written += msgs.len() as u64;
+            if let Err(e) = self.add(msgs, &mut repl) {
+                fail(&mut failed, "mts/segments insert", e);
+            }
+        }
+        if !repl.is_empty() {
+            self.store.replicate(&self.segments, false, repl);
+        }
+        if reindex {
+            self.index = Index::build(&self.segments);
+        }
+        if !counts.is_empty() {
+            let mut all = lock(&self.counts);
+            for (sap, c) in counts {
+                let a = all.entry(sap).or_default();
+                a.written += c.written;
+                a.delivered_unwritten += c.delivered_unwritten;
+            }
+        }
+        if dead {
+            self.flusher.dirty();
+        }
+        self.answer(confirms, failed.as_deref());
+        for tx in syncs {
+            let _ = tx.send(());
+        }
+        let left = self
+            .backlog
+            .ops
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(writes))
+            })
+            .unwrap_or(0)
+            .saturating_sub(writes);
+        if left <= MAX_BACKLOG {
+            self.backlog.room.notify_waiters();
+        }
+    }
+
+    /// Confirmations go to the flush thread, or get an error when a write they cover failed.
+    fn answer(&self, confirms: Vec<Confirm>, failed: Option<&str>) {
+        for c in confirms {
+            let c = match failed {
+                Some(_) => c,
+                None => match self.confirms.send(c) {
+                    Ok(()) => continue,
+                    Err(e) => e.0,
+                },
+            };
+            let why = failed.unwrap_or("persistent queue flush failed: no flusher thread");
+            let f = Frame::error_to(&c.h, 0, why);
+            c.outbox.push_now(&f.header, &f.payload);
+        }
+    }
+
+    /// Store new messages of one SAP, oldest first, in as few segments as the limits allow.
+    fn add(&mut self, msgs: Vec<Msg>, repl: &mut Repl) -> Result<(), sled::Error> {
+        let mut seg: Vec<Msg> = Vec::new();
+        let mut bytes = 0;
+        for m in msgs {
+            if !seg.is_empty()
+                && (seg.len() >= SEGMENT_MESSAGES || bytes + m.payload.len() > SEGMENT_BYTES)
+            {
+                self.write_new(std::mem::take(&mut seg), repl)?;
+                bytes = 0;
+            }
+            bytes += m.payload.len();
+            seg.push(m);
+        }
+        if !seg.is_empty() {
+            self.write_new(seg, repl)?;
+        }
+        Ok(())
+    }
+
+    fn write_new(&mut self, seg: Vec<Msg>, repl: &mut Repl) -> Result<(), sled::Error> {
+        let k = key(seg[0].dst_sap, seg[0].seq);
+        for m in &seg {
+            self.index.at.insert(key(m.dst_sap, m.seq), k);
+        }
+        self.index.live.insert(k, seg.len());
+        put(&self.segments, k, &seg, repl)
+    }
+
+    /// Apply one batch's changes to an existing segment: delete it when nothing is left, or
+    /// rewrite it once with what is.
+    fn change(
+        &mut self,
+        seg: Key,
+        changes: Vec<Change>,
+        repl: &mut Repl,
+    ) -> Result<(), sled::Error> {
+        let removed = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Remove(_)))
+            .count();
+        let live = self.index.live.get(&seg).copied().unwrap_or(0);
+        let sap = sap_of(&seg);
+        for c in &changes {
+            if let Change::Remove(seq) = c {
+                self.index.at.remove(&key(sap, *seq));
+            }
+        }
+        if removed >= live {
+            self.index.live.remove(&seg);
+            self.segments.remove(seg)?;
+            repl.push((seg.to_vec(), None));
+            return Ok(());
+        }
+        self.index.live.insert(seg, live - removed);
+        let Some(v) = self.segments.get(seg)? else {
+            return Ok(());
+        };
+        let mut msgs: Vec<Msg> = match mts::codec::decode(&v) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("mts/segments: segment {seg:02x?} does not decode: {e}");
+                return Ok(());
+            }
+        };
+        for c in changes {
+            match c {
+                Change::Remove(seq) => msgs.retain(|m| m.seq != seq),
+                Change::Replace(n) => {
+                    if let Some(m) = msgs.iter_mut().find(|m| m.seq == n.seq) {
+                        *m = n;
+                    }
+                }
+            }
+        }
+        put(&self.segments, seg, &msgs, repl)
+    }
+
+    fn drop_sap(&mut self, sap: u32) -> Result<(), sled::Error> {
+        let mut repl = Vec::new();
+        for k in self
+            .segments
+            .scan_prefix(sap.to_be_bytes())
+            .keys()
+            .filter_map(|k| k.ok())
+        {
+            self.segments.remove(&k)?;
+            repl.push((k.to_vec(), None));
+        }
+        self.index.at.retain(|k, _| sap_of(k) != sap);
+        self.index.live.retain(|k, _| sap_of(k) != sap);
+        if !repl.is_empty() {
+            self.store.replicate(&self.segments, false, repl);
+        }
+        Ok(())
+    }
+}
+
+type Repl = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+fn put(tree: &sled::Tree, k: Key, msgs: &Vec<Msg>, repl: &mut Repl) -> Result<(), sled::Error> {
+    let v = match mts::codec::encode(msgs) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("mts/segments encode: {e}");
+            return Ok(());
+        }
+    };
+    tree.insert(k, v.as_slice())?;
+    repl.push((k.to_vec(), Some(v)));
+    Ok(())
+}
+
+fn fail(failed: &mut Option<String>, what: &str, e: sled::Error) {
+    tracing::error!("{what}: {e}");
+    failed.get_or_insert_with(|| format!("persistent queue write failed: {e}"));
+}
+
+/// Every stored message of SAP `sap`, oldest first.
+pub fn load(segments: &sled::Tree, sap: u32) -> Vec<Msg> {
+    segments
+        .scan_prefix(sap.to_be_bytes())
+        .values()
+        .filter_map(|v| v.ok())
+        .filter_map(|v| {
+            mts::codec::decode::<Vec<Msg>>(&v)
+                .map_err(|e| {
+                    tracing::error!("mts/segments: a segment of SAP {sap} does not decode: {e}")
+                })
+                .ok()
+        })
+        .flatten()
+        .collect()
+}
+
+/// Messages stored one per record (`mts/queue`, before segments) move into segments of one.
+pub fn migrate(old: &sled::Tree, segments: &sled::Tree) -> Result<usize, sled::Error> {
+    let mut n = 0;
+    for (k, v) in old.iter().filter_map(|r| r.ok()) {
+        match mts::codec::decode::<Msg>(&v) {
+            Ok(m) => {
+                if let Ok(v) = mts::codec::encode(&vec![m]) {
+                    segments.insert(&k, v)?;
+                    n += 1;
+                }
+            }
+            Err(e) => tracing::error!("mts/queue: a message does not decode, dropped: {e}"),
+        }
+        old.remove(&k)?;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+
+    fn writer(store: &pss::Store) -> (Writer, Receiver<Confirm>) {
+        let (confirms, held) = channel();
+        let w = Writer::new(
+            store.clone(),
+            store.tree("mts/segments").expect("tree"),
+            store.tree("mts/dead").expect("tree"),
+            crate::flusher::Flusher::start(store),
+            confirms,
+            Counts::default(),
+            Arc::new(Backlog::default()),
+        );
+        (w, held)
+    }
+
+    fn msg(sap: u32, seq: u64, body: &[u8]) -> Msg {
+        Msg {
+            seq,
+            src_sap: 7,
+            dst_sap: sap,
+            opcode: 1,
+            flags: mts::frame::Flags::PERSISTENT,
+            payload: body.to_vec(),
+            crashes: 0,
+            redelivered: false,
+            enqueued_ms: 0,
+        }
+    }
+
+    fn put(sap: u32, seq: u64, body: &[u8], fresh: bool) -> Op {
+        Op::Put {
+            msg: msg(sap, seq, body),
+            fresh,
+        }
+    }
+
+    /// (SAP, seqs) of every segment, in key order.
+    fn segments(w: &Writer) -> Vec<(u32, Vec<u64>)> {
+        w.segments
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| {
+                let msgs: Vec<Msg> = mts::codec::decode(&v).expect("decodes");
+                (
+                    u32::from_be_bytes([k[0], k[1], k[2], k[3]]),
+                    msgs.iter().map(|m| m.seq).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn seqs(w: &Writer, sap: u32) -> Vec<u64> {
+        load(&w.segments, sap).iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn a_batch_is_applied_net_and_counted_per_sap() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = pss::Store::open(d.path()).expect("open");
+        let (mut w, held) = writer(&store);
+        // Message 1 is delivered before the writer gets to it; 2 and 3 wait in their queues.
+        w.apply(vec![
+            put(100, 1, b"one", true),
+            put(100, 2, b"two", true),
+            put(101, 3, b"three", true),
+            Op::Remove(key(100, 1)),
+        ]);
+        assert_eq!(segments(&w), vec![(100, vec![2]), (101, vec![3])]);
+        let c = |w: &Writer, sap| lock(&w.counts).get(&sap).copied().unwrap_or_default();
+        let want = WriteCounts {
+            written: 1,
+            delivered_unwritten: 1,
+        };
+        assert_eq!(c(&w, 100), want);
+        assert_eq!(c(&w, 101).written, 1);
+
+        // Already on disk: a re-store after a crash and then its ack are written, not skipped;
+        // a re-store alone replaces the message; a dropped SAP loses what it had, in order.
+        let (tx, done) = channel();
+        let mut again = msg(101, 3, b"three again");
+        again.crashes = 1;
+        w.apply(vec![
+            put(100, 2, b"two again", false),
+            Op::Remove(key(100, 2)),
+            Op::Put {
+                msg: again,
+                fresh: false,
+            },
+            put(102, 4, b"four", true),
+            Op::DropSap(102),
+            put(102, 5, b"five", true),
+            Op::Sync(tx),
+        ]);
+        done.try_recv()
+            .expect("a sync is answered once its batch is applied");
+        assert_eq!(segments(&w), vec![(101, vec![3]), (102, vec![5])]);
+        let three = load(&w.segments, 101);
+        assert_eq!(
+            (three[0].payload.as_slice(), three[0].crashes),
+            (&b"three again"[..], 1)
+        );
+        assert_eq!(c(&w, 100).written, 1, "a re-store is not a new message");
+        assert_eq!(
+            c(&w, 102).written,
+            1,
+            "message 4 went with its SAP, unwritten"
+        );
+
+        // A confirmation goes to the flush thread only after its batch is applied.
+        let out = Arc::new(super::super::Outbox::default());
+        let (h, _) = crate::broker::tests::msg(7, 100, 9, 0, b"x");
+        w.apply(vec![
+            put(100, 9, b"nine", true),
+            Op::Confirm(Confirm { h, outbox: out }),
+        ]);
+        let held = held.try_recv().expect("handed to the flush thread");
+        assert_eq!(held.h.msg_id, h.msg_id);
+        assert_eq!(seqs(&w, 100), vec![9]);
+    }
+
+    #[test]
+    fn messages_share_segments_that_shrink_as_they_are_removed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = pss::Store::open(d.path()).expect("open");
+        let (mut w, _held) = writer(&store);
+        w.apply((10..110).map(|s| put(100, s, b"m", true)).collect());
+        let segs = segments(&w);
+        assert_eq!(
+            segs.iter().map(|s| s.1.len()).collect::<Vec<_>>(),
+            vec![32, 32, 32, 4]
+        );
+        assert_eq!(seqs(&w, 100), (10..110).collect::<Vec<_>>());
+        // A big message is a segment of its own, and keeps the order.
+        w.apply(vec![
+            put(100, 110, &vec![1u8; SEGMENT_BYTES + 1], true),
+            put(100, 111, b"m", true),
+        ]);
+        assert_eq!(segments(&w).len(), 6);
+
+        // The first segment goes, the second is rewritten with what is left.
+        w.apply((10..51).map(|s| Op::Remove(key(100, s))).collect());
+        assert_eq!(segments(&w)[0].1, (51..74).collect::<Vec<_>>());
+        assert_eq!(seqs(&w, 100), (51..112).collect::<Vec<_>>());
+
+        // A writer started on the same database (the next boot) knows where each message is.
+        drop(w);
+        let (mut w, _held) = writer(&store);
+        w.apply(
+            (51..112)
+                .filter(|s| s % 2 == 0)
+                .map(|s| Op::Remove(key(100, s)))
+                .collect(),
+        );
+        let odd: Vec<u64> = (51..112).filter(|s| s % 2 == 1).collect();
+        assert_eq!(seqs(&w, 100), odd);
+        w.apply(odd.iter().map(|s| Op::Remove(key(100, *s))).collect());
+        assert!(segments(&w).is_empty(), "every segment deleted");
+    }
+
+    #[test]
+    fn messages_stored_one_per_record_move_into_segments() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = pss::Store::open(d.path()).expect("open");
+        let old = store.tree("mts/queue").expect("tree");
+        for s in [4u64, 5, 9] {
+            let v = mts::codec::encode(&msg(100, s, b"old")).expect("encode");
+            old.insert(key(100, s), v).expect("insert");
+        }
+        old.insert(key(100, 10), &b"not a message"[..])
+            .expect("insert");
+        let segs = store.tree("mts/segments").expect("tree");
+        assert_eq!(migrate(&old, &segs).expect("migrate"), 3);
+        assert!(old.is_empty());
+        let (mut w, _held) = writer(&store);
+        assert_eq!(seqs(&w, 100), vec![4, 5, 9]);
+        w.apply(vec![Op::Remove(key(100, 5))]);
+        assert_eq!(seqs(&w, 100), vec![4, 9]);
+    }
+
+    #[tokio::test]
+    async fn a_sender_waits_while_the_writer_is_behind() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = pss::Store::open(d.path()).expect("open");
+        let (mut w, _held) = writer(&store);
+        let b = w.backlog.clone();
+        b.ops.store(MAX_BACKLOG + 2, Ordering::SeqCst);
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { b.caught_up().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        w.apply(vec![put(100, 1, b"a", true), put(100, 2, b"b", true)]);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken once the backlog is down")
+            .expect("task");
+    }
+}
