@@ -109,6 +109,21 @@ impl Lab {
         );
     }
 
+    /// Service `gate`: READY `ms` after it starts with `Some(ms)`; never with `None`, so the
+    /// services that depend on it never start.
+    pub fn gate(&self, ready_after_ms: Option<u64>) {
+        let delay = ready_after_ms.map(|ms| ms.to_string());
+        let args: Vec<&str> = match &delay {
+            Some(ms) => vec!["--notify", "--ready-delay", ms],
+            None => vec![],
+        };
+        self.service(
+            "gate",
+            &args,
+            "readiness = \"notify\"\nstart-timeout = \"1h\"\n",
+        );
+    }
+
     pub fn config(&self) -> PathBuf {
         self.path("sysmgr.toml")
     }

@@ -32,16 +32,7 @@ fn lab(gate_ready: bool, extra_sysmgr: &str) -> Lab {
 }
 
 fn gate(lab: &Lab, ready: bool) {
-    let args: &[&str] = if ready {
-        &["--notify", "--ready-delay", "1500"]
-    } else {
-        &[]
-    };
-    lab.service(
-        "gate",
-        args,
-        "readiness = \"notify\"\nstart-timeout = \"1h\"\n",
-    );
+    lab.gate(ready.then_some(1500));
 }
 
 /// The `show mts queues` row of SAP rx.

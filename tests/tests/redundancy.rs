@@ -149,21 +149,9 @@ fn the_standby_mirrors_the_store_and_takes_over_when_the_active_dies() {
 /// one; once acked they are gone from the new active's queue.
 #[test]
 fn persistent_messages_queued_on_the_active_are_delivered_by_the_new_active() {
-    let gate = |lab: &Lab, ready: bool| {
-        let args: &[&str] = if ready {
-            &["--notify", "--ready-delay", "200"]
-        } else {
-            &[]
-        };
-        lab.service(
-            "gate",
-            args,
-            "readiness = \"notify\"\nstart-timeout = \"1h\"\n",
-        );
-    };
     let (mut a, mut b) = pair_with(|lab| {
         // On sup-1 the gate never gets ready, so rx never runs there: its messages wait.
-        gate(lab, false);
+        lab.gate(None);
         let report = lab.path("report").display().to_string();
         lab.service(
             "rx",
@@ -171,7 +159,7 @@ fn persistent_messages_queued_on_the_active_are_delivered_by_the_new_active() {
             "depends-on = [\"gate\"]\n[saps]\nrx = 100\n",
         );
     });
-    gate(&b, true);
+    b.gate(Some(200));
     boot_in_order(&mut a, &mut b);
     wait_for(
         Duration::from_secs(10),
