@@ -165,6 +165,29 @@ fn persistent_message_survives_sigkill_of_sysmgr() {
     let mut want = vec!["kept".to_string()];
     want.extend(burst);
     assert_eq!(texts(&lab), want);
+
+    // Acked, then covered by a later confirmation: gone from disk too, so a second SIGKILL
+    // of sysmgr brings none of them back (at most the last one, which rx may not have acked).
+    wait_for(Duration::from_secs(10), "all acked", || {
+        let row = rx_queue(&lab);
+        (row["depth"] == 0 && row["pending_acks"] == 0).then_some(())
+    });
+    let mut c = MtsConn::connect(&lab);
+    c.send_confirmed(RX, "last", ACK | Flags::PERSISTENT)
+        .expect("confirmed");
+    lab.signal(Signal::SIGKILL);
+    lab.wait_exit(Duration::from_secs(5));
+    lab.boot();
+    wait_for(Duration::from_secs(10), "rx bound again", || {
+        let bound = lab.report("report");
+        (bound.iter().filter(|l| l.starts_with("bound rx")).count() >= 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let after: Vec<String> = texts(&lab).split_off(want.len());
+    assert!(
+        after.iter().all(|t| t == "last") && !after.is_empty() && after.len() <= 2,
+        "after the second reboot: {after:?}"
+    );
 }
 
 #[test]

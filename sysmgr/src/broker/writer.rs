@@ -10,12 +10,17 @@
 //!   [`SEGMENT_MESSAGES`] messages ([`SEGMENT_BYTES`]), one sled record each: sled costs about
 //!   as much per record as per byte up to a few KiB (7–10 µs an insert of a 100-byte value on
 //!   this machine), so one record per message made sled the limit;
-//! - a segment whose messages are all removed is deleted; one with some left is rewritten once
-//!   per batch with what is left.
+//! - a segment whose messages are all removed is deleted (with its tombstones); removing some
+//!   of them writes a small tombstone record that lists them, so a segment drained one message
+//!   at a time is never rewritten. Only a re-store after a crash (a message's crash count
+//!   changes) rewrites a segment, with its tombstones folded in.
 //!
-//! `mts/segments`: key = SAP (4 bytes BE) + seq of its first message (8 bytes BE), value = the
-//! encoded `Vec<Msg>` in seq order. Seqs are unique across SAPs and grow, so a SAP's segments,
-//! read in key order, give its messages oldest first.
+//! `mts/segments`: a segment's key is the SAP (4 bytes BE) + the seq of its first message (8
+//! bytes BE); its value is the encoded `Vec<Msg>` in seq order. A tombstone's key is its
+//! segment's key + the lowest seq it removes (8 bytes BE; a seq is removed once, so the key is
+//! unique); its value is the encoded `Vec<u64>` of removed seqs. A tombstone sorts right after
+//! its segment. Seqs are unique across SAPs and grow, so a SAP's segments, read in key order,
+//! give its messages oldest first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,6 +46,45 @@ pub fn key(sap: u32, seq: u64) -> Key {
     k[..4].copy_from_slice(&sap.to_be_bytes());
     k[4..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// A tombstone of segment `seg` whose lowest removed seq is `seq`.
+fn tomb_key(seg: &Key, seq: u64) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..12].copy_from_slice(seg);
+    k[12..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The segments under `prefix` (a SAP, a segment's key, or everything), in key order, each
+/// without the messages its tombstones remove.
+pub fn read(tree: &sled::Tree, prefix: &[u8]) -> Vec<(Key, Vec<Msg>)> {
+    let mut out: Vec<(Key, Vec<Msg>)> = Vec::new();
+    for (k, v) in tree.scan_prefix(prefix).filter_map(|r| r.ok()) {
+        if let Ok(seg) = Key::try_from(k.as_ref()) {
+            match mts::codec::decode::<Vec<Msg>>(&v) {
+                Ok(msgs) => out.push((seg, msgs)),
+                Err(e) => tracing::error!("mts/segments: segment {seg:02x?} does not decode: {e}"),
+            }
+            continue;
+        }
+        let seqs = match mts::codec::decode::<Vec<u64>>(&v) {
+            Ok(s) if k.len() == 20 => s,
+            _ => {
+                tracing::error!(
+                    "mts/segments: record {:02x?} is neither segment nor tombstone",
+                    k.as_ref()
+                );
+                continue;
+            }
+        };
+        if let Some((seg, msgs)) = out.last_mut()
+            && seg[..] == k[..12]
+        {
+            msgs.retain(|m| !seqs.contains(&m.seq));
+        }
+    }
+    out
 }
 
 fn sap_of(key: &Key) -> u32 {
@@ -124,11 +168,7 @@ struct Index {
 impl Index {
     fn build(segments: &sled::Tree) -> Index {
         let mut index = Index::default();
-        for (k, v) in segments.iter().filter_map(|r| r.ok()) {
-            let Ok(seg) = k.as_ref().try_into() else {
-                continue;
-            };
-            let msgs: Vec<Msg> = mts::codec::decode(&v).unwrap_or_default();
+        for (seg, msgs) in read(segments, &[]) {
             for m in &msgs {
                 index.at.insert(key(m.dst_sap, m.seq), seg);
             }
@@ -352,53 +392,70 @@ impl Writer {
         put(&self.segments, k, &seg, repl)
     }
 
-    /// Apply one batch's changes to an existing segment: delete it when nothing is left, or
-    /// rewrite it once with what is.
+    /// Apply one batch's changes to an existing segment: delete it when nothing is left; else
+    /// write a tombstone for the messages removed, or, when a message in it is re-stored,
+    /// rewrite it once with what is left.
     fn change(
         &mut self,
         seg: Key,
         changes: Vec<Change>,
         repl: &mut Repl,
     ) -> Result<(), sled::Error> {
-        let removed = changes
-            .iter()
-            .filter(|c| matches!(c, Change::Remove(_)))
-            .count();
-        let live = self.index.live.get(&seg).copied().unwrap_or(0);
-        let sap = sap_of(&seg);
-        for c in &changes {
-            if let Change::Remove(seq) = c {
-                self.index.at.remove(&key(sap, *seq));
-            }
-        }
-        if removed >= live {
-            self.index.live.remove(&seg);
-            self.segments.remove(seg)?;
-            repl.push((seg.to_vec(), None));
-            return Ok(());
-        }
-        self.index.live.insert(seg, live - removed);
-        let Some(v) = self.segments.get(seg)? else {
-            return Ok(());
-        };
-        let mut msgs: Vec<Msg> = match mts::codec::decode(&v) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!("mts/segments: segment {seg:02x?} does not decode: {e}");
-                return Ok(());
-            }
-        };
+        let mut removed = Vec::new();
+        let mut replaced = Vec::new();
         for c in changes {
             match c {
-                Change::Remove(seq) => msgs.retain(|m| m.seq != seq),
-                Change::Replace(n) => {
-                    if let Some(m) = msgs.iter_mut().find(|m| m.seq == n.seq) {
-                        *m = n;
-                    }
-                }
+                Change::Remove(seq) => removed.push(seq),
+                Change::Replace(m) => replaced.push(m),
             }
         }
+        let live = self.index.live.get(&seg).copied().unwrap_or(0);
+        let sap = sap_of(&seg);
+        for seq in &removed {
+            self.index.at.remove(&key(sap, *seq));
+        }
+        if removed.len() >= live {
+            self.index.live.remove(&seg);
+            return self.delete(&seg, repl);
+        }
+        self.index.live.insert(seg, live - removed.len());
+        if replaced.is_empty() {
+            let Some(lowest) = removed.iter().min() else {
+                return Ok(());
+            };
+            let k = tomb_key(&seg, *lowest);
+            return match mts::codec::encode(&removed) {
+                Ok(v) => {
+                    self.segments.insert(k, v.as_slice())?;
+                    repl.push((k.to_vec(), Some(v)));
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::error!("mts/segments: tombstone encode: {e}");
+                    Ok(())
+                }
+            };
+        }
+        let Some((_, mut msgs)) = read(&self.segments, &seg).into_iter().next() else {
+            return Ok(());
+        };
+        msgs.retain(|m| !removed.contains(&m.seq));
+        for n in replaced {
+            if let Some(m) = msgs.iter_mut().find(|m| m.seq == n.seq) {
+                *m = n;
+            }
+        }
+        self.delete(&seg, repl)?;
         put(&self.segments, seg, &msgs, repl)
+    }
+
+    /// Delete segment `seg` and its tombstones.
+    fn delete(&self, seg: &Key, repl: &mut Repl) -> Result<(), sled::Error> {
+        for k in self.segments.scan_prefix(seg).keys().filter_map(|k| k.ok()) {
+            self.segments.remove(&k)?;
+            repl.push((k.to_vec(), None));
+        }
+        Ok(())
     }
 
     fn drop_sap(&mut self, sap: u32) -> Result<(), sled::Error> {
@@ -443,18 +500,9 @@ fn fail(failed: &mut Option<String>, what: &str, e: sled::Error) {
 
 /// Every stored message of SAP `sap`, oldest first.
 pub fn load(segments: &sled::Tree, sap: u32) -> Vec<Msg> {
-    segments
-        .scan_prefix(sap.to_be_bytes())
-        .values()
-        .filter_map(|v| v.ok())
-        .filter_map(|v| {
-            mts::codec::decode::<Vec<Msg>>(&v)
-                .map_err(|e| {
-                    tracing::error!("mts/segments: a segment of SAP {sap} does not decode: {e}")
-                })
-                .ok()
-        })
-        .flatten()
+    read(segments, &sap.to_be_bytes())
+        .into_iter()
+        .flat_map(|(_, msgs)| msgs)
         .collect()
 }
 
@@ -516,19 +564,27 @@ mod tests {
         }
     }
 
-    /// (SAP, seqs) of every segment, in key order.
+    /// (SAP, seqs) of every segment, in key order, as a reader sees them.
     fn segments(w: &Writer) -> Vec<(u32, Vec<u64>)> {
-        w.segments
-            .iter()
-            .filter_map(|r| r.ok())
-            .map(|(k, v)| {
-                let msgs: Vec<Msg> = mts::codec::decode(&v).expect("decodes");
-                (
-                    u32::from_be_bytes([k[0], k[1], k[2], k[3]]),
-                    msgs.iter().map(|m| m.seq).collect(),
-                )
-            })
+        read(&w.segments, &[])
+            .into_iter()
+            .map(|(k, msgs)| (sap_of(&k), msgs.iter().map(|m| m.seq).collect()))
             .collect()
+    }
+
+    /// (segments, tombstones) as records.
+    fn records(w: &Writer) -> (usize, usize) {
+        let keys: Vec<usize> = w
+            .segments
+            .iter()
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| k.len())
+            .collect();
+        (
+            keys.iter().filter(|l| **l == 12).count(),
+            keys.iter().filter(|l| **l == 20).count(),
+        )
     }
 
     fn seqs(w: &Writer, sap: u32) -> Vec<u64> {
@@ -619,24 +675,49 @@ mod tests {
         ]);
         assert_eq!(segments(&w).len(), 6);
 
-        // The first segment goes, the second is rewritten with what is left.
+        // The first segment goes; what leaves the second is a tombstone, not a rewrite.
         w.apply((10..51).map(|s| Op::Remove(key(100, s))).collect());
         assert_eq!(segments(&w)[0].1, (51..74).collect::<Vec<_>>());
         assert_eq!(seqs(&w, 100), (51..112).collect::<Vec<_>>());
+        assert_eq!(records(&w), (5, 1));
+        let raw = w.segments.get(key(100, 42)).expect("get").expect("segment");
+        assert_eq!(
+            mts::codec::decode::<Vec<Msg>>(&raw).expect("decode").len(),
+            32
+        );
+        // One at a time, as a slow receiver acks: a tombstone each.
+        for s in 51..54 {
+            w.apply(vec![Op::Remove(key(100, s))]);
+        }
+        assert_eq!(records(&w), (5, 4));
+        assert_eq!(seqs(&w, 100), (54..112).collect::<Vec<_>>());
+        // A re-store after a crash rewrites the segment with its tombstones folded in.
+        let mut again = msg(100, 60, b"again");
+        again.crashes = 1;
+        w.apply(vec![Op::Put {
+            msg: again,
+            fresh: false,
+        }]);
+        assert_eq!(records(&w), (5, 0));
+        assert_eq!(segments(&w)[0].1, (54..74).collect::<Vec<_>>());
+        assert_eq!(load(&w.segments, 100)[6].crashes, 1);
+        w.apply(vec![Op::Remove(key(100, 54))]);
 
-        // A writer started on the same database (the next boot) knows where each message is.
+        // A writer started on the same database (the next boot) knows where each message is,
+        // tombstones included.
         drop(w);
         let (mut w, _held) = writer(&store);
+        assert_eq!(w.index.live.get(&key(100, 42)), Some(&19));
         w.apply(
-            (51..112)
+            (55..112)
                 .filter(|s| s % 2 == 0)
                 .map(|s| Op::Remove(key(100, s)))
                 .collect(),
         );
-        let odd: Vec<u64> = (51..112).filter(|s| s % 2 == 1).collect();
+        let odd: Vec<u64> = (55..112).filter(|s| s % 2 == 1).collect();
         assert_eq!(seqs(&w, 100), odd);
         w.apply(odd.iter().map(|s| Op::Remove(key(100, *s))).collect());
-        assert!(segments(&w).is_empty(), "every segment deleted");
+        assert_eq!(records(&w), (0, 0), "every segment and tombstone deleted");
     }
 
     #[test]
