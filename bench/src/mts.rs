@@ -197,9 +197,19 @@ impl Path_ {
     /// Send `n` one-way messages as fast as the socket takes them, then ask for the count:
     /// returns messages per second.
     fn throughput(&mut self, n: u64, size: usize, flags: u8) -> Result<f64> {
+        let t = Instant::now();
+        self.send_batched(self.dst, n, size, flags)?;
+        let got = self.count()?;
+        if got != n {
+            bail!("{}: receiver counted {got} of {n}", self.name);
+        }
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    }
+
+    /// Write `n` one-way messages of `size` bytes to SAP `dst`, 256 frames a write.
+    fn send_batched(&mut self, dst: u32, n: u64, size: usize, flags: u8) -> Result<()> {
         let batch = 256u64;
         let payload = vec![0x5a; size];
-        let t = Instant::now();
         let mut sent = 0;
         let mut buf = Vec::with_capacity((batch as usize) * (HEADER_LEN + size));
         while sent < n {
@@ -207,18 +217,14 @@ impl Path_ {
             let k = batch.min(n - sent);
             for _ in 0..k {
                 let mut h: Header = self.frame(OP_DATA, flags, Vec::new()).header;
-                h.len = size as u32;
+                (h.dst_sap, h.len) = (dst, size as u32);
                 buf.extend_from_slice(&h.encode());
                 buf.extend_from_slice(&payload);
             }
             self.stream.write_all(&buf)?;
             sent += k;
         }
-        let got = self.count()?;
-        if got != n {
-            bail!("{}: receiver counted {got} of {n}", self.name);
-        }
-        Ok(n as f64 / t.elapsed().as_secs_f64())
+        Ok(())
     }
 
     /// Send a request to the echo and wait for its answer (skipping nothing else: the driver's
@@ -257,20 +263,7 @@ impl Path_ {
     fn away_then_back(&mut self, n: u64, size: usize, away: u32, name: &str) -> Result<(f64, f64)> {
         let payload = vec![0x5a; size];
         let t = Instant::now();
-        let mut buf = Vec::new();
-        let mut sent = 0;
-        while sent < n - 1 {
-            buf.clear();
-            let k = 256.min(n - 1 - sent);
-            for _ in 0..k {
-                let mut h = self.frame(OP_DATA, Flags::PERSISTENT, Vec::new()).header;
-                (h.dst_sap, h.len) = (away, size as u32);
-                buf.extend_from_slice(&h.encode());
-                buf.extend_from_slice(&payload);
-            }
-            self.stream.write_all(&buf)?;
-            sent += k;
-        }
+        self.send_batched(away, n - 1, size, Flags::PERSISTENT)?;
         let confirm = Flags::PERSISTENT | Flags::CONFIRM;
         self.ask(away, OP_DATA, confirm, payload.clone())?;
         let stored = n as f64 / t.elapsed().as_secs_f64();

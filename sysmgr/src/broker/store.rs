@@ -142,11 +142,16 @@ impl QueueStore {
         }
     }
 
+    /// A write the backlog does not count (rare ones).
+    fn send(&self, op: Op, what: &str) {
+        if self.ops.send(op).is_err() {
+            tracing::error!("{what}: no MTS store thread");
+        }
+    }
+
     /// Index the database's segments again (they were copied in from the other supervisor).
     pub fn reindex(&self) {
-        if self.ops.send(Op::Reindex).is_err() {
-            tracing::error!("mts/segments reindex: no MTS store thread");
-        }
+        self.send(Op::Reindex, "mts/segments reindex");
         self.sync();
     }
 
@@ -157,21 +162,14 @@ impl QueueStore {
     }
 
     pub fn drop_sap(&self, sap: u32) {
-        if self.ops.send(Op::DropSap(sap)).is_err() {
-            tracing::error!("mts/segments drop: no MTS store thread");
-        }
+        self.send(Op::DropSap(sap), "mts/segments drop");
     }
 
     pub fn put_dead(&self, d: &DeadLetter) {
         match mts::codec::encode(d) {
             Ok(value) => {
-                let op = Op::Dead {
-                    key: d.seq.to_be_bytes(),
-                    value,
-                };
-                if self.ops.send(op).is_err() {
-                    tracing::error!("mts/dead insert: no MTS store thread");
-                }
+                let key = d.seq.to_be_bytes();
+                self.send(Op::Dead { key, value }, "mts/dead insert");
             }
             Err(e) => tracing::error!("mts/dead encode: {e}"),
         }

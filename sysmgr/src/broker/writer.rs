@@ -185,14 +185,14 @@ enum Change {
 }
 
 pub struct Writer {
-    pub store: pss::Store,
-    pub segments: sled::Tree,
-    pub dead: sled::Tree,
+    store: pss::Store,
+    segments: sled::Tree,
+    dead: sled::Tree,
     /// Dead letters are flushed soon after they are written.
-    pub flusher: crate::flusher::Flusher,
-    pub confirms: Sender<Confirm>,
-    pub counts: Counts,
-    pub backlog: Arc<Backlog>,
+    flusher: crate::flusher::Flusher,
+    confirms: Sender<Confirm>,
+    counts: Counts,
+    backlog: Arc<Backlog>,
     index: Index,
 }
 
@@ -247,6 +247,7 @@ impl Writer {
         let mut counts: HashMap<u32, WriteCounts> = HashMap::new();
         let (mut confirms, mut syncs, mut dead) = (Vec::new(), Vec::new(), false);
         let mut reindex = false;
+        let mut repl = Vec::new();
         for (i, op) in batch.into_iter().enumerate() {
             match op {
                 Op::Put { msg, .. } => {
@@ -282,7 +283,7 @@ impl Writer {
                     // What this batch was about to write for the SAP goes with it.
                     fresh_by_sap.remove(&sap);
                     changes.retain(|seg, _| sap_of(seg) != sap);
-                    if let Err(e) = self.drop_sap(sap) {
+                    if let Err(e) = self.drop_sap(sap, &mut repl) {
                         fail(&mut failed, "mts/segments remove", e);
                     }
                 }
@@ -299,7 +300,6 @@ impl Writer {
                 Op::Reindex => reindex = true,
             }
         }
-        let mut repl = Vec::new();
         for (seg, ch) in changes {
             if let Err(e) = self.change(seg, ch, &mut repl) {
                 fail(&mut failed, "mts/segments rewrite", e);
@@ -389,7 +389,7 @@ impl Writer {
             self.index.at.insert(key(m.dst_sap, m.seq), k);
         }
         self.index.live.insert(k, seg.len());
-        put(&self.segments, k, &seg, repl)
+        put(&self.segments, &k, &seg, repl)
     }
 
     /// Apply one batch's changes to an existing segment: delete it when nothing is left; else
@@ -423,18 +423,7 @@ impl Writer {
             let Some(lowest) = removed.iter().min() else {
                 return Ok(());
             };
-            let k = tomb_key(&seg, *lowest);
-            return match mts::codec::encode(&removed) {
-                Ok(v) => {
-                    self.segments.insert(k, v.as_slice())?;
-                    repl.push((k.to_vec(), Some(v)));
-                    Ok(())
-                }
-                Err(e) => {
-                    tracing::error!("mts/segments: tombstone encode: {e}");
-                    Ok(())
-                }
-            };
+            return put(&self.segments, &tomb_key(&seg, *lowest), &removed, repl);
         }
         let Some((_, mut msgs)) = read(&self.segments, &seg).into_iter().next() else {
             return Ok(());
@@ -446,42 +435,40 @@ impl Writer {
             }
         }
         self.delete(&seg, repl)?;
-        put(&self.segments, seg, &msgs, repl)
+        put(&self.segments, &seg, &msgs, repl)
     }
 
-    /// Delete segment `seg` and its tombstones.
-    fn delete(&self, seg: &Key, repl: &mut Repl) -> Result<(), sled::Error> {
-        for k in self.segments.scan_prefix(seg).keys().filter_map(|k| k.ok()) {
-            self.segments.remove(&k)?;
-            repl.push((k.to_vec(), None));
-        }
-        Ok(())
-    }
-
-    fn drop_sap(&mut self, sap: u32) -> Result<(), sled::Error> {
-        let mut repl = Vec::new();
+    /// Delete every record under `prefix`: a segment and its tombstones, or a whole SAP's.
+    fn delete(&self, prefix: &[u8], repl: &mut Repl) -> Result<(), sled::Error> {
         for k in self
             .segments
-            .scan_prefix(sap.to_be_bytes())
+            .scan_prefix(prefix)
             .keys()
             .filter_map(|k| k.ok())
         {
             self.segments.remove(&k)?;
             repl.push((k.to_vec(), None));
         }
+        Ok(())
+    }
+
+    fn drop_sap(&mut self, sap: u32, repl: &mut Repl) -> Result<(), sled::Error> {
         self.index.at.retain(|k, _| sap_of(k) != sap);
         self.index.live.retain(|k, _| sap_of(k) != sap);
-        if !repl.is_empty() {
-            self.store.replicate(&self.segments, false, repl);
-        }
-        Ok(())
+        self.delete(&sap.to_be_bytes(), repl)
     }
 }
 
 type Repl = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
-fn put(tree: &sled::Tree, k: Key, msgs: &Vec<Msg>, repl: &mut Repl) -> Result<(), sled::Error> {
-    let v = match mts::codec::encode(msgs) {
+/// Write a segment or a tombstone, and note it for the standby.
+fn put(
+    tree: &sled::Tree,
+    k: &[u8],
+    v: &impl serde::Serialize,
+    repl: &mut Repl,
+) -> Result<(), sled::Error> {
+    let v = match mts::codec::encode(v) {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("mts/segments encode: {e}");
