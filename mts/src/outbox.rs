@@ -4,6 +4,10 @@
 //! permit, so frames queued while the writer is in `write_all` join its next single write:
 //! a sender in a loop turns into large writes.
 //!
+//! The broker routes a batch of frames with [`Outbox::push_quiet`] (no wake-up) and then writes
+//! them itself with [`Outbox::flush_now`], so a frame passing through it costs no wake-up of a
+//! writer task; the writer task takes whatever the socket does not.
+//!
 //! A frame whose sender is about to wait for an answer gains nothing from waiting for company.
 //! [`Outbox::push_now`] writes it straight into the socket (non-blocking, from whatever thread
 //! calls it) when nothing is queued and the writer is idle, which saves waking the writer task,
@@ -108,6 +112,50 @@ impl Outbox {
         }
         drop(st);
         self.notify.notify_one();
+    }
+
+    /// Queue one frame without waking the writer task: the caller writes it with
+    /// [`Outbox::flush_now`] once it has queued the rest of its batch. True when the outbox had
+    /// nothing queued before, so this frame is the caller's to flush.
+    pub fn push_quiet(&self, header: &Header, payload: &[u8]) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let h = frame_header(header, payload);
+        let mut st = self.lock();
+        let first = st.buf.is_empty();
+        st.buf.extend_from_slice(&h);
+        st.buf.extend_from_slice(payload);
+        first
+    }
+
+    /// Write what is queued straight into the socket from the calling thread, if the writer
+    /// task is idle; the writer task is woken for whatever the socket does not take. True when
+    /// nothing is left queued.
+    pub fn flush_now(&self) -> bool {
+        let mut st = self.lock();
+        if st.buf.is_empty() {
+            return true;
+        }
+        let mut sent = 0;
+        if let Some(fd) = self.fd.as_ref().filter(|_| !st.busy) {
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            while sent < st.buf.len() {
+                match nix::sys::socket::send(fd.as_raw_fd(), &st.buf[sent..], flags) {
+                    Ok(n) => sent += n,
+                    Err(Errno::EINTR) => {}
+                    // Full, or broken: the writer task waits for room, or finds the error.
+                    Err(_) => break,
+                }
+            }
+        }
+        st.buf.drain(..sent);
+        let done = st.buf.is_empty();
+        drop(st);
+        if !done {
+            self.notify.notify_one();
+        }
+        done
     }
 
     /// The writer task: everything queued goes to `wr`, one write per turn, until the outbox
@@ -218,5 +266,42 @@ mod tests {
             frames(&all),
             vec![(1, 100), (2, 10), (3, 10), (4, big.len()), (5, 3)]
         );
+    }
+
+    #[test]
+    fn quiet_frames_wait_for_flush_now_and_never_overtake_the_writer() {
+        let (a, mut b) = UnixStream::pair().expect("pair");
+        a.set_nonblocking(true).expect("nonblocking");
+        b.set_nonblocking(true).expect("nonblocking");
+        let o = Outbox::new(&a);
+        let mut got = Vec::new();
+        let mut read = |b: &mut UnixStream| {
+            let mut chunk = vec![0u8; 1 << 16];
+            while let Ok(n) = b.read(&mut chunk) {
+                got.extend_from_slice(&chunk[..n]);
+            }
+            frames(&got)
+        };
+        // The first quiet frame is the caller's to flush; the second joins it.
+        assert!(o.push_quiet(&header(1), &[1; 10]));
+        assert!(!o.push_quiet(&header(2), &[2; 20]));
+        assert!(
+            read(&mut b).is_empty(),
+            "nothing is written before the flush"
+        );
+        assert!(o.flush_now());
+        assert_eq!(o.pending_bytes(), 0);
+        assert_eq!(read(&mut b), vec![(1, 10), (2, 20)]);
+        // The writer task holds bytes: a flush leaves the quiet frame queued behind them.
+        o.push(&header(3), &[3; 30]);
+        let held = o.take(Vec::new());
+        assert!(o.push_quiet(&header(4), &[4; 40]));
+        assert!(!o.flush_now(), "queued for the writer");
+        std::io::Write::write_all(&mut &a, &held).expect("write");
+        let rest = o.take(Vec::new());
+        std::io::Write::write_all(&mut &a, &rest).expect("write");
+        assert!(o.take(Vec::new()).is_empty());
+        assert!(o.flush_now(), "nothing left");
+        assert_eq!(read(&mut b), vec![(1, 10), (2, 20), (3, 30), (4, 40)]);
     }
 }

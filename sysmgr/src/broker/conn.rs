@@ -5,6 +5,10 @@
 //!                                                           └─▶ SAP sysmgr: supervisor channel
 //!   socket ◀──write_all(batch)── writer ◀── Outbox ◀── frames routed to this connection
 //! ```
+//! The reader that routed a batch writes the frames it queued itself once the batch is done
+//! (when the writer task is idle and the socket takes them), so a frame passing through the
+//! broker costs no wake-up of another task; the writer task takes over what a full socket
+//! does not take, and what other threads (PSS, confirmations) queue.
 //! A frame with a bad header (magic, version, length) closes this connection with a logged
 //! reason; the broker and every other connection carry on.
 
@@ -105,6 +109,55 @@ async fn connection(
     result
 }
 
+/// The broker, locked for one batch of frames read together: one lock for the whole batch,
+/// and the frames it routes are written by this task once the batch is done
+/// ([`Broker::begin_batch`]), also when the batch ends early.
+struct Batch<'a> {
+    broker: &'a Mutex<Broker>,
+    guard: Option<std::sync::MutexGuard<'a, Broker>>,
+    /// The connections to write to (kept by the caller, so its allocation is reused).
+    touched: &'a mut Vec<(super::ConnId, Arc<Outbox>)>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(broker: &'a Mutex<Broker>, touched: &'a mut Vec<(super::ConnId, Arc<Outbox>)>) -> Self {
+        Batch {
+            broker,
+            guard: None,
+            touched,
+        }
+    }
+
+    fn broker(&mut self) -> &mut Broker {
+        let (broker, touched) = (self.broker, &mut *self.touched);
+        self.guard.get_or_insert_with(|| {
+            let mut b = lock(broker);
+            b.begin_batch(std::mem::take(touched));
+            b
+        })
+    }
+
+    /// Unlock the broker and write what the batch queued.
+    fn finish(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            *self.touched = g.end_batch();
+        }
+        for (conn, out) in self.touched.drain(..) {
+            // Delivery stopped at the high-water mark resumes once the frames are out (as the
+            // writer task does after its writes).
+            if out.flush_now() && out.take_throttled() {
+                lock(self.broker).resume(conn);
+            }
+        }
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 async fn read_loop(
     rd: &mut mts::sock::ReadHalf,
     broker: &Arc<Mutex<Broker>>,
@@ -115,13 +168,14 @@ async fn read_loop(
 ) -> Result<(), String> {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let backlog = lock(broker).store.as_ref().map(|s| s.backlog());
+    let mut touched = Vec::new();
     loop {
         let mut at = 0;
         // Whether this batch had persistent messages: then the connection is not read again
         // while the store's writer is far behind (flow control instead of a growing backlog).
         let mut persistent = false;
         {
-            let mut routed: Option<std::sync::MutexGuard<'_, Broker>> = None;
+            let mut batch = Batch::new(broker, &mut touched);
             while buf.len() - at >= HEADER_LEN {
                 let mut hb = [0u8; HEADER_LEN];
                 hb.copy_from_slice(&buf[at..at + HEADER_LEN]);
@@ -138,8 +192,9 @@ async fn read_loop(
                     return Ok(());
                 }
                 if h.dst_sap == sap::PSS && !h.flags.has(Flags::RESPONSE) {
-                    let handle = routed.get_or_insert_with(|| lock(broker)).pss.clone();
-                    drop(routed.take());
+                    let handle = batch.broker().pss.clone();
+                    // In order with what this batch routed before it.
+                    batch.finish();
                     match handle {
                         Some(p) => p.request(&h, &payload, identity, outbox),
                         None => outbox.push(
@@ -150,15 +205,12 @@ async fn read_loop(
                     continue;
                 }
                 if h.dst_sap == sap::SYSMGR && !h.flags.has(Flags::RESPONSE) {
-                    drop(routed.take());
+                    batch.finish();
                     control_request(h, payload, identity, control_tx, outbox)?;
                     continue;
                 }
                 persistent |= h.flags.has(Flags::PERSISTENT);
-                // One lock for the whole batch of frames read together.
-                routed
-                    .get_or_insert_with(|| lock(broker))
-                    .route(id, h, payload);
+                batch.broker().route(id, h, payload);
             }
         }
         buf.drain(..at);

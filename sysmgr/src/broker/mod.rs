@@ -173,6 +173,28 @@ pub struct Broker {
     pub admin_group: Option<String>,
     /// The PSS server (SAP `pss`), once sysmgr has opened its store.
     pub pss: Option<pss::PssHandle>,
+    /// While a connection's batch of frames is routed: the outboxes it queued frames in, which
+    /// it writes itself once the batch is done (see [`Broker::begin_batch`]).
+    batch: Option<Vec<(ConnId, Arc<Outbox>)>>,
+}
+
+/// Queue a frame for connection `conn`: inside a batch, quietly (the batch's end writes it);
+/// otherwise waking the connection's writer task.
+fn send(
+    batch: &mut Option<Vec<(ConnId, Arc<Outbox>)>>,
+    conn: ConnId,
+    out: &Arc<Outbox>,
+    h: &Header,
+    payload: &[u8],
+) {
+    match batch {
+        Some(touched) => {
+            if out.push_quiet(h, payload) {
+                touched.push((conn, out.clone()));
+            }
+        }
+        None => out.push(h, payload),
+    }
 }
 
 fn error_frame(to: &Header, reason: &str) -> (Header, Vec<u8>) {
@@ -196,6 +218,7 @@ impl Broker {
             instances: HashMap::new(),
             admin_group: None,
             pss: None,
+            batch: None,
         };
         b.by_name.insert("sysmgr".into(), sap::SYSMGR);
         b.by_name.insert("pss".into(), sap::PSS);
@@ -328,6 +351,21 @@ impl Broker {
         }
     }
 
+    /// Route a batch of frames read together: until [`Broker::end_batch`], frames for a
+    /// connection are queued without waking its writer task, and the caller writes them
+    /// itself after the batch ([`mts::outbox::Outbox::flush_now`]): one write per connection
+    /// per batch, and a round trip through the broker does not wait for another task.
+    /// `spare` is an empty list to record the connections in (the last batch's, reused).
+    pub fn begin_batch(&mut self, spare: Vec<(ConnId, Arc<Outbox>)>) {
+        debug_assert!(self.batch.is_none(), "batches do not nest");
+        self.batch = Some(spare);
+    }
+
+    /// The end of a batch: the connections whose outboxes have frames to write.
+    pub fn end_batch(&mut self) -> Vec<(ConnId, Arc<Outbox>)> {
+        self.batch.take().unwrap_or_default()
+    }
+
     /// Handle one frame from `conn` (everything except SAP `sysmgr`, which the caller forwards
     /// to the supervisor).
     pub fn route(&mut self, conn: ConnId, mut h: Header, payload: Vec<u8>) {
@@ -341,7 +379,7 @@ impl Broker {
             {
                 h.reply_to = orig;
                 h.dst_sap = reply_sap;
-                dst.outbox.push(&h, &payload);
+                send(&mut self.batch, to, &dst.outbox, &h, &payload);
             }
             return;
         }
@@ -362,7 +400,7 @@ impl Broker {
                     h.src_sap
                 ),
             );
-            out.push(&eh, &ep);
+            send(&mut self.batch, conn, &out, &eh, &ep);
             return;
         }
         let res = match h.dst_sap {
@@ -372,11 +410,14 @@ impl Broker {
             _ => self.enqueue(conn, &h, payload),
         };
         match res {
-            Ok(Some(resp)) => out.push(&mts::Frame::response_to(&h, 0, resp.clone()).header, &resp),
+            Ok(Some(resp)) => {
+                let rh = mts::Frame::response_to(&h, 0, Vec::new()).header;
+                send(&mut self.batch, conn, &out, &rh, &resp);
+            }
             Ok(None) => {}
             Err(e) => {
                 let (eh, ep) = error_frame(&h, &e);
-                out.push(&eh, &ep);
+                send(&mut self.batch, conn, &out, &eh, &ep);
             }
         }
     }
@@ -405,7 +446,7 @@ impl Broker {
                     .saps
                     .get_mut(&s.sap)
                     .filter(|x| x.conn == Some(conn))
-                    .ok_or(format!("SAP {} is not bound by this connection", s.sap))?;
+                    .ok_or_else(|| format!("SAP {} is not bound by this connection", s.sap))?;
                 sap.subs.insert(s.opcode);
                 Ok(Some(enc(&())))
             }
@@ -415,7 +456,7 @@ impl Broker {
                     .by_name
                     .get(&name)
                     .copied()
-                    .ok_or(format!("no SAP named {name:?}"))?;
+                    .ok_or_else(|| format!("no SAP named {name:?}"))?;
                 Ok(Some(enc(&n)))
             }
             op => Err(format!("unknown broker opcode {op}")),
@@ -435,11 +476,11 @@ impl Broker {
         let n = *self
             .by_name
             .get(name)
-            .ok_or(format!("no SAP named {name:?} is declared"))?;
+            .ok_or_else(|| format!("no SAP named {name:?} is declared"))?;
         let sap = self
             .saps
             .get_mut(&n)
-            .ok_or(format!("SAP {name:?} is built in"))?;
+            .ok_or_else(|| format!("SAP {name:?} is built in"))?;
         if sap.owner.as_deref() != Some(who.as_str()) {
             return Err(format!(
                 "permission denied: SAP {name:?} is not declared by service {who:?}"
@@ -472,7 +513,10 @@ impl Broker {
     }
 
     fn admit(&self, n: u32, len: usize) -> Result<(), String> {
-        let s = self.saps.get(&n).ok_or(format!("no such SAP {n}"))?;
+        let s = self
+            .saps
+            .get(&n)
+            .ok_or_else(|| format!("no such SAP {n}"))?;
         if s.depth() >= self.limits.max_messages {
             return Err(format!(
                 "queue of SAP {} ({n}) is full: {} messages (limit {})",
@@ -503,12 +547,12 @@ impl Broker {
         }
         if h.dst_sap >= sap::FIRST_EPHEMERAL {
             // Another connection's reply SAP: direct, never queued.
-            let c = self
+            let (to, c) = self
                 .conns
-                .values()
-                .find(|c| c.ephemeral == h.dst_sap)
-                .ok_or(format!("no connection owns SAP {:#x}", h.dst_sap))?;
-            c.outbox.push(h, &payload);
+                .iter()
+                .find(|(_, c)| c.ephemeral == h.dst_sap)
+                .ok_or_else(|| format!("no connection owns SAP {:#x}", h.dst_sap))?;
+            send(&mut self.batch, *to, &c.outbox, h, &payload);
             return Ok(h.flags.has(Flags::CONFIRM).then(Vec::new));
         }
         self.admit(h.dst_sap, payload.len())?;
@@ -608,7 +652,7 @@ impl Broker {
                 msg_id: m.seq,
                 reply_to: 0,
             };
-            c.outbox.push(&h, &m.payload);
+            send(&mut self.batch, conn, &c.outbox, &h, &m.payload);
             if m.needs_ack() {
                 s.pending.insert(m.seq, m);
             } else {

@@ -72,6 +72,37 @@ fn messages_wait_for_the_receiver_and_arrive_in_order() {
 }
 
 #[test]
+fn a_batch_names_each_connection_it_queued_frames_for_once() {
+    let mut b = broker();
+    let (bgp, bo) = service(&mut b, "bgp");
+    b.bind(bgp, "bgp").expect("bind");
+    let op = Arc::new(Outbox::default());
+    let (cli, _) = b.connect(Identity::Operator, op.clone());
+    b.begin_batch(Vec::new());
+    for i in 0..3u8 {
+        let (h, p) = msg(mts::sap::CLI, 100, i as u64, 0, &[i]);
+        b.route(cli, h, p);
+    }
+    // An error for the sender joins the batch too.
+    let (h, p) = msg(mts::sap::CLI, 999, 9, 0, b"?");
+    b.route(cli, h, p);
+    let touched: Vec<ConnId> = b.end_batch().into_iter().map(|(c, _)| c).collect();
+    assert_eq!(touched, [bgp, cli]);
+    let got: Vec<u8> = frames(&bo).iter().map(|(_, p)| p[0]).collect();
+    assert_eq!(
+        got,
+        [0, 1, 2],
+        "queued in order, for the batch's end to write"
+    );
+    assert!(frames(&op)[0].0.flags.has(Flags::ERROR));
+    // Outside a batch nothing is recorded.
+    let (h, p) = msg(mts::sap::CLI, 100, 4, 0, &[4]);
+    b.route(cli, h, p);
+    assert!(b.end_batch().is_empty());
+    assert_eq!(frames(&bo).len(), 1);
+}
+
+#[test]
 fn unacked_message_is_redelivered_to_the_next_instance_and_ack_clears_it() {
     let mut b = broker();
     let (bgp, bo) = service(&mut b, "bgp");
