@@ -294,6 +294,8 @@ struct Lab {
     dir: PathBuf,
     bins: PathBuf,
     sysmgr: Child,
+    /// `--against`: a second sysmgr (another build) with its own echo service, and its dir.
+    against: Option<(Child, PathBuf)>,
     /// The floor's echo, the relay and the relay's echo.
     others: Vec<Child>,
 }
@@ -305,6 +307,14 @@ impl Drop for Lab {
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.sysmgr.wait();
+        if let Some((c, dir)) = &mut self.against {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+            let _ = std::fs::remove_dir_all(dir);
+        }
         for c in &mut self.others {
             let _ = c.kill();
             let _ = c.wait();
@@ -313,35 +323,34 @@ impl Drop for Lab {
     }
 }
 
-/// The paths under test, each its own connection: the floor, the broker, and the minimal relay.
+/// The paths under test, each its own connection: the floor, the broker, and the minimal relay
+/// (and with `--against`, the other build's broker).
 struct Paths {
     floor: Path_,
     broker: Path_,
     relay: Path_,
+    against: Option<Path_>,
 }
 
-fn setup() -> Result<(Lab, Paths)> {
-    let bins = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .to_path_buf();
-    let dir = std::env::temp_dir().join(format!("sysmgr-mts-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+impl Paths {
+    /// The round-trip paths in the order of the table.
+    fn all(&mut self) -> Vec<&mut Path_> {
+        let mut v = vec![&mut self.floor, &mut self.broker, &mut self.relay];
+        v.extend(self.against.as_mut());
+        v
+    }
+}
+
+/// Start `sysmgr` (the binary) in `dir` with the echo service, and connect to it once the
+/// echo answers.
+fn start_broker(sysmgr: &Path, dir: &Path, echo_toml: &str) -> Result<(Child, Path_)> {
+    std::fs::create_dir_all(dir)?;
     std::fs::write(
         dir.join("sysmgr.toml"),
         "name = \"bench\"\ndata-dir = \"data\"\n[mts]\nqueue-max-messages = 10000000\nqueue-max-bytes = 4000000000\n",
     )?;
-    std::fs::write(
-        dir.join("echo.toml"),
-        format!(
-            "command = [{:?}, \"mts-echo\"]\nreadiness = \"notify\"\n[saps]\necho = {ECHO_SAP}\n{}",
-            bins.join("sysmgr-bench").display().to_string(),
-            (1..=AWAY_SAPS)
-                .map(|i| format!("away{i} = {}\n", ECHO_SAP + i))
-                .collect::<String>()
-        ),
-    )?;
-    let sysmgr = Command::new(bins.join("sysmgr"))
+    std::fs::write(dir.join("echo.toml"), echo_toml)?;
+    let mut child = Command::new(sysmgr)
         .arg("boot")
         .arg("--config")
         .arg(dir.join("sysmgr.toml"))
@@ -350,11 +359,55 @@ fn setup() -> Result<(Lab, Paths)> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
+    // Wait until the echo service has bound its SAP.
+    let sock = dir.join("data/sysmgr.sock");
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = UnixStream::connect(&sock) {
+            let mut p = Path_::new("broker", s, ECHO_SAP)?;
+            if p.round_trip(8).is_ok() {
+                return Ok((child, p));
+            }
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{}: the echo service did not come up", sysmgr.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn setup(against: Option<&Path>) -> Result<(Lab, Paths)> {
+    let bins = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .to_path_buf();
+    let dir = std::env::temp_dir().join(format!("sysmgr-mts-bench-{}", std::process::id()));
+    let echo_toml = format!(
+        "command = [{:?}, \"mts-echo\"]\nreadiness = \"notify\"\n[saps]\necho = {ECHO_SAP}\n{}",
+        bins.join("sysmgr-bench").display().to_string(),
+        (1..=AWAY_SAPS)
+            .map(|i| format!("away{i} = {}\n", ECHO_SAP + i))
+            .collect::<String>()
+    );
+    let (sysmgr, broker) = start_broker(&bins.join("sysmgr"), &dir, &echo_toml)?;
     let mut lab = Lab {
         dir: dir.clone(),
         bins: bins.clone(),
         sysmgr,
+        against: None,
         others: Vec::new(),
+    };
+    let against = match against {
+        Some(bin) => {
+            let adir = dir.with_extension("against");
+            let (child, mut p) = start_broker(bin, &adir, &echo_toml)?;
+            lab.against = Some((child, adir));
+            p.name = "against";
+            Some(p)
+        }
+        None => None,
     };
     let spawn = |lab: &mut Lab, args: &[&Path]| -> Result<()> {
         let mut c = Command::new(bins.join("sysmgr-bench"));
@@ -372,25 +425,11 @@ fn setup() -> Result<(Lab, Paths)> {
     let rs = accept(&up, &mut lab, &[Path::new("floor-relay"), &up, &down])?;
     // The relay listens before it connects: its echo can connect now.
     spawn(&mut lab, &[Path::new("floor-echo"), &down])?;
-    // Wait until the echo service has bound its SAP.
-    let sock = dir.join("data/sysmgr.sock");
-    let end = Instant::now() + Duration::from_secs(20);
-    let broker = loop {
-        if let Ok(s) = UnixStream::connect(&sock) {
-            let mut p = Path_::new("broker", s, ECHO_SAP)?;
-            if p.round_trip(8).is_ok() {
-                break p;
-            }
-        }
-        if Instant::now() > end {
-            bail!("the echo service did not come up");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
     let paths = Paths {
         floor: Path_::new("floor", fs, 0)?,
         broker,
         relay: Path_::new("relay", rs, 0)?,
+        against,
     };
     Ok((lab, paths))
 }
@@ -459,6 +498,7 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
     let mut quick = false;
     let mut rt_only: Option<usize> = None;
     let mut persistent_only = false;
+    let mut against: Option<PathBuf> = None;
     let mut args = args;
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -467,10 +507,12 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
             "--rt-only" => rt_only = Some(args.next().context("--rt-only N")?.parse()?),
             // Profiling aid: only the persistent throughput runs.
             "--persistent-only" => persistent_only = true,
+            // A/B aid: another build's sysmgr, as a fourth round-trip path in the same run.
+            "--against" => against = Some(args.next().context("--against SYSMGR")?.into()),
             other => bail!("unknown argument {other}"),
         }
     }
-    let (lab, mut paths) = setup()?;
+    let (lab, mut paths) = setup(against.as_deref())?;
     let rt_n = rt_only.unwrap_or(if quick { 2_000 } else { 20_000 });
     let rounds = if quick { 2 } else { 5 };
     println!(
@@ -480,32 +522,36 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
     println!("|---|---:|---:|---:|---:|");
     for size in [64usize, 4096].into_iter().filter(|_| !persistent_only) {
         // One round trip on each path per step, the order rotating every 1000 steps, so drift
-        // hits all three and each block reaches its steady state.
-        let mut v: [Vec<f64>; 3] = Default::default();
+        // hits all of them and each block reaches its steady state.
+        let mut all = paths.all();
+        let k = all.len();
+        let mut v: Vec<Vec<f64>> = vec![Vec::new(); k];
         for i in 0..rt_n {
-            for k in 0..3 {
-                let which = (k + i / 1000) % 3;
-                let p = match which {
-                    0 => &mut paths.floor,
-                    1 => &mut paths.broker,
-                    _ => &mut paths.relay,
-                };
-                v[which].push(p.round_trip(size)?);
+            for j in 0..k {
+                let which = (j + i / 1000) % k;
+                v[which].push(all[which].round_trip(size)?);
             }
         }
-        let [f, b, r] = &mut v;
-        let (fm, fp) = stats(f);
-        let (bm, bp) = stats(b);
-        let (rm, rp) = stats(r);
-        println!("| raw Unix socket (floor) | {size} B | {fm:.1} | {fp:.1} | 1.00x |");
-        println!(
-            "| sysmgr broker | {size} B | {bm:.1} | {bp:.1} | {:.2}x |",
-            bm / fm
-        );
-        println!(
-            "| (anchor) minimal relay: a process copying bytes between two sockets | {size} B | {rm:.1} | {rp:.1} | {:.2}x |",
-            rm / fm
-        );
+        let m: Vec<(f64, f64)> = v.iter_mut().map(|x| stats(x)).collect();
+        let fm = m[0].0;
+        let rows = [
+            "raw Unix socket (floor)",
+            "sysmgr broker",
+            "(anchor) minimal relay: a process copying bytes between two sockets",
+            "(A/B) sysmgr broker of the `--against` build",
+        ];
+        for (j, (med, p99)) in m.iter().enumerate() {
+            let vs = if j == 3 {
+                format!(" (this build {:.3}x of it)", m[1].0 / med)
+            } else {
+                String::new()
+            };
+            println!(
+                "| {} | {size} B | {med:.1} | {p99:.1} | {:.2}x{vs} |",
+                rows[j],
+                med / fm
+            );
+        }
         if size == 64 {
             let mut o = Vec::new();
             for _ in 0..rt_n / 4 {
