@@ -294,7 +294,7 @@ struct Lab {
     dir: PathBuf,
     bins: PathBuf,
     sysmgr: Child,
-    /// `--against`: a second sysmgr (another build) with its own echo service, and its dir.
+    /// `--against`: another build's sysmgr with that build's echo service, and its dir.
     against: Option<(Child, PathBuf)>,
     /// The floor's echo, the relay and the relay's echo.
     others: Vec<Child>,
@@ -384,14 +384,16 @@ fn setup(against: Option<&Path>) -> Result<(Lab, Paths)> {
         .context("exe dir")?
         .to_path_buf();
     let dir = std::env::temp_dir().join(format!("sysmgr-mts-bench-{}", std::process::id()));
-    let echo_toml = format!(
-        "command = [{:?}, \"mts-echo\"]\nreadiness = \"notify\"\n[saps]\necho = {ECHO_SAP}\n{}",
-        bins.join("sysmgr-bench").display().to_string(),
-        (1..=AWAY_SAPS)
-            .map(|i| format!("away{i} = {}\n", ECHO_SAP + i))
-            .collect::<String>()
-    );
-    let (sysmgr, broker) = start_broker(&bins.join("sysmgr"), &dir, &echo_toml)?;
+    let echo_toml = |bins: &Path| {
+        format!(
+            "command = [{:?}, \"mts-echo\"]\nreadiness = \"notify\"\n[saps]\necho = {ECHO_SAP}\n{}",
+            bins.join("sysmgr-bench").display().to_string(),
+            (1..=AWAY_SAPS)
+                .map(|i| format!("away{i} = {}\n", ECHO_SAP + i))
+                .collect::<String>()
+        )
+    };
+    let (sysmgr, broker) = start_broker(&bins.join("sysmgr"), &dir, &echo_toml(&bins))?;
     let mut lab = Lab {
         dir: dir.clone(),
         bins: bins.clone(),
@@ -400,9 +402,9 @@ fn setup(against: Option<&Path>) -> Result<(Lab, Paths)> {
         others: Vec::new(),
     };
     let against = match against {
-        Some(bin) => {
+        Some(other) => {
             let adir = dir.with_extension("against");
-            let (child, mut p) = start_broker(bin, &adir, &echo_toml)?;
+            let (child, mut p) = start_broker(&other.join("sysmgr"), &adir, &echo_toml(other))?;
             lab.against = Some((child, adir));
             p.name = "against";
             Some(p)
@@ -507,8 +509,10 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
             "--rt-only" => rt_only = Some(args.next().context("--rt-only N")?.parse()?),
             // Profiling aid: only the persistent throughput runs.
             "--persistent-only" => persistent_only = true,
-            // A/B aid: another build's sysmgr, as a fourth round-trip path in the same run.
-            "--against" => against = Some(args.next().context("--against SYSMGR")?.into()),
+            // A/B aid: another build (the directory of its `sysmgr` and `sysmgr-bench`, e.g.
+            // a worktree's target/release): its broker and echo service as a fourth
+            // round-trip path in the same run.
+            "--against" => against = Some(args.next().context("--against BUILD_DIR")?.into()),
             other => bail!("unknown argument {other}"),
         }
     }
