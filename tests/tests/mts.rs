@@ -229,9 +229,8 @@ fn messages_acked_out_of_a_stored_segment_stay_gone_after_sigkill_of_sysmgr() {
     lab.signal(Signal::SIGKILL);
     lab.wait_exit(Duration::from_secs(5));
 
-    // Only the three held messages come back, in order; none of the acked ones. (Without the
-    // `REDELIVERY` mark: whether a persistent message was delivered before a sysmgr restart
-    // is not on disk, mts/PROTOCOL.md says so.)
+    // Only the three held messages come back, in order and marked as redeliveries (they had
+    // been delivered); none of the acked ones.
     lab.boot();
     wait_for(Duration::from_secs(10), "the held messages again", || {
         (received(&lab).len() >= 23).then_some(())
@@ -248,6 +247,19 @@ fn messages_acked_out_of_a_stored_segment_stay_gone_after_sigkill_of_sysmgr() {
     let r = received(&lab);
     let (before, again) = r.split_at(20);
     assert_eq!(ids(before), ids(again), "the same three messages");
+    assert!(
+        again.iter().all(|l| l.contains("redelivered=true")),
+        "{again:?}"
+    );
+    // rx acks a held message once it is redelivered.
+    wait_for(
+        Duration::from_secs(10),
+        "acked after the redelivery",
+        || {
+            let row = rx_queue(&lab);
+            (row["depth"] == 0 && row["pending_acks"] == 0).then_some(())
+        },
+    );
 }
 
 #[test]

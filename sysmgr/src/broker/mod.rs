@@ -654,6 +654,13 @@ impl Broker {
             };
             send(&mut self.batch, conn, &c.outbox, &h, &m.payload);
             if m.needs_ack() {
+                // Marked on disk too: after a restart of sysmgr it comes back as a redelivery.
+                if m.persistent()
+                    && !m.redelivered
+                    && let Some(st) = &self.store
+                {
+                    st.delivered(n, m.seq);
+                }
                 s.pending.insert(m.seq, m);
             } else {
                 s.bytes -= m.payload.len();

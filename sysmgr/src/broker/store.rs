@@ -111,6 +111,14 @@ impl QueueStore {
         })
     }
 
+    /// A stored message went to its receiver, which has not acked it yet: should sysmgr
+    /// restart before the ack, the message comes back marked as a redelivery.
+    pub fn delivered(&self, sap: u32, seq: u64) {
+        if let Err(e) = self.write(Op::Delivered(writer::key(sap, seq))) {
+            tracing::error!("mts/segments delivered: {e}");
+        }
+    }
+
     pub fn remove(&self, sap: u32, seq: u64) {
         if let Err(e) = self.write(Op::Remove(writer::key(sap, seq))) {
             tracing::error!("mts/segments remove: {e}");

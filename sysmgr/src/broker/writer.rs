@@ -21,8 +21,14 @@
 //! unique); its value is the encoded `Vec<u64>` of removed seqs. A tombstone sorts right after
 //! its segment. Seqs are unique across SAPs and grow, so a SAP's segments, read in key order,
 //! give its messages oldest first.
+//!
+//! A stored message delivered to a receiver that has not acked it yet is marked, so that after
+//! a restart of sysmgr it comes back as a redelivery: a message stored in the same batch is
+//! written with the mark; one stored before gets a small mark record (its segment's key + a
+//! fresh id + `d`; value: the encoded `Vec<u64>` of seqs), folded in when the segment is
+//! rewritten.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -48,6 +54,14 @@ pub fn key(sap: u32, seq: u64) -> Key {
     k
 }
 
+/// A delivery mark of segment `seg` (`id`: unique across restarts).
+fn mark_key(seg: &Key, id: u64) -> [u8; 21] {
+    let mut k = [b'd'; 21];
+    k[..12].copy_from_slice(seg);
+    k[12..20].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
 /// A tombstone of segment `seg` whose lowest removed seq is `seq`.
 fn tomb_key(seg: &Key, seq: u64) -> [u8; 20] {
     let mut k = [0u8; 20];
@@ -68,11 +82,12 @@ pub fn read(tree: &sled::Tree, prefix: &[u8]) -> Vec<(Key, Vec<Msg>)> {
             }
             continue;
         }
+        let mark = k.len() == 21 && k[20] == b'd';
         let seqs = match mts::codec::decode::<Vec<u64>>(&v) {
-            Ok(s) if k.len() == 20 => s,
+            Ok(s) if k.len() == 20 || mark => s,
             _ => {
                 tracing::error!(
-                    "mts/segments: record {:02x?} is neither segment nor tombstone",
+                    "mts/segments: record {:02x?} is neither segment, tombstone nor mark",
                     k.as_ref()
                 );
                 continue;
@@ -81,7 +96,13 @@ pub fn read(tree: &sled::Tree, prefix: &[u8]) -> Vec<(Key, Vec<Msg>)> {
         if let Some((seg, msgs)) = out.last_mut()
             && seg[..] == k[..12]
         {
-            msgs.retain(|m| !seqs.contains(&m.seq));
+            if mark {
+                for m in msgs.iter_mut().filter(|m| seqs.contains(&m.seq)) {
+                    m.redelivered = true;
+                }
+            } else {
+                msgs.retain(|m| !seqs.contains(&m.seq));
+            }
         }
     }
     out
@@ -99,6 +120,8 @@ pub enum Op {
         fresh: bool,
     },
     Remove(Key),
+    /// Delivered, not acked yet: mark it, so that it comes back as a redelivery.
+    Delivered(Key),
     DropSap(u32),
     Dead {
         key: [u8; 8],
@@ -182,6 +205,7 @@ impl Index {
 enum Change {
     Replace(Msg),
     Remove(u64),
+    Delivered(u64),
 }
 
 pub struct Writer {
@@ -231,11 +255,17 @@ impl Writer {
     pub fn apply(&mut self, batch: Vec<Op>) {
         // Per message: was its first write in this batch a fresh store, and which is its last.
         let mut last: HashMap<Key, (bool, usize)> = HashMap::new();
+        let mut delivered: HashSet<Key> = HashSet::new();
         let mut writes = 0;
         for (i, op) in batch.iter().enumerate() {
             let (k, fresh) = match op {
                 Op::Put { msg, fresh } => (key(msg.dst_sap, msg.seq), *fresh),
                 Op::Remove(k) => (*k, false),
+                Op::Delivered(k) => {
+                    delivered.insert(*k);
+                    writes += 1;
+                    continue;
+                }
                 _ => continue,
             };
             writes += 1;
@@ -250,8 +280,10 @@ impl Writer {
         let mut repl = Vec::new();
         for (i, op) in batch.into_iter().enumerate() {
             match op {
-                Op::Put { msg, .. } => {
+                Op::Put { mut msg, .. } => {
                     let k = key(msg.dst_sap, msg.seq);
+                    // Delivered in this batch: written with the mark.
+                    msg.redelivered |= delivered.contains(&k);
                     match last.get(&k) {
                         // A later write of this message in the batch stands.
                         Some(&(_, l)) if l != i => {}
@@ -279,6 +311,16 @@ impl Writer {
                     }
                     _ => {}
                 },
+                Op::Delivered(k) => {
+                    // Written or removed by this batch: its put carries the mark, or it is gone.
+                    if !last.contains_key(&k)
+                        && let Some(seg) = self.index.at.get(&k)
+                    {
+                        changes.entry(*seg).or_default().push(Change::Delivered(
+                            u64::from_be_bytes(k[4..].try_into().unwrap_or_default()),
+                        ));
+                    }
+                }
                 Op::DropSap(sap) => {
                     // What this batch was about to write for the SAP goes with it.
                     fresh_by_sap.remove(&sap);
@@ -401,14 +443,15 @@ impl Writer {
         changes: Vec<Change>,
         repl: &mut Repl,
     ) -> Result<(), sled::Error> {
-        let mut removed = Vec::new();
-        let mut replaced = Vec::new();
+        let (mut removed, mut replaced, mut marked) = (Vec::new(), Vec::new(), Vec::new());
         for c in changes {
             match c {
                 Change::Remove(seq) => removed.push(seq),
                 Change::Replace(m) => replaced.push(m),
+                Change::Delivered(seq) => marked.push(seq),
             }
         }
+        marked.retain(|seq| !removed.contains(seq));
         let live = self.index.live.get(&seg).copied().unwrap_or(0);
         let sap = sap_of(&seg);
         for seq in &removed {
@@ -420,15 +463,22 @@ impl Writer {
         }
         self.index.live.insert(seg, live - removed.len());
         if replaced.is_empty() {
-            let Some(lowest) = removed.iter().min() else {
-                return Ok(());
-            };
-            return put(&self.segments, &tomb_key(&seg, *lowest), &removed, repl);
+            if let Some(lowest) = removed.iter().min() {
+                put(&self.segments, &tomb_key(&seg, *lowest), &removed, repl)?;
+            }
+            if !marked.is_empty() {
+                let id = self.store.next_id()?;
+                put(&self.segments, &mark_key(&seg, id), &marked, repl)?;
+            }
+            return Ok(());
         }
         let Some((_, mut msgs)) = read(&self.segments, &seg).into_iter().next() else {
             return Ok(());
         };
         msgs.retain(|m| !removed.contains(&m.seq));
+        for m in msgs.iter_mut().filter(|m| marked.contains(&m.seq)) {
+            m.redelivered = true;
+        }
         for n in replaced {
             if let Some(m) = msgs.iter_mut().find(|m| m.seq == n.seq) {
                 *m = n;
@@ -725,6 +775,64 @@ mod tests {
         assert_eq!(seqs(&w, 100), vec![4, 5, 9]);
         w.apply(vec![Op::Remove(key(100, 5))]);
         assert_eq!(seqs(&w, 100), vec![4, 9]);
+    }
+
+    #[test]
+    fn delivered_messages_are_marked_for_a_restart_of_sysmgr() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = pss::Store::open(d.path()).expect("open");
+        let (mut w, _held) = writer(&store);
+        let marked = |w: &Writer| -> Vec<u64> {
+            load(&w.segments, 100)
+                .iter()
+                .filter(|m| m.redelivered)
+                .map(|m| m.seq)
+                .collect()
+        };
+        let marks = |w: &Writer| {
+            w.segments
+                .iter()
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| k.len() == 21)
+                .count()
+        };
+        // Stored and delivered in one batch: written with the mark, no record of its own. 3 is
+        // delivered and acked in the batch: never written.
+        w.apply(vec![
+            put(100, 1, b"a", true),
+            put(100, 2, b"b", true),
+            put(100, 3, b"c", true),
+            put(100, 4, b"d", true),
+            Op::Delivered(key(100, 1)),
+            Op::Delivered(key(100, 3)),
+            Op::Remove(key(100, 3)),
+        ]);
+        assert_eq!(seqs(&w, 100), vec![1, 2, 4]);
+        assert_eq!(marked(&w), vec![1]);
+        assert_eq!(marks(&w), 0);
+        // Delivered later: a mark record; one delivered and acked in a batch: none.
+        w.apply(vec![Op::Delivered(key(100, 2))]);
+        w.apply(vec![Op::Delivered(key(100, 4)), Op::Remove(key(100, 4))]);
+        assert_eq!(marked(&w), vec![1, 2]);
+        assert_eq!(marks(&w), 1);
+        // A new writer (sysmgr restarted) reads the same; a rewrite folds the mark in.
+        drop(w);
+        let (mut w, _held) = writer(&store);
+        assert_eq!(marked(&w), vec![1, 2]);
+        let mut again = msg(100, 1, b"a");
+        again.crashes = 1;
+        again.redelivered = true;
+        w.apply(vec![Op::Put {
+            msg: again,
+            fresh: false,
+        }]);
+        assert_eq!(marked(&w), vec![1, 2]);
+        assert_eq!(marks(&w), 0, "folded into the rewritten segment");
+        // Acked: gone, marks and all.
+        w.apply(vec![Op::Remove(key(100, 1)), Op::Remove(key(100, 2))]);
+        assert!(seqs(&w, 100).is_empty());
+        assert_eq!(w.segments.len(), 0);
     }
 
     #[tokio::test]
