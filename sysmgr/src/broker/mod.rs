@@ -636,6 +636,7 @@ impl Broker {
             s.conn = None;
             return;
         };
+        let mut marks = Vec::new();
         while c.outbox.has_room()
             && let Some(m) = s.queue.pop_front()
         {
@@ -655,11 +656,8 @@ impl Broker {
             send(&mut self.batch, conn, &c.outbox, &h, &m.payload);
             if m.needs_ack() {
                 // Marked on disk too: after a restart of sysmgr it comes back as a redelivery.
-                if m.persistent()
-                    && !m.redelivered
-                    && let Some(st) = &self.store
-                {
-                    st.delivered(n, m.seq);
+                if m.persistent() && !m.redelivered {
+                    marks.push(m.seq);
                 }
                 s.pending.insert(m.seq, m);
             } else {
@@ -670,6 +668,11 @@ impl Broker {
                     st.remove(n, m.seq);
                 }
             }
+        }
+        if !marks.is_empty()
+            && let Some(st) = &self.store
+        {
+            st.delivered(n, marks);
         }
     }
 

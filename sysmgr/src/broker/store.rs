@@ -111,10 +111,11 @@ impl QueueStore {
         })
     }
 
-    /// A stored message went to its receiver, which has not acked it yet: should sysmgr
-    /// restart before the ack, the message comes back marked as a redelivery.
-    pub fn delivered(&self, sap: u32, seq: u64) {
-        if let Err(e) = self.write(Op::Delivered(writer::key(sap, seq))) {
+    /// Stored messages went to their receiver, which has not acked them yet: should sysmgr
+    /// restart before the acks, they come back marked as redeliveries.
+    pub fn delivered(&self, sap: u32, seqs: Vec<u64>) {
+        let keys = seqs.into_iter().map(|s| writer::key(sap, s)).collect();
+        if let Err(e) = self.write(Op::Delivered(keys)) {
             tracing::error!("mts/segments delivered: {e}");
         }
     }

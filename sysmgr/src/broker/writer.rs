@@ -24,14 +24,20 @@
 //!
 //! A stored message delivered to a receiver that has not acked it yet is marked, so that after
 //! a restart of sysmgr it comes back as a redelivery: a message stored in the same batch is
-//! written with the mark; one stored before gets a small mark record (its segment's key + a
-//! fresh id + `d`; value: the encoded `Vec<u64>` of seqs), folded in when the segment is
-//! rewritten.
+//! written with the mark; for one stored before, the mark waits [`MARK_DELAY`] for the ack
+//! (which makes it unnecessary), or until a confirmation, and is then written as a small mark
+//! record (its segment's key + a fresh id + `d`; value: the encoded `Vec<u64>` of seqs),
+//! folded in when the segment is rewritten.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+
+// The writer hashes every message key a few times per batch; Fx is several times cheaper than
+// the default SipHash for these 12-byte keys, which come from this process only.
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mts::frame::Frame;
 
@@ -44,6 +50,9 @@ pub const SEGMENT_MESSAGES: usize = 32;
 pub const SEGMENT_BYTES: usize = 32 * 1024;
 /// The most writes the thread applies as one batch.
 const MAX_BATCH: usize = 8192;
+/// A delivered message's mark is written once its ack has not come for this long (an ack
+/// makes it unnecessary), or with the next confirmation.
+pub const MARK_DELAY: Duration = Duration::from_millis(250);
 
 pub type Key = [u8; 12];
 
@@ -108,6 +117,12 @@ pub fn read(tree: &sled::Tree, prefix: &[u8]) -> Vec<(Key, Vec<Msg>)> {
     out
 }
 
+fn seq_of(key: &Key) -> u64 {
+    u64::from_be_bytes([
+        key[4], key[5], key[6], key[7], key[8], key[9], key[10], key[11],
+    ])
+}
+
 fn sap_of(key: &Key) -> u32 {
     u32::from_be_bytes([key[0], key[1], key[2], key[3]])
 }
@@ -120,8 +135,8 @@ pub enum Op {
         fresh: bool,
     },
     Remove(Key),
-    /// Delivered, not acked yet: mark it, so that it comes back as a redelivery.
-    Delivered(Key),
+    /// Delivered, not acked yet: mark them, so that they come back as redeliveries.
+    Delivered(Vec<Key>),
     DropSap(u32),
     Dead {
         key: [u8; 8],
@@ -184,8 +199,8 @@ impl Backlog {
 /// messages are still stored.
 #[derive(Default)]
 struct Index {
-    at: HashMap<Key, Key>,
-    live: HashMap<Key, usize>,
+    at: FxHashMap<Key, Key>,
+    live: FxHashMap<Key, usize>,
 }
 
 impl Index {
@@ -218,6 +233,9 @@ pub struct Writer {
     counts: Counts,
     backlog: Arc<Backlog>,
     index: Index,
+    /// Delivered messages not acked yet, waiting [`MARK_DELAY`] for their ack before their
+    /// delivery is written (since when).
+    marks: FxHashMap<Key, Instant>,
 }
 
 impl Writer {
@@ -241,12 +259,23 @@ impl Writer {
             counts,
             backlog,
             index,
+            marks: FxHashMap::default(),
         }
     }
 
     pub fn run(mut self, rx: &Receiver<Op>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
+        loop {
+            let first = if self.marks.is_empty() {
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                rx.recv_timeout(MARK_DELAY)
+            };
+            let mut batch = match first {
+                Ok(op) => vec![op],
+                // Marks waiting: write those that are due.
+                Err(RecvTimeoutError::Timeout) => Vec::new(),
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
             batch.extend(rx.try_iter().take(MAX_BATCH - 1));
             self.apply(batch);
         }
@@ -254,15 +283,17 @@ impl Writer {
 
     pub fn apply(&mut self, batch: Vec<Op>) {
         // Per message: was its first write in this batch a fresh store, and which is its last.
-        let mut last: HashMap<Key, (bool, usize)> = HashMap::new();
-        let mut delivered: HashSet<Key> = HashSet::new();
+        let mut last: FxHashMap<Key, (bool, usize)> = FxHashMap::default();
+        let mut delivered: FxHashSet<Key> = FxHashSet::default();
         let mut writes = 0;
         for (i, op) in batch.iter().enumerate() {
             let (k, fresh) = match op {
                 Op::Put { msg, fresh } => (key(msg.dst_sap, msg.seq), *fresh),
                 Op::Remove(k) => (*k, false),
-                Op::Delivered(k) => {
-                    delivered.insert(*k);
+                Op::Delivered(ks) => {
+                    // Only messages this batch writes take the mark with them (a delivery
+                    // follows its put).
+                    delivered.extend(ks.iter().filter(|k| last.contains_key(*k)));
                     writes += 1;
                     continue;
                 }
@@ -273,7 +304,7 @@ impl Writer {
         }
         let mut failed: Option<String> = None;
         let mut fresh_by_sap: BTreeMap<u32, Vec<Msg>> = BTreeMap::new();
-        let mut changes: HashMap<Key, Vec<Change>> = HashMap::new();
+        let mut changes: FxHashMap<Key, Vec<Change>> = FxHashMap::default();
         let mut counts: HashMap<u32, WriteCounts> = HashMap::new();
         let (mut confirms, mut syncs, mut dead) = (Vec::new(), Vec::new(), false);
         let mut reindex = false;
@@ -282,8 +313,10 @@ impl Writer {
             match op {
                 Op::Put { mut msg, .. } => {
                     let k = key(msg.dst_sap, msg.seq);
-                    // Delivered in this batch: written with the mark.
+                    // Delivered in this batch: written with the mark. (A re-store after a
+                    // crash of the receiver is marked already.)
                     msg.redelivered |= delivered.contains(&k);
+                    self.marks.remove(&k);
                     match last.get(&k) {
                         // A later write of this message in the batch stands.
                         Some(&(_, l)) if l != i => {}
@@ -297,34 +330,38 @@ impl Writer {
                         },
                     }
                 }
-                Op::Remove(k) => match last.get(&k) {
-                    Some(&(true, l)) if l == i => {
-                        // Stored and removed within the batch: nothing to write.
-                        counts.entry(sap_of(&k)).or_default().delivered_unwritten += 1;
-                    }
-                    Some(&(false, l)) if l == i => {
-                        if let Some(seg) = self.index.at.get(&k) {
-                            changes.entry(*seg).or_default().push(Change::Remove(
-                                u64::from_be_bytes(k[4..].try_into().unwrap_or_default()),
-                            ));
+                Op::Remove(k) => {
+                    // Acked before its delivery was marked: nothing to mark.
+                    self.marks.remove(&k);
+                    match last.get(&k) {
+                        Some(&(true, l)) if l == i => {
+                            // Stored and removed within the batch: nothing to write.
+                            counts.entry(sap_of(&k)).or_default().delivered_unwritten += 1;
                         }
+                        Some(&(false, l)) if l == i => {
+                            if let Some(seg) = self.index.at.get(&k) {
+                                changes
+                                    .entry(*seg)
+                                    .or_default()
+                                    .push(Change::Remove(seq_of(&k)));
+                            }
+                        }
+                        _ => {}
                     }
-                    _ => {}
-                },
-                Op::Delivered(k) => {
+                }
+                Op::Delivered(ks) => {
                     // Written or removed by this batch: its put carries the mark, or it is gone.
-                    if !last.contains_key(&k)
-                        && let Some(seg) = self.index.at.get(&k)
-                    {
-                        changes.entry(*seg).or_default().push(Change::Delivered(
-                            u64::from_be_bytes(k[4..].try_into().unwrap_or_default()),
-                        ));
+                    // Else the mark waits a little for the ack, which makes it unnecessary.
+                    let now = Instant::now();
+                    for k in ks.into_iter().filter(|k| !last.contains_key(k)) {
+                        self.marks.entry(k).or_insert(now);
                     }
                 }
                 Op::DropSap(sap) => {
                     // What this batch was about to write for the SAP goes with it.
                     fresh_by_sap.remove(&sap);
                     changes.retain(|seg, _| sap_of(seg) != sap);
+                    self.marks.retain(|k, _| sap_of(k) != sap);
                     if let Err(e) = self.drop_sap(sap, &mut repl) {
                         fail(&mut failed, "mts/segments remove", e);
                     }
@@ -340,6 +377,24 @@ impl Writer {
                 Op::Confirm(c) => confirms.push(c),
                 Op::Sync(tx) => syncs.push(tx),
                 Op::Reindex => reindex = true,
+            }
+        }
+        // Marks whose ack has not come within MARK_DELAY are written; a confirmation or a sync
+        // covers every delivery before it.
+        let (now, all) = (Instant::now(), !confirms.is_empty() || !syncs.is_empty());
+        let due: Vec<Key> = self
+            .marks
+            .iter()
+            .filter(|(_, t)| all || now.duration_since(**t) >= MARK_DELAY)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in due {
+            self.marks.remove(&k);
+            if let Some(seg) = self.index.at.get(&k) {
+                changes
+                    .entry(*seg)
+                    .or_default()
+                    .push(Change::Delivered(seq_of(&k)));
             }
         }
         for (seg, ch) in changes {
@@ -804,18 +859,26 @@ mod tests {
             put(100, 2, b"b", true),
             put(100, 3, b"c", true),
             put(100, 4, b"d", true),
-            Op::Delivered(key(100, 1)),
-            Op::Delivered(key(100, 3)),
+            Op::Delivered(vec![key(100, 1), key(100, 3)]),
             Op::Remove(key(100, 3)),
         ]);
         assert_eq!(seqs(&w, 100), vec![1, 2, 4]);
         assert_eq!(marked(&w), vec![1]);
         assert_eq!(marks(&w), 0);
-        // Delivered later: a mark record; one delivered and acked in a batch: none.
-        w.apply(vec![Op::Delivered(key(100, 2))]);
-        w.apply(vec![Op::Delivered(key(100, 4)), Op::Remove(key(100, 4))]);
+        // Delivered later: the mark waits for the ack a while; 4's ack comes first, so 4 is
+        // never marked. 2's mark is written once it is due.
+        w.apply(vec![Op::Delivered(vec![key(100, 2), key(100, 4)])]);
+        w.apply(vec![Op::Remove(key(100, 4))]);
+        assert_eq!(marks(&w), 0, "not due yet");
+        std::thread::sleep(MARK_DELAY);
+        w.apply(Vec::new());
         assert_eq!(marked(&w), vec![1, 2]);
         assert_eq!(marks(&w), 1);
+        // A confirmation (here a sync) does not wait: every delivery before it is marked.
+        let (tx, done) = channel();
+        w.apply(vec![Op::Delivered(vec![key(100, 2)]), Op::Sync(tx)]);
+        done.recv().expect("synced");
+        assert_eq!(marks(&w), 2);
         // A new writer (sysmgr restarted) reads the same; a rewrite folds the mark in.
         drop(w);
         let (mut w, _held) = writer(&store);
