@@ -30,16 +30,15 @@
 //! folded in when the segment is rewritten.
 
 use std::collections::{BTreeMap, HashMap};
-
-// The writer hashes every message key a few times per batch; Fx is several times cheaper than
-// the default SipHash for these 12-byte keys, which come from this process only.
-use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mts::frame::Frame;
+// The writer hashes every message key a few times per batch; Fx costs much less than the
+// default SipHash for these 12-byte keys, which come from this process only.
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::Msg;
 use super::store::Confirm;
