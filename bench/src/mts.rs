@@ -311,19 +311,20 @@ struct Lab {
     others: Vec<Child>,
 }
 
+/// SIGTERM a sysmgr (it stops its services in order) and wait for it.
+fn stop(sysmgr: &mut Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sysmgr.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = sysmgr.wait();
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.sysmgr.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.sysmgr.wait();
+        stop(&mut self.sysmgr);
         if let Some((c, dir)) = &mut self.against {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
+            stop(c);
             let _ = std::fs::remove_dir_all(dir);
         }
         for c in &mut self.others {

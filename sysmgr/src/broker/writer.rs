@@ -10,10 +10,10 @@
 //!   [`SEGMENT_MESSAGES`] messages ([`SEGMENT_BYTES`]), one sled record each: sled costs about
 //!   as much per record as per byte up to a few KiB (7–10 µs an insert of a 100-byte value on
 //!   this machine), so one record per message made sled the limit;
-//! - a segment whose messages are all removed is deleted (with its tombstones); removing some
-//!   of them writes a small tombstone record that lists them, so a segment drained one message
-//!   at a time is never rewritten. Only a re-store after a crash (a message's crash count
-//!   changes) rewrites a segment, with its tombstones folded in.
+//! - a segment whose messages are all removed is deleted (with its tombstones and marks);
+//!   removing some of them writes a small tombstone record that lists them, so a segment
+//!   drained one message at a time is never rewritten. Only a re-store after a crash (a
+//!   message's crash count changes) rewrites a segment, with its tombstones and marks folded in.
 //!
 //! `mts/segments`: a segment's key is the SAP (4 bytes BE) + the seq of its first message (8
 //! bytes BE); its value is the encoded `Vec<Msg>` in seq order. A tombstone's key is its
@@ -542,7 +542,8 @@ impl Writer {
         put(&self.segments, &seg, &msgs, repl)
     }
 
-    /// Delete every record under `prefix`: a segment and its tombstones, or a whole SAP's.
+    /// Delete every record under `prefix`: a segment with its tombstones and marks, or a whole
+    /// SAP's.
     fn delete(&self, prefix: &[u8], repl: &mut Repl) -> Result<(), sled::Error> {
         for k in self
             .segments
