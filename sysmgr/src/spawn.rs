@@ -2,8 +2,8 @@
 //!
 //! Everything the child needs (argv, envp, the program path, descriptors, ids, its stack) is
 //! built before the child exists; the child then makes only async-signal-safe calls: `setpgid`,
-//! `prctl`, `sigprocmask`, `signal`, `dup2`, `fcntl`, `close_range`, `chdir`,
-//! `setgroups/setgid/setuid`, `execve`.
+//! `prctl`, `sigprocmask`, `signal`, `dup2`, `fcntl`, `close_range`, `chdir`, `setpriority`,
+//! `write` (of a message built before), `setgroups/setgid/setuid`, `execve`.
 //!
 //! The child is created like glibc's posix_spawn does it: `clone(CLONE_VM | CLONE_VFORK)` on a
 //! stack of its own, with every signal blocked around the clone and every disposition reset to
@@ -48,6 +48,10 @@ pub struct SpawnSpec {
     /// Scratch for moving `pass_fds` out of the way; allocated here, used in the child.
     scratch: Vec<RawFd>,
     ids: Option<(Option<Uid>, Option<Gid>)>,
+    /// The child's nice value (None: sysmgr's, inherited).
+    nice: Option<i32>,
+    /// What the child writes to its stderr when it cannot take `nice`.
+    nice_err: Vec<u8>,
     parent: Pid,
     /// Where the child writes its pid digits (inside the LISTEN_PID buffer), or null.
     pid_buf: *mut u8,
@@ -121,10 +125,20 @@ impl SpawnSpec {
             pass_fds,
             scratch,
             ids,
+            nice: None,
+            nice_err: Vec::new(),
             parent: nix::unistd::getpid(),
             pid_buf: std::ptr::null_mut(),
             stack: vec![0u8; CHILD_STACK],
         })
+    }
+
+    /// Run the instance at `nice` rather than sysmgr's own. A value below sysmgr's needs
+    /// CAP_SYS_NICE; without it the child says so on its stderr and exits 122.
+    pub fn with_nice(mut self, nice: i32) -> SpawnSpec {
+        self.nice = Some(nice);
+        self.nice_err = format!("sysmgr: cannot run this service at nice {nice}: setpriority failed (lowering nice needs CAP_SYS_NICE)\n").into_bytes();
+        self
     }
 
     /// Create the child and exec. Returns the child's pid; exec failures show as exit code 127.
@@ -224,6 +238,13 @@ impl SpawnSpec {
             );
             if libc::chdir(self.cwd.as_ptr()) < 0 {
                 libc::_exit(124);
+            }
+            // Before dropping privileges: a negative nice needs them.
+            if let Some(nice) = self.nice
+                && libc::setpriority(libc::PRIO_PROCESS, 0, nice) < 0
+            {
+                libc::write(2, self.nice_err.as_ptr().cast(), self.nice_err.len());
+                libc::_exit(122);
             }
             if let Some((uid, gid)) = self.ids {
                 if let Some(g) = gid {

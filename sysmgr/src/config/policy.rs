@@ -134,6 +134,9 @@ pub struct ServicePolicy {
     pub stop_timeout: Duration,
     pub heartbeat: Option<Heartbeat>,
     pub fd_store_max: u32,
+    /// The instance's nice value (None: the nice sysmgr was started with, not the one it
+    /// gave itself).
+    pub nice: Option<i32>,
     /// Also runs on the standby supervisor (where a failure is restarted after
     /// `standby-restart-delay`, without HA policies).
     pub run_on_standby: bool,
@@ -469,6 +472,10 @@ pub fn parse_service(
         .get("fd-store-max")
         .and_then(|i| walk::int(&mut ctx, "fd-store-max", i, 0, 4096))
         .unwrap_or(64) as u32;
+    let nice = t
+        .get("nice")
+        .and_then(|i| walk::int(&mut ctx, "nice", i, -20, 19))
+        .map(|v| v as i32);
     let run_on_standby = t
         .get("run-on-standby")
         .and_then(|i| walk::boolean(&mut ctx, "run-on-standby", i))
@@ -519,6 +526,7 @@ pub fn parse_service(
         stop_timeout,
         heartbeat,
         fd_store_max,
+        nice,
         run_on_standby,
         saps,
         single_sup,

@@ -27,6 +27,7 @@ const RESERVED: &[&str] = &[
     "SYSMGR_SOCKET",
     "SYSMGR_SUPERVISOR",
     "SYSMGR_REEXEC",
+    "SYSMGR_STARTED_NICE",
 ];
 
 /// A running instance.
@@ -128,7 +129,8 @@ pub fn start(
         [env.dev_null, &out_w, &err_w],
         pass,
         ids(p),
-    )?;
+    )?
+    .with_nice(p.nice.unwrap_or_else(crate::boot::started_nice));
     let pid = spec.spawn()?;
     let started = Instant::now();
     drop((out_w, err_w));
