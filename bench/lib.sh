@@ -62,3 +62,17 @@ frr_start() {
     for _ in $(seq 100); do [ -S "$d/zserv.api" ] && break; sleep 0.05; done
     ip netns exec "$ns" "/usr/lib/frr/$daemon" "${a[@]}" -i "$d/$daemon.pid" -f "$d/$daemon.conf" "$@"
 }
+
+# need PROGRAM=PACKAGE...: install from Debian each PACKAGE whose PROGRAM (a command or a path)
+# is missing, as scripts/test-all does for the tests: a fresh machine has none of the peers.
+need() {
+    local pkgs=() pair prog
+    for pair in "$@"; do
+        prog=${pair%%=*}
+        [ -x "$prog" ] || command -v "$prog" >/dev/null || pkgs+=("${pair#*=}")
+    done
+    if [ ${#pkgs[@]} -gt 0 ]; then
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y "${pkgs[@]}"
+    fi
+}

@@ -9,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
+need /usr/lib/frr/bfdd=frr ip=iproute2
 kills="${1:-100}"
-[ -x /usr/lib/frr/bfdd ] || { apt-get update; DEBIAN_FRONTEND=noninteractive apt-get install -y frr; }
 cargo build --release --locked -p sysmgr -p bfd -p sysmgr-bench
 root=$(pwd)
 dir=$(mktemp -d /tmp/bfd-bench.XXXXXX)

@@ -19,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
+need bird=bird2 /usr/lib/frr/bgpd=frr ip=iproute2
 n="${1:-100000}"
 rounds="${2:-5}"
 # IPv4 prefixes in a namespace's main table, from the kernel's trie statistics: about 40 ms at

@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
+need bird=bird2 ip=iproute2
 rounds="${1:-20}"
 shift || true
 sizes=("$@")
