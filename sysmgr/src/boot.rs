@@ -17,18 +17,23 @@ const STARTED_NICE_ENV: &str = "SYSMGR_STARTED_NICE";
 
 static STARTED_NICE: AtomicI32 = AtomicI32::new(0);
 
+/// sysmgr's nice unless `sysmgr.toml` says otherwise.
+const DEFAULT_NICE: i32 = -10;
+
 /// The nice sysmgr was started with: what a service whose policy sets none runs at.
 pub fn started_nice() -> i32 {
     STARTED_NICE.load(Ordering::Relaxed)
 }
 
-/// Run sysmgr (every thread it has, and so every thread it starts later) at `nice`.
+/// Run sysmgr (every thread it has, and so every thread it starts later) at `nice`
+/// ([`DEFAULT_NICE`] unless `sysmgr.toml` sets it).
 ///
 /// The supervisor and its broker are on the path of every MTS message and every PSS write, and
 /// they restart what fails: they run ahead of the services. On one CPU a service woken by a
 /// message sysmgr routes otherwise preempts sysmgr before it is done with the batch.
 /// Lowering nice needs CAP_SYS_NICE: without it sysmgr runs at the nice it was started with.
-fn take_priority(nice: config::Nice) {
+fn take_priority(explicit: Option<i32>) {
+    let nice = explicit.unwrap_or(DEFAULT_NICE);
     let started = std::env::var(STARTED_NICE_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -43,7 +48,7 @@ fn take_priority(nice: config::Nice) {
             }
         });
     STARTED_NICE.store(started, Ordering::Relaxed);
-    if nice.value == started {
+    if nice == started {
         return;
     }
     let tids: Vec<libc::id_t> = std::fs::read_dir("/proc/self/task")
@@ -54,23 +59,19 @@ fn take_priority(nice: config::Nice) {
         .unwrap_or_default();
     for tid in tids {
         // SAFETY: setpriority on a thread of this process; no memory effects.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice.value) } < 0 {
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } < 0 {
             let e = std::io::Error::last_os_error();
-            if nice.explicit {
+            if explicit.is_some() {
                 tracing::warn!(
-                    "cannot run at nice {} (sysmgr.toml): {e}; running at nice {started}",
-                    nice.value
+                    "cannot run at nice {nice} (sysmgr.toml): {e}; running at nice {started}"
                 );
             } else {
-                tracing::info!(
-                    "running at nice {started}, not {} (not allowed: {e})",
-                    nice.value
-                );
+                tracing::info!("running at nice {started}, not {nice} (not allowed: {e})");
             }
             return;
         }
     }
-    tracing::debug!("running at nice {}", nice.value);
+    tracing::debug!("running at nice {nice}");
 }
 
 /// Supervisor reset: the same PID (so PID 1 stays PID 1), fresh everything else. Returns only

@@ -125,23 +125,10 @@ pub struct SysmgrConfig {
     pub redundancy: Option<Redundancy>,
     /// Per-queue MTS limits.
     pub mts_limits: crate::broker::Limits,
-    /// The supervisor's own scheduling priority (nice), and whether the file set it.
-    pub nice: Nice,
+    /// The supervisor's own scheduling priority (nice), if the file sets one
+    /// ([`crate::boot`] has the default).
+    pub nice: Option<i32>,
 }
-
-/// sysmgr's nice value: the supervisor and its broker run ahead of the services they serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Nice {
-    pub value: i32,
-    /// Set in `sysmgr.toml` (a failure to apply it is then a warning, not a note).
-    pub explicit: bool,
-}
-
-/// sysmgr's nice unless `sysmgr.toml` says otherwise.
-pub const DEFAULT_NICE: Nice = Nice {
-    value: -10,
-    explicit: false,
-};
 
 impl SysmgrConfig {
     /// Whether a lab lowered the NX-OS minimum-lifetime floor (`show` says so).
@@ -279,10 +266,7 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
     let nice = t
         .get("nice")
         .and_then(|i| walk::int(&mut ctx, "nice", i, -20, 19))
-        .map_or(DEFAULT_NICE, |v| Nice {
-            value: v as i32,
-            explicit: true,
-        });
+        .map(|v| v as i32);
     let proclog_max_records = t
         .get("process-log-max-records")
         .and_then(|i| walk::int(&mut ctx, "process-log-max-records", i, 10, 10_000_000))
@@ -574,7 +558,7 @@ pub fn check_dir(dir: &Path) -> Result<Lab, ConfigErrors> {
         proclog_max_records: 10_000,
         redundancy: None,
         mts_limits: crate::broker::Limits::default(),
-        nice: DEFAULT_NICE,
+        nice: None,
     };
     let mut errors = Vec::new();
     let services = load_services(&sys, &mut errors);
