@@ -529,7 +529,12 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
             // A/B aid: another build (the directory of its `sysmgr` and `sysmgr-bench`, e.g.
             // a worktree's target/release): its broker and echo service as a fourth
             // round-trip path in the same run.
-            "--against" => against = Some(args.next().context("--against BUILD_DIR")?.into()),
+            "--against" => {
+                // Absolute: the other lab's echo policy names its program by this path.
+                let dir = args.next().context("--against BUILD_DIR")?;
+                against =
+                    Some(std::fs::canonicalize(&dir).with_context(|| format!("--against {dir}"))?);
+            }
             other => bail!("unknown argument {other}"),
         }
     }
