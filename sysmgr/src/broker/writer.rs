@@ -233,8 +233,61 @@ pub struct Writer {
     backlog: Arc<Backlog>,
     index: Index,
     /// Delivered messages not acked yet, waiting [`MARK_DELAY`] for their ack before their
-    /// delivery is written (since when).
-    marks: FxHashMap<Key, Instant>,
+    /// delivery is written.
+    marks: Marks,
+}
+
+/// Deliveries whose mark waits for its ack: since when, by message, and the same in the order
+/// they came, so that finding the due ones looks only at those (a receiver holding many
+/// messages unacked does not make every batch look through all of them).
+#[derive(Default)]
+struct Marks {
+    since: FxHashMap<Key, Instant>,
+    /// Oldest first; an entry whose message was acked (or delivered again) since is skipped
+    /// when it comes up.
+    order: std::collections::VecDeque<(Instant, Key)>,
+}
+
+impl Marks {
+    fn is_empty(&self) -> bool {
+        self.since.is_empty()
+    }
+
+    /// Delivered at `now`, unless it already waits.
+    fn add(&mut self, k: Key, now: Instant) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.since.entry(k) {
+            e.insert(now);
+            self.order.push_back((now, k));
+        }
+    }
+
+    /// Acked, or written with its message: no mark needed.
+    fn remove(&mut self, k: &Key) {
+        if self.since.remove(k).is_some() && self.since.is_empty() {
+            self.order.clear();
+        }
+    }
+
+    fn drop_sap(&mut self, sap: u32) {
+        self.since.retain(|k, _| sap_of(k) != sap);
+        self.order.retain(|(_, k)| sap_of(k) != sap);
+    }
+
+    /// Take the marks due at `now` (all of them when `all`), oldest first.
+    fn take_due(&mut self, now: Instant, all: bool) -> Vec<Key> {
+        let mut due = Vec::new();
+        while let Some(&(t, k)) = self.order.front() {
+            if !all && now.duration_since(t) < MARK_DELAY {
+                break;
+            }
+            self.order.pop_front();
+            if self.since.get(&k) == Some(&t) {
+                self.since.remove(&k);
+                due.push(k);
+            }
+        }
+        due
+    }
 }
 
 impl Writer {
@@ -258,7 +311,7 @@ impl Writer {
             counts,
             backlog,
             index,
-            marks: FxHashMap::default(),
+            marks: Marks::default(),
         }
     }
 
@@ -353,14 +406,14 @@ impl Writer {
                     // Else the mark waits a little for the ack, which makes it unnecessary.
                     let now = Instant::now();
                     for k in ks.into_iter().filter(|k| !last.contains_key(k)) {
-                        self.marks.entry(k).or_insert(now);
+                        self.marks.add(k, now);
                     }
                 }
                 Op::DropSap(sap) => {
                     // What this batch was about to write for the SAP goes with it.
                     fresh_by_sap.remove(&sap);
                     changes.retain(|seg, _| sap_of(seg) != sap);
-                    self.marks.retain(|k, _| sap_of(k) != sap);
+                    self.marks.drop_sap(sap);
                     if let Err(e) = self.drop_sap(sap, &mut repl) {
                         fail(&mut failed, "mts/segments remove", e);
                     }
@@ -381,14 +434,7 @@ impl Writer {
         // Marks whose ack has not come within MARK_DELAY are written; a confirmation or a sync
         // covers every delivery before it.
         let (now, all) = (Instant::now(), !confirms.is_empty() || !syncs.is_empty());
-        let due: Vec<Key> = self
-            .marks
-            .iter()
-            .filter(|(_, t)| all || now.duration_since(**t) >= MARK_DELAY)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in due {
-            self.marks.remove(&k);
+        for k in self.marks.take_due(now, all) {
             if let Some(seg) = self.index.at.get(&k) {
                 changes
                     .entry(*seg)
@@ -916,5 +962,66 @@ mod tests {
             .await
             .expect("woken once the backlog is down")
             .expect("task");
+    }
+
+    #[test]
+    fn due_marks_come_oldest_first_without_the_acked_ones() {
+        let (t0, k) = (Instant::now(), |s| key(100, s));
+        let later = t0 + MARK_DELAY / 2;
+        let mut m = Marks::default();
+        m.add(k(1), t0);
+        m.add(k(2), t0);
+        m.add(k(1), later); // waits already: keeps its first time
+        m.add(key(200, 7), t0);
+        m.add(k(3), later);
+        m.remove(&k(2));
+        assert!(m.take_due(t0, false).is_empty());
+        m.drop_sap(200);
+        assert_eq!(m.take_due(t0 + MARK_DELAY, false), vec![k(1)]);
+        // Acked, then delivered again: due from its second delivery, not its first.
+        m.remove(&k(3));
+        m.add(k(3), later + MARK_DELAY);
+        assert!(m.take_due(later + MARK_DELAY, false).is_empty());
+        m.add(k(4), later + MARK_DELAY);
+        assert_eq!(m.take_due(later, true), vec![k(3), k(4)]);
+        assert!(m.is_empty() && m.order.is_empty());
+        // The last ack empties the queue too, stale entries and all.
+        m.add(k(5), t0);
+        m.add(k(6), t0);
+        m.remove(&k(5));
+        m.remove(&k(6));
+        assert!(m.order.is_empty());
+    }
+
+    /// Not a test: what a batch costs while many deliveries wait for their ack (a receiver
+    /// holding them). `cargo test --release -p sysmgr --lib marks_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn marks_cost() {
+        for n in [1_000u64, 100_000] {
+            let d = tempfile::tempdir().expect("tempdir");
+            let store = pss::Store::open(d.path()).expect("open");
+            let (mut w, _held) = writer(&store);
+            for c in 0..n / 1000 {
+                w.apply(
+                    (0..1000)
+                        .map(|i| put(100, 1 + c * 1000 + i, b"x", true))
+                        .collect(),
+                );
+            }
+            // Delivered, not acked: every mark waits (and is not due for MARK_DELAY).
+            w.apply(vec![Op::Delivered((1..=n).map(|s| key(100, s)).collect())]);
+            let t = Instant::now();
+            for i in 0..200u64 {
+                w.apply(vec![put(200, 1 + i, b"y", true)]);
+            }
+            let took = t.elapsed();
+            assert_eq!(
+                w.marks.since.len() as u64,
+                n,
+                "the marks came due during the run"
+            );
+            eprintln!("{n} marks waiting: 200 one-message batches took {took:?}");
+        }
     }
 }
