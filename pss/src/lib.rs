@@ -8,6 +8,7 @@ pub mod client;
 mod disk;
 pub mod proto;
 pub mod server;
+mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -54,6 +55,9 @@ pub enum PssError {
     },
 }
 
+/// Per service, its last checkpoint sequence number and time (seq u64 BE, unix ms u64 BE).
+pub(crate) const META_TREE: &str = "pss/meta";
+
 /// Written when the database is created; its absence in an existing database means corruption.
 const SENTINEL: &[u8] = b"sysmgr/created";
 
@@ -98,6 +102,61 @@ struct Replica {
     wait: Duration,
 }
 
+/// A service's sequence number as sled holds it (0: none).
+fn seq_in(meta: &sled::Tree, service: &str) -> Result<u64, sled::Error> {
+    Ok(match meta.get(service)? {
+        Some(v) if v.len() >= 8 => u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])),
+        _ => 0,
+    })
+}
+
+/// Apply the log's records that continue their service's sequence in sled: sled recovered
+/// a prefix of the writes, and a record is replayed only if it is the write after that prefix
+/// (see `wal.rs`).
+fn replay(db: &sled::Db, records: Vec<wal::Record>) -> Result<Replayed, sled::Error> {
+    let mut r = Replayed::default();
+    if records.is_empty() {
+        return Ok(r);
+    }
+    let meta = db.open_tree(META_TREE)?;
+    let mut at: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for rec in records {
+        let cur = match at.get(&rec.service) {
+            Some(s) => *s,
+            None => seq_in(&meta, &rec.service)?,
+        };
+        if rec.seq <= cur {
+            r.skipped += 1;
+        } else if rec.seq == cur + 1 {
+            for c in &rec.trees {
+                apply_change(db, c)?;
+            }
+            r.applied += 1;
+            at.insert(rec.service, rec.seq);
+            continue;
+        } else {
+            r.out_of_order += 1;
+        }
+        at.insert(rec.service, cur);
+    }
+    Ok(r)
+}
+
+fn apply_change(db: &sled::Db, c: &Change) -> Result<(), sled::Error> {
+    let t = db.open_tree(&c.tree)?;
+    if c.clear {
+        t.clear()?;
+    }
+    let mut b = sled::Batch::default();
+    for (k, v) in &c.ops {
+        match v {
+            Some(v) => b.insert(k.as_slice(), v.as_slice()),
+            None => b.remove(k.as_slice()),
+        }
+    }
+    t.apply_batch(b)
+}
+
 /// sled allocates a new 512 KiB IO buffer each time it seals one (every ~120 4 KB writes, and
 /// at every flush), and frees it on its IO thread. The buffer is 8 KiB-aligned, and glibc's
 /// dynamic mmap threshold never covers an aligned allocation of that size (its freed chunk is
@@ -140,6 +199,21 @@ pub struct Store {
     path: PathBuf,
     replica: Arc<(Mutex<Replica>, Condvar)>,
     gate: Arc<Mutex<Option<WriteGate>>>,
+    wal: Arc<wal::Wal>,
+    /// One checkpoint at a time.
+    checkpointing: Arc<Mutex<()>>,
+    replayed: Arc<Replayed>,
+}
+
+/// What [`Store::open`] found in the write-ahead log and applied.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// Records applied: durable writes sled had not made durable itself.
+    pub applied: usize,
+    /// Records sled already had.
+    pub skipped: usize,
+    /// Records that did not follow their service's sequence in sled (not applied).
+    pub out_of_order: usize,
 }
 
 impl Store {
@@ -177,13 +251,33 @@ impl Store {
             Err(e) => return Err(corrupt(&e.to_string())),
         }
         let disk = disk::Disk::open(dir).map_err(|e| open_err(sled::Error::Io(e)))?;
+        let io_err = |e| open_err(sled::Error::Io(e));
+        let (wal, records) = wal::Wal::open(dir).map_err(io_err)?;
+        let replayed = replay(&db, records).map_err(open_err)?;
+        if replayed.applied > 0 {
+            db.flush().map_err(open_err)?;
+            disk.sync().map_err(io_err)?;
+        }
+        wal.reset().map_err(io_err)?;
         Ok(Store {
             db,
             disk: Arc::new(disk),
             path: dir.to_path_buf(),
             replica: Default::default(),
             gate: Default::default(),
+            wal: Arc::new(wal),
+            checkpointing: Default::default(),
+            replayed: Arc::new(replayed),
         })
+    }
+
+    /// What opening the store replayed from the write-ahead log.
+    pub fn replayed(&self) -> &Replayed {
+        &self.replayed
+    }
+
+    pub(crate) fn wal(&self) -> &wal::Wal {
+        &self.wal
     }
 
     /// Like [`Store::open`], but a database that is corrupt or cannot be opened is renamed to
@@ -227,6 +321,43 @@ impl Store {
         let r = self.wait_replicated();
         self.may_write().map_err(PssError::Denied)?;
         Ok(r)
+    }
+
+    /// [`Store::commit`] for PSS writes, which are in the write-ahead log (`wal.rs`): the
+    /// log is synced, not sled.
+    pub fn commit_logged(&self) -> Result<Replicated, PssError> {
+        if self.wal.sync().is_err() {
+            // The log could not take it: sled's flush makes every write so far durable.
+            self.flush().map_err(PssError::Db)?;
+        }
+        let r = self.wait_replicated();
+        self.may_write().map_err(PssError::Denied)?;
+        Ok(r)
+    }
+
+    /// Wait up to `timeout` for the write-ahead log to want a [`Store::checkpoint`].
+    pub fn checkpoint_wanted(&self, timeout: Duration) -> bool {
+        self.wal.wait_wanted(timeout)
+    }
+
+    /// Start the log afresh: sync it and switch to its other file, flush sled (which then
+    /// holds every record of the old file for good), and retire the old file.
+    pub fn checkpoint(&self) -> Result<(), PssError> {
+        let _one = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        let io = |e| PssError::Db(sled::Error::Io(e));
+        match self.wal.switch() {
+            Ok(Some(old)) => {
+                self.flush().map_err(PssError::Db)?;
+                self.wal.retire(&old).map_err(io)
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                // The old file may miss records that were acknowledged as fast: sled's flush
+                // keeps them.
+                self.flush().map_err(PssError::Db)?;
+                Err(io(e))
+            }
+        }
     }
 
     /// Flush everything to disk: sled's flush, then what it leaves out (see `disk.rs`), so
@@ -389,18 +520,7 @@ impl Store {
 
     /// Apply a change from the active supervisor (atomically per change).
     pub fn apply(&self, c: &Change) -> Result<(), sled::Error> {
-        let t = self.db.open_tree(&c.tree)?;
-        if c.clear {
-            t.clear()?;
-        }
-        let mut b = sled::Batch::default();
-        for (k, v) in &c.ops {
-            match v {
-                Some(v) => b.insert(k.as_slice(), v.as_slice()),
-                None => b.remove(k.as_slice()),
-            }
-        }
-        t.apply_batch(b)
+        apply_change(&self.db, c)
     }
 
     /// Watch sled from a thread of our own, against a deadlock of sled 0.34.7 (sled#1412): a
@@ -537,5 +657,49 @@ mod tests {
         assert_eq!(s.wait_replicated(), Replicated::GaveUp);
         assert!(!s.replicating());
         assert_eq!(s.wait_replicated(), Replicated::NoStandby);
+    }
+
+    #[test]
+    fn replay_continues_each_service_where_sled_stopped() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(d.path()).expect("sled");
+        let meta = db.open_tree(META_TREE).expect("meta");
+        meta.insert("a", &[0, 0, 0, 0, 0, 0, 0, 2][..])
+            .expect("seq");
+        let rec = |service: &str, seq: u64, v: &[u8]| wal::Record {
+            service: service.into(),
+            seq,
+            trees: vec![Change {
+                tree: format!("pss/{service}/private").into_bytes(),
+                clear: false,
+                ops: vec![(b"k".to_vec(), Some(v.to_vec()))],
+                pos: 0,
+            }],
+        };
+        // "a" is at 2 in sled: 1 and 2 are skipped, 3 and 4 applied, 6 (5 is missing) not.
+        // "b" has no sequence yet: its 1 applies.
+        let r = replay(
+            &db,
+            vec![
+                rec("a", 1, b"one"),
+                rec("a", 2, b"two"),
+                rec("b", 1, b"b1"),
+                rec("a", 3, b"three"),
+                rec("a", 4, b"four"),
+                rec("a", 6, b"six"),
+            ],
+        )
+        .expect("replay");
+        assert_eq!(
+            r,
+            Replayed {
+                applied: 3,
+                skipped: 2,
+                out_of_order: 1
+            }
+        );
+        let got = |t: &str| db.open_tree(t).expect("tree").get(b"k").expect("get");
+        assert_eq!(got("pss/a/private").as_deref(), Some(&b"four"[..]));
+        assert_eq!(got("pss/b/private").as_deref(), Some(&b"b1"[..]));
     }
 }

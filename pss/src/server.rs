@@ -7,8 +7,10 @@
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use crate::proto::{Op, Request, Response, Scope};
+use crate::proto::{Durability, Op, Request, Response, Scope};
+use crate::wal::{ChangeRef, RecordRef};
 use crate::{PssError, Store};
+use serde_bytes::Bytes;
 
 /// One stored key for `show`: (scope word, key, value).
 pub type Entry = (String, Vec<u8>, Vec<u8>);
@@ -53,11 +55,24 @@ fn next_seq(meta: Option<&[u8]>) -> u64 {
     }
 }
 
+fn change<'a>(
+    tree: &'a [u8],
+    clear: bool,
+    ops: Vec<(&'a Bytes, Option<&'a Bytes>)>,
+) -> ChangeRef<'a> {
+    ChangeRef {
+        tree,
+        clear,
+        ops,
+        pos: 0,
+    }
+}
+
 impl Server {
     pub fn new(store: &Store) -> Result<Server, PssError> {
         Ok(Server {
             store: store.clone(),
-            meta: store.tree("pss/meta")?,
+            meta: store.tree(crate::META_TREE)?,
         })
     }
 
@@ -109,14 +124,18 @@ impl Server {
                 }
                 Ok(Response::Entries(out))
             }
-            Request::Write { scope, ops, .. } => {
+            Request::Write {
+                scope,
+                ops,
+                durability,
+            } => {
                 let Caller::Service(me) = caller else {
                     return Err(PssError::Denied(
                         "operators read PSS; only a service writes its own keys".into(),
                     ));
                 };
                 self.store.may_write().map_err(PssError::Denied)?;
-                self.write(me, scope, &ops)
+                self.logged_write(me, scope, &ops, durability == Durability::Durable)
             }
             Request::Seq => {
                 let Caller::Service(me) = caller else {
@@ -153,16 +172,84 @@ impl Server {
         }
     }
 
-    /// One atomic checkpoint: every op or none, and the sequence number with them.
-    fn write(&self, me: &str, scope: Scope, ops: &[Op]) -> Result<Response, PssError> {
+    /// A write, and its record in the write-ahead log when the service's writes are logged
+    /// (from its first durable write on; see `wal.rs`).
+    fn logged_write(
+        &self,
+        me: &str,
+        scope: Scope,
+        ops: &[Op],
+        durable: bool,
+    ) -> Result<Response, PssError> {
         let tree = self.tree(me, scope)?;
+        let mut held = self.hold(me, durable)?;
+        let res = self.write(me, &tree, ops)?;
+        if let (Some(h), Response::Written { seq }) = (held.as_mut(), &res) {
+            let name = tree.name();
+            let ops = ops
+                .iter()
+                .map(|o| match o {
+                    Op::Put { key, value } => (Bytes::new(key), Some(Bytes::new(value))),
+                    Op::Delete { key } => (Bytes::new(key), None),
+                    Op::Cas { key, new, .. } => (Bytes::new(key), new.as_deref().map(Bytes::new)),
+                })
+                .collect();
+            self.log(h, me, *seq, vec![change(&name, false, ops)])?;
+        }
+        Ok(res)
+    }
+
+    /// The log held for `me`'s write, if its writes are logged (armed by a durable write).
+    fn hold(&self, me: &str, durable: bool) -> Result<Option<crate::wal::Held<'_>>, PssError> {
+        self.store
+            .wal()
+            .hold(me, durable, || {
+                self.store
+                    .flush()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            })
+            .map_err(|e| PssError::Db(sled::Error::Io(e)))
+    }
+
+    /// Log a write of `me` applied as `seq` (its sequence, as now in sled, goes with it). A
+    /// record the log cannot take is made durable by flushing sled instead, so that the
+    /// service's records stay a contiguous sequence.
+    fn log(
+        &self,
+        h: &mut crate::wal::Held<'_>,
+        me: &str,
+        seq: u64,
+        trees: Vec<ChangeRef<'_>>,
+    ) -> Result<(), PssError> {
+        let meta = self.meta.get(me.as_bytes()).map_err(PssError::Db)?;
+        let meta_name = self.meta.name();
+        let mut trees: Vec<ChangeRef<'_>> = trees;
+        trees.push(change(
+            &meta_name,
+            false,
+            vec![(Bytes::new(me.as_bytes()), meta.as_deref().map(Bytes::new))],
+        ));
+        let record = RecordRef {
+            service: me,
+            seq,
+            trees,
+        };
+        if h.log(&record).is_err() {
+            self.store.flush().map_err(PssError::Db)?;
+        }
+        Ok(())
+    }
+
+    /// One atomic checkpoint: every op or none, and the sequence number with them.
+    fn write(&self, me: &str, tree: &sled::Tree, ops: &[Op]) -> Result<Response, PssError> {
         if let [op] = ops {
-            return self.write_one(me, &tree, op);
+            return self.write_one(me, tree, op);
         }
         if !ops.iter().any(|o| matches!(o, Op::Cas { .. })) {
-            return self.write_batch(me, &tree, ops);
+            return self.write_batch(me, tree, ops);
         }
-        let res = (&tree, &self.meta).transaction(|(t, m)| {
+        let res = (tree, &self.meta).transaction(|(t, m)| {
             for op in ops {
                 match op {
                     Op::Put { key, value } => {
@@ -194,7 +281,7 @@ impl Server {
         });
         match res {
             Ok(seq) => {
-                self.replicate_write(me, &tree, ops);
+                self.replicate_write(me, tree, ops);
                 Ok(Response::Written { seq })
             }
             Err(TransactionError::Abort(r)) => Ok(r),
@@ -295,22 +382,50 @@ impl Server {
 
     /// A stateless restart starts with the service's private state cleared.
     pub fn clear_private(&self, service: &str) -> Result<(), PssError> {
-        let t = self.tree(service, Scope::Private)?;
-        t.clear().map_err(PssError::Db)?;
-        self.store.replicate(&t, true, Vec::new());
-        Ok(())
+        self.clear(service, &[Scope::Private])
     }
 
-    /// `clear pss service NAME`: every scope and the sequence.
+    /// `clear pss service NAME`: every scope. The checkpoint sequence goes on (it only ever
+    /// increases: a service may compare it with one it saw before).
     pub fn clear_service(&self, service: &str) -> Result<(), PssError> {
-        for s in Scope::ALL {
+        self.clear(service, &Scope::ALL)
+    }
+
+    /// Empty `scopes` of `service`. A service that has checkpointed takes a sequence number
+    /// for it, so that a clear is in its order like a write (in the write-ahead log too).
+    fn clear(&self, service: &str, scopes: &[Scope]) -> Result<(), PssError> {
+        let mut held = self.hold(service, false)?;
+        let mut trees = Vec::with_capacity(scopes.len());
+        for &s in scopes {
             let t = self.tree(service, s)?;
             t.clear().map_err(PssError::Db)?;
             self.store.replicate(&t, true, Vec::new());
+            trees.push(t);
         }
-        self.meta.remove(service).map_err(PssError::Db)?;
-        self.store
-            .replicate(&self.meta, false, vec![(service.as_bytes().to_vec(), None)]);
+        let now = crate::now_ms();
+        let meta = self
+            .meta
+            .update_and_fetch(service.as_bytes(), |old| {
+                old.map(|o| {
+                    let mut m = next_seq(Some(o)).to_be_bytes().to_vec();
+                    m.extend_from_slice(&now.to_be_bytes());
+                    m
+                })
+            })
+            .map_err(PssError::Db)?;
+        let Some(meta) = meta else {
+            return Ok(());
+        };
+        self.store.replicate(
+            &self.meta,
+            false,
+            vec![(service.as_bytes().to_vec(), Some(meta.to_vec()))],
+        );
+        if let Some(h) = held.as_mut() {
+            let names: Vec<_> = trees.iter().map(|t| t.name()).collect();
+            let changes = names.iter().map(|n| change(n, true, Vec::new())).collect();
+            self.log(h, service, next_seq(Some(&meta)) - 1, changes)?;
+        }
         Ok(())
     }
 
@@ -369,9 +484,19 @@ impl Server {
         Ok(out)
     }
 
-    /// Make everything written so far durable ([`Store::commit`]).
+    /// Make every write so far durable: the write-ahead log is synced
+    /// ([`Store::commit_logged`]).
     pub fn flush(&self) -> Result<crate::Replicated, PssError> {
-        self.store.commit()
+        self.store.commit_logged()
+    }
+
+    /// Start the write-ahead log afresh when it wants it (waiting up to `timeout` for that):
+    /// what a checkpoint thread calls in a loop.
+    pub fn checkpoint_when_wanted(&self, timeout: std::time::Duration) -> Result<(), PssError> {
+        if self.store.checkpoint_wanted(timeout) {
+            self.store.checkpoint()?;
+        }
+        Ok(())
     }
 }
 
@@ -627,5 +752,138 @@ mod tests {
         );
         let u = s.usage("bgp").expect("usage");
         assert_eq!(u.iter().map(|u| u.keys).collect::<Vec<_>>(), [0, 0, 1]);
+    }
+
+    fn durable(s: &Server, who: &str, ops: Vec<Op>) -> Result<Response, PssError> {
+        let r = s.handle(
+            Caller::Service(who),
+            Request::Write {
+                scope: Scope::Private,
+                ops,
+                durability: Durability::Durable,
+            },
+        )?;
+        s.flush()?;
+        Ok(r)
+    }
+
+    /// The child of `durable_writes_survive_sigkill_before_sled_flushes`: durable writes (and,
+    /// once logged, fast ones, a transaction and a clear), each acknowledged on stdout, then
+    /// SIGKILL of itself, long before sled's own flush (every 500 ms) could run.
+    fn crash_child(dir: &std::path::Path) {
+        use std::io::Write;
+        let s = Server::new(&Store::open(dir).expect("open")).expect("server");
+        let mut out = std::io::stdout().lock();
+        durable(&s, "a", vec![put("k0", "first")]).expect("arming write");
+        for i in 1..=40 {
+            durable(&s, "a", vec![put(&format!("k{i}"), &format!("v{i}"))]).expect("write");
+        }
+        // Logged too now that "a" is armed: a fast overwrite, a transaction with a CAS, a
+        // delete, made durable by the next durable write.
+        write(&s, "a", Scope::Private, vec![put("k1", "fast")]).expect("fast");
+        let cas = Op::Cas {
+            key: b"k2".to_vec(),
+            expect: Some(b"v2".to_vec()),
+            new: Some(b"swapped".to_vec()),
+        };
+        write(&s, "a", Scope::Private, vec![cas, put("t", "x")]).expect("txn");
+        write(
+            &s,
+            "a",
+            Scope::Private,
+            vec![Op::Delete {
+                key: b"k3".to_vec(),
+            }],
+        )
+        .expect("del");
+        durable(&s, "a", vec![put("last", "yes")]).expect("last");
+        writeln!(out, "acked").expect("stdout");
+        out.flush().expect("flush");
+        // SAFETY: kill(2) on our own pid; nothing after it runs.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+
+    #[test]
+    fn durable_writes_survive_sigkill_before_sled_flushes() {
+        if let Some(dir) = std::env::var_os("PSS_CRASH_CHILD_DIR") {
+            crash_child(std::path::Path::new(&dir));
+            return;
+        }
+        let d = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args([
+                "--exact",
+                "server::tests::durable_writes_survive_sigkill_before_sled_flushes",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PSS_CRASH_CHILD_DIR", d.path())
+            .output()
+            .expect("child");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("acked"),
+            "the child did not finish its writes: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let store = Store::open(d.path()).expect("reopen");
+        let r = store.replayed().clone();
+        assert!(r.applied > 0, "nothing came from the log: {r:?}");
+        assert_eq!(r.out_of_order, 0);
+        let s = Server::new(&store).expect("server");
+        let val = |k: &str| match get(&s, Caller::Service("a"), None, Scope::Private, k) {
+            Ok(Response::Value(v)) => v.map(|v| String::from_utf8_lossy(&v).into_owned()),
+            other => panic!("get {k}: {other:?}"),
+        };
+        assert_eq!(val("k0").as_deref(), Some("first"));
+        for i in 4..=40 {
+            assert_eq!(val(&format!("k{i}")), Some(format!("v{i}")), "k{i}");
+        }
+        assert_eq!(val("k1").as_deref(), Some("fast"));
+        assert_eq!(val("k2").as_deref(), Some("swapped"));
+        assert_eq!(val("t").as_deref(), Some("x"));
+        assert_eq!(val("k3"), None);
+        assert_eq!(val("last").as_deref(), Some("yes"));
+        // 45 writes: the sequence came back with them.
+        assert_eq!(s.last("a").0, 45);
+        // The next write continues it, and the log was started afresh.
+        assert_eq!(
+            write(&s, "a", Scope::Private, vec![put("n", "1")]).expect("write"),
+            Response::Written { seq: 46 }
+        );
+        drop((s, store));
+        assert_eq!(Store::open(d.path()).expect("again").replayed().applied, 0);
+    }
+
+    #[test]
+    fn records_sled_has_are_skipped_and_a_clear_is_one_of_them() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(d.path()).expect("open");
+        let s = Server::new(&store).expect("server");
+        for i in 1..=3 {
+            durable(&s, "a", vec![put("k", &format!("v{i}"))]).expect("write");
+        }
+        // A clear is in the sequence like a write, and in the log.
+        s.clear_private("a").expect("clear");
+        durable(&s, "a", vec![put("j", "after")]).expect("write");
+        assert_eq!(s.last("a").0, 5);
+        drop(s);
+        // sled has all of it (it flushes when dropped): the five records are skipped.
+        drop(store);
+        let store = Store::open(d.path()).expect("reopen");
+        assert_eq!(
+            *store.replayed(),
+            crate::Replayed {
+                applied: 0,
+                skipped: 5,
+                out_of_order: 0
+            }
+        );
+        let s = Server::new(&store).expect("server");
+        let val = |k: &str| match get(&s, Caller::Service("a"), None, Scope::Private, k) {
+            Ok(Response::Value(v)) => v,
+            other => panic!("get {k}: {other:?}"),
+        };
+        assert_eq!(val("k"), None, "cleared");
+        assert_eq!(val("j").as_deref(), Some(&b"after"[..]));
     }
 }

@@ -140,13 +140,15 @@ fn show_and_clear_pss_from_the_cli() {
             .status
             .success()
     );
+    // The keys are gone; the checkpoint sequence goes on (it only ever increases), and the
+    // clear took a number of its own.
     let rows = lab.json(&["show", "pss"]);
     assert!(
         rows.as_array()
             .expect("rows")
             .iter()
             .filter(|r| r["service"] == "counter")
-            .all(|r| r["keys"] == 0 && r["last_seq"] == 0),
+            .all(|r| r["keys"] == 0 && r["last_seq"].as_u64().unwrap_or(0) >= 3),
         "{rows}"
     );
 }

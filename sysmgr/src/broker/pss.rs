@@ -2,8 +2,9 @@
 //! the order they arrive), and answered on the connection that sent them; a large checkpoint
 //! never stalls the broker, and two services' writes overlap inside sled. `durable` writes are
 //! acknowledged by a flusher thread after a group commit (every writer waiting at that moment
-//! shares one flush). These threads write their answers straight into the caller's socket
-//! when it is free.
+//! shares one sync of the write-ahead log, `pss/src/wal.rs`); a checkpoint thread starts the
+//! log afresh when it is a quarter full or a second old. These threads write their answers
+//! straight into the caller's socket when it is free.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -29,6 +30,10 @@ struct Held {
     answer: Response,
     outbox: Arc<Outbox>,
 }
+
+/// The checkpoint thread waits for the write-ahead log to want one (it is woken by the log);
+/// after a failed checkpoint it waits this long before the next try.
+const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Request threads: a 4 KB write spends tens of µs inside sled, so two services' writes
 /// overlap on two CPUs.
@@ -65,6 +70,16 @@ impl PssHandle {
         let (commit, held) = channel::<Held>();
         let flusher = server.clone();
         thread("pss-flush", move || group_commit(&flusher, &held));
+        let checkpointer = server.clone();
+        thread("pss-checkpoint", move || {
+            loop {
+                let wait = std::time::Duration::from_secs(3600);
+                if let Err(e) = checkpointer.checkpoint_when_wanted(wait) {
+                    tracing::error!(error = %e, "PSS write-ahead log checkpoint failed");
+                    std::thread::sleep(CHECKPOINT_RETRY);
+                }
+            }
+        });
         let jobs = (0..WORKERS)
             .map(|_| {
                 let (jobs, job_rx) = channel::<Job>();

@@ -870,7 +870,7 @@ impl Supervisor {
                 let p = self.mts().pss.clone().ok_or("PSS is not open")?;
                 p.server.clear_service(&name).map_err(|e| e.to_string())?;
                 Ok(Response::Done(format!(
-                    "PSS of service {name} cleared (all scopes and its checkpoint sequence)"
+                    "PSS of service {name} cleared (all scopes; its checkpoint sequence goes on)"
                 )))
             }
             Request::ShowMtsSap => Ok(Response::MtsSaps(self.mts().saps())),

@@ -223,6 +223,15 @@ impl Supervisor {
                 ),
             );
         }
+        let r = store.replayed();
+        if r.applied + r.skipped + r.out_of_order > 0 {
+            tracing::info!(
+                applied = r.applied,
+                already_in_sled = r.skipped,
+                out_of_order = r.out_of_order,
+                "PSS write-ahead log replayed"
+            );
+        }
         let watchdog = store.start_watchdog(Duration::from_millis(500), stalled_db);
         if let Err(e) = watchdog {
             tracing::error!(error = %e, "cannot start the PSS database watchdog");
