@@ -10,12 +10,15 @@
 //!   `bgp.rs`).
 //! - `sysmgr-bench mts-echo`: the receiver service of the MTS benchmark (run by sysmgr);
 //!   `floor-echo` and `floor-relay` are its anchors' processes.
+//! - `sysmgr-bench fsync [--batches N] [--kib K]`: a group commit's `fdatasync`, appended
+//!   against written over zeros (see `fsync.rs`).
 //! - `sysmgr-bench switchover [--rounds N]`: two supervisors, switchover time against a cold
 //!   boot, and replication lag under the PSS writer (see `switchover.rs`).
 
 mod bfd;
 mod bgp;
 mod fib;
+mod fsync;
 mod mts;
 mod pss;
 mod restart;
@@ -31,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         Some("mts") => mts::main(args),
         Some("mts-echo") => mts::echo(),
         Some("pss") => pss::main(args),
+        Some("fsync") => fsync::main(args),
         Some("pss-writer") => pss::writer(args),
         Some("switchover") => switchover::main(args),
         Some("floor-echo") => {
@@ -41,7 +45,7 @@ fn main() -> anyhow::Result<()> {
             mts::floor_relay(up.as_ref(), args.next().unwrap_or_default().as_ref())
         }
         _ => anyhow::bail!(
-            "usage: sysmgr-bench restart [--kills N] [--out CSV] | mts [--quick] | pss [--quick] | switchover [--rounds N] | bfd-restart --iface IF --from ADDR [--kills N]"
+            "usage: sysmgr-bench restart [--kills N] [--out CSV] | mts [--quick] | pss [--quick] | fsync [--batches N] [--kib K] | switchover [--rounds N] | bfd-restart --iface IF --from ADDR [--kills N]"
         ),
     }
 }
