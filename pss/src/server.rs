@@ -886,4 +886,39 @@ mod tests {
         assert_eq!(val("k"), None, "cleared");
         assert_eq!(val("j").as_deref(), Some(&b"after"[..]));
     }
+
+    #[test]
+    fn only_durable_writers_are_logged_and_only_while_they_write_durably() {
+        let (d, s) = server();
+        let wal_files = || {
+            std::fs::read_dir(d.path())
+                .expect("dir")
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("pss-wal-"))
+                .count()
+        };
+        // A service that writes `fast` (the routing services) is never logged: no log at all.
+        for i in 0..50 {
+            write(&s, "bgp", Scope::Private, vec![put(&format!("r{i}"), "x")]).expect("fast");
+        }
+        assert_eq!(wal_files(), 0);
+        assert!(!s.store.wal().armed("bgp"));
+        durable(&s, "a", vec![put("k", "1")]).expect("durable");
+        assert_eq!(wal_files(), 2);
+        assert!(s.store.wal().armed("a"));
+        write(&s, "bgp", Scope::Private, vec![put("r", "y")]).expect("fast");
+        assert!(
+            !s.store.wal().armed("bgp"),
+            "another service's durable write arms only it"
+        );
+        // A checkpoint that finds no durable write of "a" since the previous one: "a" is no
+        // longer logged after the next.
+        s.store.checkpoint().expect("checkpoint");
+        assert!(
+            s.store.wal().armed("a"),
+            "its durable write was in the retired file's time"
+        );
+        s.store.checkpoint().expect("checkpoint");
+        assert!(!s.store.wal().armed("a"));
+    }
 }

@@ -9,9 +9,9 @@
 //! file (Redis's AOF does the latter).
 //!
 //! Only services that write durably are logged ("armed"): a service's first durable write
-//! after a checkpoint flushes sled first (so everything it wrote before is on disk), and from
-//! then on every write of that service, `fast` ones too, is logged after it is applied, until
-//! a checkpoint finds it made no durable write since the previous one.
+//! flushes sled first (so everything it wrote before is on disk), and from then on every write
+//! of that service, `fast` ones too, is logged after it is applied, until a checkpoint retires
+//! a file in whose time, and since, it made no durable write (a second or more without one).
 //!
 //! **Replay.** Each record carries the service's checkpoint sequence number, and the sequence
 //! is stored in sled with the write. At boot, sled recovers a prefix of what it was given; a
@@ -97,8 +97,11 @@ struct Inner {
     next_epoch: u64,
     /// Services whose writes are logged.
     armed: HashSet<String>,
-    /// Services with a durable write in the active file.
+    /// Services with a durable write in the active file...
     durable: HashSet<String>,
+    /// ...and in the file before it, until it is retired: a service is logged until a whole
+    /// file's time (a second or more) passes without a durable write of it.
+    durable_before: HashSet<String>,
     /// A write to the active file failed: what follows the hole it left would not be read at
     /// boot, so syncs fail (their callers flush sled instead) until the next file starts.
     broken: bool,
@@ -220,6 +223,7 @@ impl Wal {
                 next_epoch: max_epoch + 1,
                 armed: HashSet::new(),
                 durable: HashSet::new(),
+                durable_before: HashSet::new(),
                 broken: false,
             }),
             wanted: Condvar::new(),
@@ -415,19 +419,25 @@ impl Wal {
         files.end = HEADER;
         files.first = None;
         g.next_epoch = epoch + 1;
-        g.durable.clear();
+        g.durable_before = std::mem::take(&mut g.durable);
         g.broken = false;
         Ok(Some(old))
     }
 
-    /// The old file's records are in sled for good: zero its header, and disarm the services
-    /// that made no durable write since the switch.
+    /// The old file's records are in sled for good: zero its header, and stop logging the
+    /// services that made no durable write in its time or since.
     pub(crate) fn retire(&self, old: &File) -> io::Result<()> {
         old.write_all_at(&[0u8; 20], 0)?;
         old.sync_data()?;
         let mut g = self.lock();
-        let Inner { armed, durable, .. } = &mut *g;
-        armed.retain(|s| durable.contains(s));
+        let Inner {
+            armed,
+            durable,
+            durable_before,
+            ..
+        } = &mut *g;
+        armed.retain(|s| durable.contains(s) || durable_before.contains(s));
+        durable_before.clear();
         Ok(())
     }
 }
@@ -518,12 +528,15 @@ mod tests {
         let seqs: Vec<u64> = found.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
         assert_eq!(found[1].trees[0].ops, vec![(b"k".to_vec(), None)]);
-        // Retired: the old file's records are gone, and "a" (no durable write since the
-        // switch) is disarmed.
+        // Retired: the old file's records are gone. "a" wrote durably in its time: still
+        // logged, until a whole file's time passes without a durable write.
         wal.retire(&old).expect("retire");
-        assert!(!wal.armed("a"));
+        assert!(wal.armed("a"));
         let (_, found) = Wal::open(d.path()).expect("reopen");
         assert_eq!(found.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+        let old = wal.switch().expect("switch").expect("files");
+        wal.retire(&old).expect("retire");
+        assert!(!wal.armed("a"));
         wal.reset().expect("reset");
         assert!(Wal::open(d.path()).expect("reopen").1.is_empty());
     }
