@@ -3,10 +3,11 @@
 //! sled 0.34.7 makes a write durable by writing its whole log buffer out and waiting for it
 //! (`sync_file_range`), and then `disk.rs` adds the `fdatasync` that also commits the log's
 //! growing size to the filesystem's journal: two trips to the disk per group commit. Here a
-//! durable write is also appended to a file of ours that was filled with zeros when it was
-//! made, so its `fdatasync` writes only the new records: no size change, no journal commit.
-//! On this machine that is 115–160 µs for 64 KB against 225–390 µs for an append to a growing
-//! file (Redis's AOF does the latter).
+//! durable write is also recorded in a file of ours that was filled with zeros when it was
+//! made (the request thread copies the record to memory; the group commit writes what is
+//! waiting), so its `fdatasync` writes only the new records: no size change, no journal
+//! commit. On this machine that is 136–146 µs for 64 KiB against 219–238 µs for an append to a
+//! growing file, which is what Redis's AOF does (`sysmgr-bench fsync`).
 //!
 //! Only services that write durably are logged ("armed"): a service's first durable write
 //! flushes sled first (so everything it wrote before is on disk), and from then on every write
