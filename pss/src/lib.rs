@@ -102,12 +102,26 @@ struct Replica {
     wait: Duration,
 }
 
+/// The (sequence, unix ms) a service's value in [`META_TREE`] holds.
+pub(crate) fn meta_parse(v: &[u8]) -> Option<(u64, u64)> {
+    let (seq, ms) = v.split_first_chunk::<8>()?;
+    Some((
+        u64::from_be_bytes(*seq),
+        u64::from_be_bytes(ms.try_into().ok()?),
+    ))
+}
+
+/// A service's value in [`META_TREE`].
+pub(crate) fn meta_value(seq: u64, ms: u64) -> Vec<u8> {
+    [seq.to_be_bytes(), ms.to_be_bytes()].concat()
+}
+
 /// A service's sequence number as sled holds it (0: none).
 fn seq_in(meta: &sled::Tree, service: &str) -> Result<u64, sled::Error> {
-    Ok(match meta.get(service)? {
-        Some(v) if v.len() >= 8 => u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])),
-        _ => 0,
-    })
+    Ok(meta
+        .get(service)?
+        .and_then(|v| meta_parse(&v))
+        .map_or(0, |(seq, _)| seq))
 }
 
 /// Apply the log's records that continue their service's sequence in sled: sled recovered
@@ -160,21 +174,6 @@ fn replay(db: &sled::Db, records: Vec<wal::Record>) -> Result<Replayed, sled::Er
         db.open_tree(tree)?.apply_batch(b)?;
     }
     Ok(r)
-}
-
-fn apply_change(db: &sled::Db, c: &Change) -> Result<(), sled::Error> {
-    let t = db.open_tree(&c.tree)?;
-    if c.clear {
-        t.clear()?;
-    }
-    let mut b = sled::Batch::default();
-    for (k, v) in &c.ops {
-        match v {
-            Some(v) => b.insert(k.as_slice(), v.as_slice()),
-            None => b.remove(k.as_slice()),
-        }
-    }
-    t.apply_batch(b)
 }
 
 /// sled allocates a new 512 KiB IO buffer each time it seals one (every ~120 4 KB writes, and
@@ -338,6 +337,11 @@ impl Store {
     /// acknowledge: what it took may not be on the new active.
     pub fn commit(&self) -> Result<Replicated, PssError> {
         self.flush().map_err(PssError::Db)?;
+        self.committed()
+    }
+
+    /// On disk: now wait for the standby, and refuse to acknowledge if fenced meanwhile.
+    fn committed(&self) -> Result<Replicated, PssError> {
         let r = self.wait_replicated();
         self.may_write().map_err(PssError::Denied)?;
         Ok(r)
@@ -350,9 +354,7 @@ impl Store {
             // The log could not take it: sled's flush makes every write so far durable.
             self.flush().map_err(PssError::Db)?;
         }
-        let r = self.wait_replicated();
-        self.may_write().map_err(PssError::Denied)?;
-        Ok(r)
+        self.committed()
     }
 
     /// Wait up to `timeout` for the write-ahead log to want a [`Store::checkpoint`].
@@ -540,7 +542,18 @@ impl Store {
 
     /// Apply a change from the active supervisor (atomically per change).
     pub fn apply(&self, c: &Change) -> Result<(), sled::Error> {
-        apply_change(&self.db, c)
+        let t = self.db.open_tree(&c.tree)?;
+        if c.clear {
+            t.clear()?;
+        }
+        let mut b = sled::Batch::default();
+        for (k, v) in &c.ops {
+            match v {
+                Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                None => b.remove(k.as_slice()),
+            }
+        }
+        t.apply_batch(b)
     }
 
     /// Watch sled from a thread of our own, against a deadlock of sled 0.34.7 (sled#1412): a
@@ -684,8 +697,7 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let db = sled::open(d.path()).expect("sled");
         let meta = db.open_tree(META_TREE).expect("meta");
-        meta.insert("a", &[0, 0, 0, 0, 0, 0, 0, 2][..])
-            .expect("seq");
+        meta.insert("a", meta_value(2, 0)).expect("seq");
         let rec = |service: &str, seq: u64, v: &[u8]| wal::Record {
             service: service.into(),
             seq,
@@ -736,7 +748,7 @@ mod tests {
                 let mut h = w.hold("a", true, || Ok(())).expect("hold").expect("armed");
                 for seq in 1..=n {
                     let key = format!("key-{}", seq % 1000);
-                    let meta = [seq.to_be_bytes(), 0u64.to_be_bytes()].concat();
+                    let meta = meta_value(seq, 0);
                     h.log(&wal::RecordRef {
                         service: "a",
                         seq,

@@ -45,14 +45,8 @@ fn tree_name(service: &str, scope: Scope) -> String {
 
 /// The sequence number after the one in a service's meta value (16 bytes: sequence, time).
 fn next_seq(meta: Option<&[u8]>) -> u64 {
-    match meta {
-        Some(v) if v.len() == 16 => {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&v[..8]);
-            u64::from_be_bytes(a) + 1
-        }
-        _ => 1,
-    }
+    meta.and_then(crate::meta_parse)
+        .map_or(1, |(seq, _)| seq + 1)
 }
 
 fn change<'a>(
@@ -161,13 +155,7 @@ impl Server {
     /// (last sequence, last time ms) of a service.
     pub fn last(&self, service: &str) -> (u64, u64) {
         match self.meta.get(service) {
-            Ok(Some(v)) if v.len() == 16 => {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(&v[..8]);
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&v[8..]);
-                (u64::from_be_bytes(a), u64::from_be_bytes(b))
-            }
+            Ok(Some(v)) => crate::meta_parse(&v).unwrap_or((0, 0)),
             _ => (0, 0),
         }
     }
@@ -274,9 +262,7 @@ impl Server {
                 }
             }
             let seq = next_seq(m.get(me.as_bytes())?.as_deref());
-            let mut meta = seq.to_be_bytes().to_vec();
-            meta.extend_from_slice(&crate::now_ms().to_be_bytes());
-            m.insert(me.as_bytes(), meta)?;
+            m.insert(me.as_bytes(), crate::meta_value(seq, crate::now_ms()))?;
             Ok(seq)
         });
         match res {
@@ -338,22 +324,14 @@ impl Server {
         let meta = self
             .meta
             .update_and_fetch(me.as_bytes(), |old| {
-                let seq = next_seq(old);
-                let mut m = seq.to_be_bytes().to_vec();
-                m.extend_from_slice(&now.to_be_bytes());
-                Some(m)
+                Some(crate::meta_value(next_seq(old), now))
             })
             .map_err(PssError::Db)?;
-        let mut a = [0u8; 8];
-        if let Some(m) = &meta
-            && m.len() == 16
-        {
-            a.copy_from_slice(&m[..8]);
-        }
+        let seq = meta
+            .and_then(|m| crate::meta_parse(&m))
+            .map_or(0, |(s, _)| s);
         self.replicate_write(me, tree, ops);
-        Ok(Response::Written {
-            seq: u64::from_be_bytes(a),
-        })
+        Ok(Response::Written { seq })
     }
 
     /// A write applied: its operations (a CAS as the put or delete it became) and the
@@ -406,11 +384,7 @@ impl Server {
         let meta = self
             .meta
             .update_and_fetch(service.as_bytes(), |old| {
-                old.map(|o| {
-                    let mut m = next_seq(Some(o)).to_be_bytes().to_vec();
-                    m.extend_from_slice(&now.to_be_bytes());
-                    m
-                })
+                old.map(|o| crate::meta_value(next_seq(Some(o)), now))
             })
             .map_err(PssError::Db)?;
         let Some(meta) = meta else {
@@ -424,7 +398,8 @@ impl Server {
         if let Some(h) = held.as_mut() {
             let names: Vec<_> = trees.iter().map(|t| t.name()).collect();
             let changes = names.iter().map(|n| change(n, true, Vec::new())).collect();
-            self.log(h, service, next_seq(Some(&meta)) - 1, changes)?;
+            let seq = crate::meta_parse(&meta).map_or(0, |(s, _)| s);
+            self.log(h, service, seq, changes)?;
         }
         Ok(())
     }
