@@ -199,8 +199,7 @@ pub fn writer(mut args: impl Iterator<Item = String>) -> Result<()> {
         let value = vec![0x42u8; VALUE_LEN];
         let mut lines = Vec::new();
         for (name, d) in [("fast", Durability::Fast), ("durable", Durability::Durable)] {
-            let c = mts::client::Client::connect_from_env().await?;
-            let p = pss::client::Pss::new(&c);
+            let p = pss::client::Pss::connect().await?;
             let mut lat = Vec::with_capacity(n1);
             for i in 0..n1 {
                 let t = Instant::now();
@@ -213,8 +212,7 @@ pub fn writer(mut args: impl Iterator<Item = String>) -> Result<()> {
             for w in 0..WRITERS {
                 let value = value.clone();
                 tasks.push(tokio::spawn(async move {
-                    let c = mts::client::Client::connect_from_env().await?;
-                    let p = pss::client::Pss::new(&c);
+                    let p = pss::client::Pss::connect().await?;
                     for i in 0..n16 {
                         p.put(Scope::Private, key(w, i), Bytes::new(&value), d)
                             .await?;

@@ -197,6 +197,11 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Another duplicate of the connection's socket (for a thread that reads it itself).
+    pub fn dup_socket(&self) -> Option<OwnedFd> {
+        self.fd.as_ref().and_then(|f| f.try_clone().ok())
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::PssError;
-use crate::proto::{Durability, OP_PSS, Op, Request, Response, Scope};
+use crate::proto::{Durability, OP_PSS, OP_PSS_DIRECT, Op, Request, Response, Scope};
 
 /// Schema version written in front of every value.
 pub const SCHEMA: u16 = 1;
@@ -29,7 +29,13 @@ pub const SCHEMA: u16 = 1;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Pss<'a> {
-    mts: &'a mts::client::Client,
+    mts: Conn<'a>,
+}
+
+/// The MTS connection requests go through: the service's own, or one for PSS alone.
+enum Conn<'a> {
+    Shared(&'a mts::client::Client),
+    Own(mts::client::Client),
 }
 
 /// A byte string to store as one: `put(scope, key, Bytes::new(&raw), d)` copies it, where a
@@ -56,13 +62,24 @@ pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, PssError> {
 }
 
 impl<'a> Pss<'a> {
+    /// PSS through the service's MTS connection: the broker reads its requests with its
+    /// messages and hands them to the service's PSS request thread.
     pub fn new(mts: &'a mts::client::Client) -> Pss<'a> {
-        Pss { mts }
+        Pss {
+            mts: Conn::Shared(mts),
+        }
+    }
+
+    fn client(&self) -> &mts::client::Client {
+        match &self.mts {
+            Conn::Shared(c) => c,
+            Conn::Own(c) => c,
+        }
     }
 
     pub async fn call(&self, req: &Request) -> Result<Response, PssError> {
         Ok(self
-            .mts
+            .client()
             .request(mts::sap::CLI, mts::sap::PSS, OP_PSS, req, DEADLINE)
             .await?)
     }
@@ -163,6 +180,29 @@ impl<'a> Pss<'a> {
             pss: self,
             scope,
             ops: Vec::new(),
+        }
+    }
+}
+
+impl Pss<'static> {
+    /// PSS through an MTS connection of its own (to sysmgr's socket, from the environment as
+    /// [`mts::client::Client::connect_from_env`]), read by the service's PSS request thread
+    /// itself: a request and its answer wake one thread of sysmgr instead of two (the broker's,
+    /// then the request thread). The connection has the caller's identity, like any other.
+    /// When sysmgr will not (too many such connections), the broker reads it as usual.
+    pub async fn connect() -> Result<Pss<'static>, PssError> {
+        Self::direct(mts::client::Client::connect_from_env().await?).await
+    }
+
+    /// [`Pss::connect`] on a connection the caller made; it carries PSS requests only from now.
+    pub async fn direct(c: mts::client::Client) -> Result<Pss<'static>, PssError> {
+        let r = c
+            .request_raw(mts::sap::CLI, mts::sap::PSS, OP_PSS_DIRECT, &[], DEADLINE)
+            .await;
+        match r {
+            // Refused (sysmgr logs why): the broker reads it as usual.
+            Ok(_) | Err(mts::MtsError::Remote(_)) => Ok(Pss { mts: Conn::Own(c) }),
+            Err(e) => Err(e.into()),
         }
     }
 }

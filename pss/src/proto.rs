@@ -2,8 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The one opcode of SAP `pss`.
+/// The opcode of every PSS request ([`Request`]).
 pub const OP_PSS: u32 = 1;
+/// Asks that the rest of this connection be read by the PSS request thread of the caller's
+/// service itself: a request then wakes one thread of sysmgr instead of the broker's and then
+/// that one. Empty payload; answered with an empty response, or with an error (too many such
+/// connections), and then the broker goes on reading the connection as before. Afterwards the
+/// connection carries [`OP_PSS`] requests only.
+pub const OP_PSS_DIRECT: u32 = 2;
 
 /// NX-OS PSS scopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -245,7 +245,10 @@ fn pss_stream(report: Option<&str>, pause: std::time::Duration) {
     use pss::proto::{Durability, Scope};
     let say = reporter(report);
     with_mts(report, |c| async move {
-        let p = pss::client::Pss::new(&c);
+        let p = match pss::client::Pss::direct(c).await {
+            Ok(p) => p,
+            Err(e) => return say(format!("pss connect error: {e}")),
+        };
         let present = match p.scan(None, Scope::Private, "c/", u32::MAX).await {
             Ok(e) => e,
             Err(e) => return say(format!("pss scan error: {e}")),
@@ -288,7 +291,10 @@ fn pss_demo(counter: bool, peek: Option<&str>, txn_loop: bool, report: Option<&s
     use pss::proto::{Durability, Scope};
     let say = reporter(report);
     with_mts(report, |c| async move {
-        let p = pss::client::Pss::new(&c);
+        let p = match pss::client::Pss::direct(c).await {
+            Ok(p) => p,
+            Err(e) => return say(format!("pss connect error: {e}")),
+        };
         if counter {
             let before: Option<u64> = match p.get(Scope::Private, "count").await {
                 Ok(v) => v,

@@ -171,6 +171,8 @@ async fn read_loop(
     let mut touched = Vec::new();
     loop {
         let mut at = 0;
+        // The connection was handed to a PSS request thread, which reads it from now on.
+        let mut handed = None;
         // Whether this batch had persistent messages: then the connection is not read again
         // while the store's writer is far behind (flow control instead of a growing backlog).
         let mut persistent = false;
@@ -196,6 +198,12 @@ async fn read_loop(
                     // In order with what this batch routed before it.
                     batch.finish();
                     match handle {
+                        Some(p) if h.opcode == pss::proto::OP_PSS_DIRECT => {
+                            handed = p.direct(&h, identity, outbox, buf[at..].to_vec());
+                            if handed.is_some() {
+                                break;
+                            }
+                        }
                         Some(p) => p.request(&h, &payload, identity, outbox),
                         None => outbox.push(
                             &Frame::error_to(&h, 0, "PSS is not open").header,
@@ -212,6 +220,11 @@ async fn read_loop(
                 persistent |= h.flags.has(Flags::PERSISTENT);
                 batch.broker().route(id, h, payload);
             }
+        }
+        if let Some(done) = handed {
+            return done
+                .await
+                .unwrap_or_else(|_| Err("its PSS request thread is gone".into()));
         }
         buf.drain(..at);
         if persistent && let Some(b) = backlog.as_ref().filter(|b| b.behind()) {

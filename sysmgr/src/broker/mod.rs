@@ -13,6 +13,7 @@
 pub mod conn;
 pub mod outbox;
 pub mod pss;
+mod pss_conn;
 mod store;
 mod writer;
 
