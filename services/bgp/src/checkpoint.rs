@@ -302,7 +302,17 @@ pub async fn writer(mut rx: mpsc::UnboundedReceiver<(Vec<Op>, After)>, clear: bo
             return;
         }
     };
-    let pss = Pss::new(&mts);
+    // The connection is PSS's alone: read by bgp's PSS request thread in sysmgr itself.
+    let pss = match Pss::direct(mts).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "checkpoint writer: PSS refused; no checkpoints");
+            while let Some((_, after)) = rx.recv().await {
+                after.run();
+            }
+            return;
+        }
+    };
     if clear {
         match old_keys(&pss).await {
             Ok(keys) if !keys.is_empty() => {
@@ -402,7 +412,7 @@ pub async fn restore() -> Result<Restored, String> {
     let mts = mts::client::Client::connect_from_env()
         .await
         .map_err(|e| e.to_string())?;
-    let pss = Pss::new(&mts);
+    let pss = Pss::direct(mts).await.map_err(|e| e.to_string())?;
     let e = |e: pss::PssError| e.to_string();
     let mut r = Restored::default();
     for (k, v) in scan(&pss, "session/").await.map_err(e)? {
