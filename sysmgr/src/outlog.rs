@@ -272,9 +272,10 @@ mod tests {
         let queued = done_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("sending never waits for the file");
-        // One read taken by the blocked thread, at most one waiting: the rest dropped.
+        // One read taken by the blocked thread, at most one waiting: the rest dropped. What was
+        // dropped is counted in the sink, or carried by the second queued chunk when the
+        // thread took the first only after some were dropped: the file's marker says it (below).
         assert!(queued <= 2, "{queued}");
-        assert!(sink.dropped.load(Ordering::Relaxed) >= 3 * 7);
 
         let (text_tx, text_rx) = std::sync::mpsc::channel();
         let reader = p.clone();

@@ -290,23 +290,17 @@ impl After {
 /// Only once a batch is in PSS do its messages go out and its received bytes leave the
 /// kernel. With `clear`, first delete every key a previous life left (a fresh start).
 pub async fn writer(mut rx: mpsc::UnboundedReceiver<(Vec<Op>, After)>, clear: bool) {
-    let mts = match mts::client::Client::connect_from_env().await {
-        Ok(c) => c,
+    // A connection of PSS's alone, read by bgp's PSS request thread in sysmgr itself.
+    let pss = match mts::client::Client::connect_from_env().await {
+        Ok(c) => Pss::direct(c).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let pss = match pss {
+        Ok(p) => p,
         Err(e) => {
             // Without PSS the sessions still run (they just cannot survive a restart): the
             // messages and consumes of every batch go on at once.
-            tracing::warn!(error = %e, "checkpoint writer: no MTS connection; no checkpoints");
-            while let Some((_, after)) = rx.recv().await {
-                after.run();
-            }
-            return;
-        }
-    };
-    // The connection is PSS's alone: read by bgp's PSS request thread in sysmgr itself.
-    let pss = match Pss::direct(mts).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "checkpoint writer: PSS refused; no checkpoints");
+            tracing::warn!(error = %e, "checkpoint writer: no PSS connection; no checkpoints");
             while let Some((_, after)) = rx.recv().await {
                 after.run();
             }
