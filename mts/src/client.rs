@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::frame::{DEFAULT_MAX_PAYLOAD, Flags, Frame, HEADER_LEN, Header};
+use crate::frame::{DEFAULT_MAX_PAYLOAD, Flags, Frame, HEADER_LEN, Header, next_frame};
 use crate::outbox::Outbox;
 use crate::{MtsError, codec, proto, sap};
 
@@ -141,18 +141,13 @@ impl Client {
             let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
             loop {
                 let mut at = 0;
-                while buf.len() - at >= HEADER_LEN {
-                    let mut hb = [0u8; HEADER_LEN];
-                    hb.copy_from_slice(&buf[at..at + HEADER_LEN]);
-                    let Ok(h) = Header::decode(&hb, DEFAULT_MAX_PAYLOAD) else {
-                        return;
+                loop {
+                    let (h, payload) = match next_frame(&buf[at..], DEFAULT_MAX_PAYLOAD) {
+                        Ok(Some((h, body))) => (h, body.to_vec()),
+                        Ok(None) => break,
+                        Err(_) => return,
                     };
-                    let end = at + HEADER_LEN + h.len as usize;
-                    if buf.len() < end {
-                        break;
-                    }
-                    let payload = buf[at + HEADER_LEN..end].to_vec();
-                    at = end;
+                    at += HEADER_LEN + payload.len();
                     if h.flags.has(Flags::RESPONSE)
                         && let Some(w) = rw.lock().ok().and_then(|mut m| m.remove(&h.reply_to))
                     {

@@ -106,6 +106,18 @@ impl Header {
     }
 }
 
+/// The first whole frame at the start of `buf` (a stream's bytes read so far): its header and
+/// payload, `HEADER_LEN + payload.len()` bytes in all; None until all of it is there. A header
+/// that does not decode (magic, version, a length over `max`) is an error: the stream cannot be
+/// resynchronised after it.
+pub fn next_frame(buf: &[u8], max: u32) -> Result<Option<(Header, &[u8])>, MtsError> {
+    let Some(hb) = buf.first_chunk::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let h = Header::decode(hb, max)?;
+    Ok(buf[HEADER_LEN..].get(..h.len as usize).map(|p| (h, p)))
+}
+
 /// A whole frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -195,6 +207,18 @@ mod tests {
         let d = Header::decode(&h, DEFAULT_MAX_PAYLOAD).expect("decode");
         assert_eq!(d, f.header);
         assert_eq!(&bytes[HEADER_LEN..], b"hello");
+    }
+
+    #[test]
+    fn next_frame_waits_for_the_whole_frame_and_rejects_a_bad_header() {
+        let one = sample().to_bytes();
+        let two = [one.clone(), one.clone()].concat();
+        for cut in [0, 1, HEADER_LEN, one.len() - 1] {
+            assert_eq!(next_frame(&one[..cut], 1 << 20).expect("ok"), None, "{cut}");
+        }
+        let (h, p) = next_frame(&two, 1 << 20).expect("ok").expect("a frame");
+        assert_eq!((h, p), (sample().header, &sample().payload[..]));
+        assert!(next_frame(&[0xEE; HEADER_LEN], 1 << 20).is_err());
     }
 
     #[test]

@@ -178,17 +178,11 @@ async fn read_loop(
         let mut persistent = false;
         {
             let mut batch = Batch::new(broker, &mut touched);
-            while buf.len() - at >= HEADER_LEN {
-                let mut hb = [0u8; HEADER_LEN];
-                hb.copy_from_slice(&buf[at..at + HEADER_LEN]);
-                let h = Header::decode(&hb, DEFAULT_MAX_PAYLOAD)
-                    .map_err(|e| format!("closing connection {id}: {e}"))?;
-                let end = at + HEADER_LEN + h.len as usize;
-                if buf.len() < end {
-                    break;
-                }
-                let payload = buf[at + HEADER_LEN..end].to_vec();
-                at = end;
+            while let Some((h, body)) = mts::frame::next_frame(&buf[at..], DEFAULT_MAX_PAYLOAD)
+                .map_err(|e| format!("closing connection {id}: {e}"))?
+            {
+                let payload = body.to_vec();
+                at += HEADER_LEN + payload.len();
                 if let Identity::Refused(reason) = identity {
                     outbox.push(&Frame::error_to(&h, 0, reason).header, reason.as_bytes());
                     return Ok(());

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 
-use mts::frame::{DEFAULT_MAX_PAYLOAD, Flags, Frame, HEADER_LEN, Header};
+use mts::frame::{DEFAULT_MAX_PAYLOAD, Flags, Frame, HEADER_LEN, Header, next_frame};
 use mts::sap;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -227,24 +227,19 @@ impl Loop<'_> {
         };
         let mut at = 0;
         let mut bad = None;
-        while c.buf.len() - at >= HEADER_LEN {
-            let mut hb = [0u8; HEADER_LEN];
-            hb.copy_from_slice(&c.buf[at..at + HEADER_LEN]);
-            let h = match Header::decode(&hb, DEFAULT_MAX_PAYLOAD) {
-                Ok(h) => h,
+        loop {
+            let (h, payload) = match next_frame(&c.buf[at..], DEFAULT_MAX_PAYLOAD) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
                 Err(e) => {
                     bad = Some(format!("closing a PSS connection: {e}"));
                     break;
                 }
             };
-            let end = at + HEADER_LEN + h.len as usize;
-            if c.buf.len() < end {
-                break;
-            }
+            at += HEADER_LEN + payload.len();
             if h.flags.has(Flags::RESPONSE) {
                 // Nothing on this connection asked for one.
             } else if h.dst_sap == sap::PSS && h.opcode == OP_PSS {
-                let payload = &c.buf[at + HEADER_LEN..end];
                 serve_request(
                     self.server,
                     self.commit,
@@ -257,7 +252,6 @@ impl Loop<'_> {
                 let f = Frame::error_to(&h, 0, "this connection carries PSS requests only");
                 c.outbox.push_now(&f.header, &f.payload);
             }
-            at = end;
         }
         c.buf.drain(..at);
         if let Some(why) = bad {
@@ -276,7 +270,7 @@ impl Loop<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::os::unix::net::UnixStream;
 
     use mts::frame::{Frame, HEADER_LEN, Header};
@@ -286,12 +280,7 @@ mod tests {
     use super::super::{Identity, Outbox};
 
     fn read_frame(s: &mut UnixStream) -> Frame {
-        let mut hb = [0u8; HEADER_LEN];
-        s.read_exact(&mut hb).expect("header");
-        let header = Header::decode(&hb, 1 << 20).expect("decodes");
-        let mut payload = vec![0u8; header.len as usize];
-        s.read_exact(&mut payload).expect("payload");
-        Frame { header, payload }
+        mts::io::read_frame(s, 1 << 20).expect("a frame")
     }
 
     fn put(id: u64, key: &str, durability: Durability) -> Vec<u8> {
