@@ -26,7 +26,7 @@ use crate::proto::{Durability, OP_PSS, OP_PSS_DIRECT, Op, Request, Response, Sco
 /// Schema version written in front of every value.
 pub const SCHEMA: u16 = 1;
 /// Deadline of one PSS request.
-const DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Pss<'a> {
     mts: Conn<'a>,
@@ -43,6 +43,9 @@ enum Conn<'a> {
 /// writer's CPU for 4 KB values. Read it back as [`ByteBuf`] (or `Vec<u8>`: the stored bytes are
 /// the same).
 pub use serde_bytes::{ByteBuf, Bytes};
+
+/// Raw (key, value) pairs, as a scan returns them.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Encode a value as PSS stores it.
 pub fn encode<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, PssError> {
@@ -85,10 +88,7 @@ impl<'a> Pss<'a> {
     }
 
     async fn value(&self, req: Request) -> Result<Option<Vec<u8>>, PssError> {
-        match self.call(&req).await? {
-            Response::Value(v) => Ok(v),
-            other => Err(PssError::Codec(format!("unexpected answer {other:?}"))),
-        }
+        value(self.call(&req).await?)
     }
 
     /// Read one of this service's keys.
@@ -97,14 +97,10 @@ impl<'a> Pss<'a> {
         scope: Scope,
         key: impl AsRef<[u8]>,
     ) -> Result<Option<T>, PssError> {
-        self.value(Request::Get {
-            service: None,
-            scope,
-            key: key.as_ref().to_vec(),
-        })
-        .await?
-        .map(|v| decode(&v))
-        .transpose()
+        self.value(get_request(None, scope, key.as_ref()))
+            .await?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     /// Read another service's shared key (or its private one, which the rules refuse).
@@ -114,14 +110,10 @@ impl<'a> Pss<'a> {
         scope: Scope,
         key: impl AsRef<[u8]>,
     ) -> Result<Option<T>, PssError> {
-        self.value(Request::Get {
-            service: Some(service.into()),
-            scope,
-            key: key.as_ref().to_vec(),
-        })
-        .await?
-        .map(|v| decode(&v))
-        .transpose()
+        self.value(get_request(Some(service), scope, key.as_ref()))
+            .await?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     /// Raw entries of this service (or `service`) under a prefix.
@@ -131,19 +123,11 @@ impl<'a> Pss<'a> {
         scope: Scope,
         prefix: impl AsRef<[u8]>,
         limit: u32,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, PssError> {
-        match self
-            .call(&Request::Scan {
-                service: service.map(str::to_string),
-                scope,
-                prefix: prefix.as_ref().to_vec(),
-                limit,
-            })
-            .await?
-        {
-            Response::Entries(e) => Ok(e),
-            other => Err(PssError::Codec(format!("unexpected answer {other:?}"))),
-        }
+    ) -> Result<Entries, PssError> {
+        entries(
+            self.call(&scan_request(service, scope, prefix.as_ref(), limit))
+                .await?,
+        )
     }
 
     /// Put one key (a one-op checkpoint); returns its sequence number.
@@ -168,19 +152,12 @@ impl<'a> Pss<'a> {
 
     /// The latest checkpoint sequence number of this service.
     pub async fn seq(&self) -> Result<u64, PssError> {
-        match self.call(&Request::Seq).await? {
-            Response::Seq(s) => Ok(s),
-            other => Err(PssError::Codec(format!("unexpected answer {other:?}"))),
-        }
+        seq(self.call(&Request::Seq).await?)
     }
 
     /// Start an atomic checkpoint (a batch write is a transaction of many puts).
-    pub fn txn(&self, scope: Scope) -> Txn<'_, 'a> {
-        Txn {
-            pss: self,
-            scope,
-            ops: Vec::new(),
-        }
+    pub fn txn(&self, scope: Scope) -> Txn<'_, Self> {
+        Txn::new(self, scope)
     }
 }
 
@@ -207,14 +184,32 @@ impl Pss<'static> {
     }
 }
 
-/// An atomic multi-key write under construction.
-pub struct Txn<'p, 'a> {
-    pss: &'p Pss<'a>,
-    scope: Scope,
-    ops: Vec<Op>,
+/// An atomic multi-key write under construction, for the async client or the blocking one
+/// ([`crate::blocking::Pss`]).
+pub struct Txn<'p, P> {
+    pub(crate) pss: &'p P,
+    pub(crate) scope: Scope,
+    pub(crate) ops: Vec<Op>,
 }
 
-impl Txn<'_, '_> {
+impl<'p, P> Txn<'p, P> {
+    pub(crate) fn new(pss: &'p P, scope: Scope) -> Self {
+        Txn {
+            pss,
+            scope,
+            ops: Vec::new(),
+        }
+    }
+
+    /// The request that commits it.
+    pub(crate) fn into_request(self, durability: Durability) -> Request {
+        Request::Write {
+            scope: self.scope,
+            ops: self.ops,
+            durability,
+        }
+    }
+
     pub fn put<T: Serialize + ?Sized>(
         mut self,
         key: impl AsRef<[u8]>,
@@ -250,22 +245,69 @@ impl Txn<'_, '_> {
         });
         Ok(self)
     }
+}
 
+impl Txn<'_, Pss<'_>> {
     /// Apply all or nothing; returns the checkpoint sequence number.
     pub async fn commit(self, durability: Durability) -> Result<u64, PssError> {
-        match self
-            .pss
-            .call(&Request::Write {
-                scope: self.scope,
-                ops: self.ops,
-                durability,
-            })
-            .await?
-        {
-            Response::Written { seq } => Ok(seq),
-            Response::CasFailed { .. } => Err(PssError::CasFailed),
-            other => Err(PssError::Codec(format!("unexpected answer {other:?}"))),
-        }
+        let pss = self.pss;
+        written(pss.call(&self.into_request(durability)).await?)
+    }
+}
+
+pub(crate) fn get_request(service: Option<&str>, scope: Scope, key: &[u8]) -> Request {
+    Request::Get {
+        service: service.map(str::to_string),
+        scope,
+        key: key.to_vec(),
+    }
+}
+
+pub(crate) fn scan_request(
+    service: Option<&str>,
+    scope: Scope,
+    prefix: &[u8],
+    limit: u32,
+) -> Request {
+    Request::Scan {
+        service: service.map(str::to_string),
+        scope,
+        prefix: prefix.to_vec(),
+        limit,
+    }
+}
+
+fn unexpected<T>(other: Response) -> Result<T, PssError> {
+    Err(PssError::Codec(format!("unexpected answer {other:?}")))
+}
+
+/// The answer to a write: its checkpoint sequence number.
+pub(crate) fn written(r: Response) -> Result<u64, PssError> {
+    match r {
+        Response::Written { seq } => Ok(seq),
+        Response::CasFailed { .. } => Err(PssError::CasFailed),
+        other => unexpected(other),
+    }
+}
+
+pub(crate) fn value(r: Response) -> Result<Option<Vec<u8>>, PssError> {
+    match r {
+        Response::Value(v) => Ok(v),
+        other => unexpected(other),
+    }
+}
+
+pub(crate) fn entries(r: Response) -> Result<Entries, PssError> {
+    match r {
+        Response::Entries(e) => Ok(e),
+        other => unexpected(other),
+    }
+}
+
+pub(crate) fn seq(r: Response) -> Result<u64, PssError> {
+    match r {
+        Response::Seq(s) => Ok(s),
+        other => unexpected(other),
     }
 }
 

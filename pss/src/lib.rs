@@ -4,6 +4,7 @@
 //! product (the process log today; service checkpoints, persistent MTS queues later) is a tree in
 //! it. Tree names follow DESIGN.md: `sysmgr/*`, `mts/*`, `pss/<service>/<scope>`.
 
+pub mod blocking;
 pub mod client;
 mod disk;
 pub mod proto;

@@ -206,3 +206,59 @@ fn a_corrupt_database_refuses_to_boot_unless_the_operator_moves_it_aside() {
     assert_eq!(aside.len(), 1, "moved aside, not deleted");
     lab.wait_log("%SYSMGR-2-PSS_MOVED_ASIDE");
 }
+
+#[test]
+fn the_blocking_client_writes_reads_and_is_refused_as_the_async_one_is() {
+    let mut lab = Lab::new("1s");
+    // With the PSS thread polling after each answer, which the client's requests meet.
+    let toml = std::fs::read_to_string(lab.config()).expect("sysmgr.toml");
+    lab.write(
+        "sysmgr.toml",
+        &toml.replacen(
+            "supervisors = 1\n",
+            "supervisors = 1\npss-poll-us = 50\n",
+            1,
+        ),
+    );
+    let report = lab.path("report").display().to_string();
+    lab.service(
+        "owner",
+        &[
+            "--pss-counter",
+            "--notify",
+            "--ready-delay",
+            "500",
+            "--report",
+            &report,
+        ],
+        "readiness = \"notify\"\n",
+    );
+    lab.service(
+        "blocking",
+        &["--pss-blocking", "owner", "--report", &report],
+        &format!("depends-on = [\"owner\"]\n{STATEFUL}"),
+    );
+    lab.boot();
+    assert_eq!(
+        wait_lines(&lab, "pss blocking start", 1)[0],
+        "pss blocking start b/2=None"
+    );
+    let all = wait_lines(&lab, "pss blocking put", 1);
+    assert_eq!(
+        all[0],
+        "pss blocking put=Ok(1) get=Some(7) txn=Ok(2) \
+         cas=error: compare-and-swap failed on a key; nothing was written \
+         after-cas=Some(8)/Some(9) scan=b/2,b/3 seq=Ok(2) \
+         private=error: permission denied: service \"blocking\" may not read the private keys of \"owner\" \
+         shared=Some(1)"
+    );
+    // Its checkpoints survive a stateful restart, and its sequence goes on.
+    let pid = lab.wait_running("blocking", None);
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
+    assert_eq!(
+        wait_lines(&lab, "pss blocking start", 2)[1],
+        "pss blocking start b/2=Some(8)"
+    );
+    let again = wait_lines(&lab, "pss blocking put", 2);
+    assert!(again[1].starts_with("pss blocking put=Ok(3) "), "{again:?}");
+}

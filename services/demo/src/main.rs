@@ -42,6 +42,9 @@ const HELP: &str = "sysmgr-demo [options]
   --pss-stream-pause MS with --pss-stream: wait MS milliseconds between writes
   --pss-txn-loop        keep committing 50 keys with the same value in one transaction each;
                         on start, report whether all 50 agree
+  --pss-blocking SVC    with the blocking PSS client: report what b/2 held at start, then
+                        write, read, commit a transaction, fail a CAS, scan, and read SVC's
+                        private and shared-local \"count\", reporting each outcome on one line
   --bfd-client SAP:PEER:LOCAL:IF
                         bind SAP, subscribe to bfd's session events and ask bfd for a 50 ms x 3
                         session to PEER (again after bfd starts without its state); report the
@@ -87,6 +90,7 @@ struct Opts {
     pss_txn_loop: bool,
     pss_stream: bool,
     pss_stream_pause: u64,
+    pss_blocking: Option<String>,
     bfd_client: Option<String>,
 }
 
@@ -120,6 +124,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--pss-counter" => o.pss_counter = true,
             "--pss-peek" => o.pss_peek = Some(val(a)?),
             "--pss-txn-loop" => o.pss_txn_loop = true,
+            "--pss-blocking" => o.pss_blocking = Some(val(a)?),
             "--pss-stream" => o.pss_stream = true,
             "--pss-stream-pause" => {
                 o.pss_stream_pause = val(a)?
@@ -372,6 +377,58 @@ fn pss_demo(counter: bool, peek: Option<&str>, txn_loop: bool, report: Option<&s
     });
 }
 
+/// `--pss-blocking SVC`: every kind of request through the blocking client, on one line.
+fn pss_blocking(other: &str, report: Option<&str>) {
+    use pss::proto::{Durability, Scope};
+    let say = reporter(report);
+    let p = match pss::blocking::Pss::connect() {
+        Ok(p) => p,
+        Err(e) => return say(format!("pss blocking connect error: {e}")),
+    };
+    let show = |r: Result<Option<u64>, pss::PssError>| {
+        r.map(|v| format!("{v:?}"))
+            .unwrap_or_else(|e| format!("error: {e}"))
+    };
+    say(format!(
+        "pss blocking start b/2={}",
+        show(p.get(Scope::Private, "b/2"))
+    ));
+    let put = p.put(Scope::Private, "b/1", &7u64, Durability::Fast);
+    let get = show(p.get(Scope::Private, "b/1"));
+    let txn = p
+        .txn(Scope::Private)
+        .put("b/2", &8u64)
+        .and_then(|t| t.put("b/3", &9u64))
+        .map(|t| t.delete("b/1"))
+        .and_then(|t| t.commit(Durability::Durable));
+    let cas = p
+        .txn(Scope::Private)
+        .put("b/3", &10u64)
+        .and_then(|t| t.cas("b/2", Some(&1u64), Some(&11u64)))
+        .and_then(|t| t.commit(Durability::Durable));
+    let after = format!(
+        "{}/{}",
+        show(p.get(Scope::Private, "b/2")),
+        show(p.get(Scope::Private, "b/3"))
+    );
+    let keys = match p.scan(None, Scope::Private, "b/", 10) {
+        Ok(e) => e
+            .iter()
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect::<Vec<_>>()
+            .join(","),
+        Err(e) => format!("error: {e}"),
+    };
+    say(format!(
+        "pss blocking put={put:?} get={get} txn={txn:?} cas={} after-cas={after} scan={keys} seq={:?} private={} shared={}",
+        cas.map(|s| s.to_string())
+            .unwrap_or_else(|e| format!("error: {e}")),
+        p.seq(),
+        show(p.get_of(other, Scope::Private, "count")),
+        show(p.get_of(other, Scope::SharedLocal, "count")),
+    ));
+}
+
 /// `--bfd-client SAP:PEER:LOCAL:IF`: what BGP does with BFD, as a fixture.
 fn bfd_client(spec: &str, report: Option<&str>) {
     use bfd::proto::{Event, OP_EVENT, OP_SESSION_ADD, SessionKey, SessionSpec};
@@ -583,6 +640,10 @@ fn main() {
             o.pss_txn_loop,
         );
         std::thread::spawn(move || pss_demo(counter, peek.as_deref(), txn, report.as_deref()));
+    }
+    if let Some(other) = o.pss_blocking.clone() {
+        let report = o.report.clone();
+        std::thread::spawn(move || pss_blocking(&other, report.as_deref()));
     }
     if let Some(spec) = o.bfd_client.clone() {
         let report = o.report.clone();
