@@ -76,6 +76,21 @@ fn nice_out_of_range_is_an_error_with_its_place() {
 }
 
 #[test]
+fn pss_poll_out_of_range_is_an_error_with_its_place() {
+    let lab = Lab::new("1s");
+    lab.write(
+        "sysmgr.toml",
+        "name = \"sup-t\"\ndata-dir = \"data\"\npss-poll-us = 1001\n",
+    );
+    let err = refused(&lab);
+    let want = format!(
+        "{}:3:15: `pss-poll-us` = 1001 is out of range 0..=1000",
+        lab.config().display()
+    );
+    assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+}
+
+#[test]
 fn sysmgr_runs_ahead_of_its_services_and_they_keep_their_own_nice_across_a_reset() {
     if !is_root() {
         eprintln!("SKIPPED: needs root to lower nice values (CI runs as root)");

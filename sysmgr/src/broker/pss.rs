@@ -101,8 +101,9 @@ fn thread(name: &str, f: impl FnOnce() + Send + 'static) {
 }
 
 impl PssHandle {
-    /// Start the request threads and the flusher thread.
-    pub fn start(server: Server) -> PssHandle {
+    /// Start the request threads and the flusher thread. A request thread polls `poll` for
+    /// the next request after answering one before it sleeps (`pss_conn.rs`).
+    pub fn start(server: Server, poll: std::time::Duration) -> PssHandle {
         let (commit, held) = channel::<Held>();
         let flusher = server.clone();
         thread("pss-flush", move || group_commit(&flusher, &held));
@@ -130,7 +131,7 @@ impl PssHandle {
             let (server, commit, b, count) =
                 (server.clone(), commit.clone(), bell.clone(), direct.clone());
             thread("pss", move || {
-                super::pss_conn::run(&server, &commit, &job_rx, &b, &count);
+                super::pss_conn::run(&server, &commit, &job_rx, &b, &count, poll);
             });
             workers.push(Worker { jobs, bell });
         }
@@ -249,7 +250,7 @@ fn group_commit(server: &Server, held: &Receiver<Held>) {
 }
 
 /// Decode, handle and answer one request (on a PSS request thread); a durable write's answer
-/// waits for the group commit.
+/// waits for the group commit. Returns whether it was answered now.
 pub(super) fn serve_request(
     server: &Server,
     commit: &Sender<Held>,
@@ -257,7 +258,7 @@ pub(super) fn serve_request(
     payload: &[u8],
     service: Option<&str>,
     outbox: &Arc<Outbox>,
-) {
+) -> bool {
     let caller = match service {
         Some(s) => Caller::Service(s),
         None => Caller::Operator,
@@ -266,7 +267,8 @@ pub(super) fn serve_request(
         Ok(r) => r,
         Err(e) => {
             let f = Frame::error_to(h, 0, &format!("malformed PSS request: {e}"));
-            return outbox.push_now(&f.header, &f.payload);
+            outbox.push_now(&f.header, &f.payload);
+            return true;
         }
     };
     let durable = matches!(
@@ -287,9 +289,11 @@ pub(super) fn serve_request(
             let Held { h, outbox, .. } = e.0;
             let f = Frame::error_to(&h, 0, "flush failed: the PSS flusher is not running");
             outbox.push_now(&f.header, &f.payload);
+            return true;
         }
-        return;
+        return false;
     }
     let f = encode_reply(h, res);
     outbox.push_now(&f.header, &f.payload);
+    true
 }

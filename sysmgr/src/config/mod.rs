@@ -22,6 +22,9 @@ use walk::{Ctx, Tbl};
 
 /// NX-OS never accepts a minimum lifetime below four minutes.
 pub const DEFAULT_MIN_LIFETIME_FLOOR: Duration = Duration::from_secs(240);
+/// `pss-poll-us` when the file does not set it: off. Polling shortens a back-to-back writer's
+/// round trip but takes CPU time that routing services need on a small machine (BENCHMARKS.md).
+pub const DEFAULT_PSS_POLL: Duration = Duration::ZERO;
 
 /// Every error of a validation run, in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +131,9 @@ pub struct SysmgrConfig {
     /// The supervisor's own scheduling priority (nice), if the file sets one
     /// ([`crate::boot`] has the default).
     pub nice: Option<i32>,
+    /// How long a PSS request thread polls for the next request after answering one before
+    /// it sleeps (`pss-poll-us`; zero: it sleeps at once).
+    pub pss_poll: Duration,
 }
 
 impl SysmgrConfig {
@@ -267,6 +273,10 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
         .get("nice")
         .and_then(|i| walk::int(&mut ctx, "nice", i, -20, 19))
         .map(|v| v as i32);
+    let pss_poll = t
+        .get("pss-poll-us")
+        .and_then(|i| walk::int(&mut ctx, "pss-poll-us", i, 0, 1000))
+        .map_or(DEFAULT_PSS_POLL, |v| Duration::from_micros(v as u64));
     let proclog_max_records = t
         .get("process-log-max-records")
         .and_then(|i| walk::int(&mut ctx, "process-log-max-records", i, 10, 10_000_000))
@@ -430,6 +440,7 @@ pub fn load_sysmgr(path: &Path, errors: &mut Vec<ConfigError>) -> Option<SysmgrC
         redundancy,
         mts_limits,
         nice,
+        pss_poll,
     })
 }
 
@@ -559,6 +570,7 @@ pub fn check_dir(dir: &Path) -> Result<Lab, ConfigErrors> {
         redundancy: None,
         mts_limits: crate::broker::Limits::default(),
         nice: None,
+        pss_poll: DEFAULT_PSS_POLL,
     };
     let mut errors = Vec::new();
     let services = load_services(&sys, &mut errors);

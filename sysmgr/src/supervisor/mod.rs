@@ -242,6 +242,7 @@ impl Supervisor {
         let mut broker = crate::broker::Broker::new(sys.mts_limits, Some(queues));
         broker.pss = Some(crate::broker::pss::PssHandle::start(
             pss::server::Server::new(&store)?,
+            sys.pss_poll,
         ));
         broker.admin_group = sys.admin_group.clone();
         let broker = Arc::new(std::sync::Mutex::new(broker));
