@@ -33,10 +33,12 @@ ns_gone() {
     done
 }
 
-# lab_sysmgr DIR NAME: DIR/sysmgr.toml for a lab with a 1 s minimum-lifetime floor.
+# lab_sysmgr DIR NAME: DIR/sysmgr.toml for a lab with a 1 s minimum-lifetime floor, and the
+# top-level keys in $SYSMGR_TOML if set (an A/B of a setting: SYSMGR_TOML='pss-poll-us = 0').
 lab_sysmgr() {
     mkdir -p "$1"
-    printf 'name = "%s"\ndata-dir = "data"\n[lab]\nmin-lifetime-floor = "1s"\n' "$2" > "$1/sysmgr.toml"
+    printf 'name = "%s"\ndata-dir = "data"\n%s\n[lab]\nmin-lifetime-floor = "1s"\n' \
+        "$2" "${SYSMGR_TOML:-}" > "$1/sysmgr.toml"
 }
 
 # lab_fib DIR ROOT: DIR/fib.toml running ROOT's release fib with DIR/fib.conf (the caller writes

@@ -8,7 +8,8 @@
 # the receiver's peak RSS. Polled every 20 ms; ROUNDS sessions per receiver (the sender's session
 # is disabled and the receiver drained after each), median and worst reported.
 #   bench/run-bgp-ingest.sh [PREFIXES] [ROUNDS]      (defaults 100000 and 5)
-#   KEEP=1: keep our services' logs in /tmp/bgp-ingest-logs; PERF=1: perf-record our bgp.
+#   KEEP=1: keep our services' logs in /tmp/bgp-ingest-logs; PERF=1: perf-record our bgp;
+#   RS_ONLY=1: stop after BIRD as a route server (ours and it only); SYSMGR_TOML: see lib.sh.
 #
 # The sender is kicked: a client asks its CLI socket for its status every 20 ms, for every
 # receiver alike. BIRD 2.0.12 schedules the transmission of the last feed batch from its work
@@ -213,6 +214,7 @@ measure "BIRD 2 (no kernel protocol)" r2 \
     "" \
     "cat $dir/bird/pid" \
     "[ \"\$(birdc -s $dir/bird/ctl show route count | awk '/routes/ {print \$1; exit}')\" = 0 ]"
+if [ -z "${RS_ONLY:-}" ]; then
 # The same BIRD as a router: its kernel protocol programs the kernel.
 birdc -s "$dir/bird/ctl" enable k4 >/dev/null
 measure "BIRD 2 (kernel protocol → kernel)" r2 \
@@ -239,6 +241,7 @@ measure "FRR 8 bgpd (zebra → kernel)" r3 \
     bgpi-frr \
     "cat $dir/frr/bgpd.pid" \
     "[ \"\$(ip -n bgpi-frr route show proto bgp | wc -l)\" = 0 ]"
+fi
 
 echo
 echo "command: bench/run-bgp-ingest.sh $n $rounds"

@@ -21,6 +21,7 @@ mod fib;
 mod fsync;
 mod mts;
 mod pss;
+mod pss_ceiling;
 mod restart;
 mod switchover;
 
@@ -36,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         Some("pss") => pss::main(args),
         Some("fsync") => fsync::main(args),
         Some("pss-writer") => pss::writer(args),
+        Some("pss-ceiling-server") => pss_ceiling::server(args),
         Some("switchover") => switchover::main(args),
         Some("floor-echo") => {
             mts::floor_echo(std::path::Path::new(&args.next().unwrap_or_default()))

@@ -14,21 +14,21 @@ use anyhow::{Context, Result, bail};
 
 use crate::restart::pct;
 
-const KEY_LEN: usize = 90;
-const VALUE_LEN: usize = 4096;
-const WRITERS: usize = 16;
+pub(crate) const KEY_LEN: usize = 90;
+pub(crate) const VALUE_LEN: usize = 4096;
+pub(crate) const WRITERS: usize = 16;
 
-fn key(w: usize, i: usize) -> String {
+pub(crate) fn key(w: usize, i: usize) -> String {
     format!("{:0>width$}", format!("w{w}-{}", i % 1000), width = KEY_LEN)
 }
 
-struct Numbers {
-    lat_med: f64,
-    lat_p99: f64,
-    tput: f64,
+pub(crate) struct Numbers {
+    pub lat_med: f64,
+    pub lat_p99: f64,
+    pub tput: f64,
 }
 
-fn summarize(mut lat: Vec<f64>, tput: f64) -> Numbers {
+pub(crate) fn summarize(mut lat: Vec<f64>, tput: f64) -> Numbers {
     lat.sort_by(f64::total_cmp);
     Numbers {
         lat_med: pct(&lat, 0.5),
@@ -184,21 +184,23 @@ fn start_redis(dir: &Path, port: u16, durable: bool) -> Result<Redis> {
 
 // ---------- PSS through sysmgr ----------
 
-/// `pss-writer RESULT N1 N16`: run by sysmgr as a service; measures and writes its numbers.
+/// `pss-writer RESULT N1 N16`: run by sysmgr as a service; measures and writes its numbers,
+/// first through the async client (tokio), then through the blocking one.
 pub fn writer(mut args: impl Iterator<Item = String>) -> Result<()> {
     use pss::client::Bytes;
     use pss::proto::{Durability, Scope};
     let out: PathBuf = args.next().context("result file")?.into();
     let n1: usize = args.next().context("n1")?.parse()?;
     let n16: usize = args.next().context("n16")?.parse()?;
+    let modes = [("fast", Durability::Fast), ("durable", Durability::Durable)];
+    let value = vec![0x42u8; VALUE_LEN];
+    let mut lines = Vec::new();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        let value = vec![0x42u8; VALUE_LEN];
-        let mut lines = Vec::new();
-        for (name, d) in [("fast", Durability::Fast), ("durable", Durability::Durable)] {
+    rt.block_on(async {
+        for (name, d) in modes {
             let p = pss::client::Pss::connect().await?;
             let mut lat = Vec::with_capacity(n1);
             for i in 0..n1 {
@@ -224,27 +226,74 @@ pub fn writer(mut args: impl Iterator<Item = String>) -> Result<()> {
                 t.await??;
             }
             let n = summarize(lat, (WRITERS * n16) as f64 / t.elapsed().as_secs_f64());
-            lines.push(format!("{name} {} {} {}", n.lat_med, n.lat_p99, n.tput));
+            lines.push(format!(
+                "async-{name} {} {} {}",
+                n.lat_med, n.lat_p99, n.tput
+            ));
         }
-        std::fs::write(&out, lines.join("\n") + "\n")?;
         Ok::<(), anyhow::Error>(())
     })?;
+    drop(rt);
+    for (name, d) in modes {
+        let p = pss::blocking::Pss::connect()?;
+        let mut lat = Vec::with_capacity(n1);
+        for i in 0..n1 {
+            let t = Instant::now();
+            p.put(Scope::Private, key(0, i), Bytes::new(&value), d)?;
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        let t = Instant::now();
+        std::thread::scope(|sc| -> Result<()> {
+            let hs: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let value = &value;
+                    sc.spawn(move || -> Result<()> {
+                        let p = pss::blocking::Pss::connect()?;
+                        for i in 0..n16 {
+                            p.put(Scope::Private, key(w, i), Bytes::new(value), d)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("PSS writer panicked"))??;
+            }
+            Ok(())
+        })?;
+        let n = summarize(lat, (WRITERS * n16) as f64 / t.elapsed().as_secs_f64());
+        lines.push(format!(
+            "blocking-{name} {} {} {}",
+            n.lat_med, n.lat_p99, n.tput
+        ));
+    }
+    std::fs::write(&out, lines.join("\n") + "\n")?;
     // Stay up so sysmgr does not apply a restart policy while the driver reads the results.
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
 }
 
-fn pss_run(dir: &Path, n1: usize, n16: usize) -> Result<(Numbers, Numbers)> {
+/// One run's PSS numbers: through the async client and through the blocking one.
+struct PssNumbers {
+    async_fast: Numbers,
+    async_durable: Numbers,
+    blocking_fast: Numbers,
+    blocking_durable: Numbers,
+}
+
+fn pss_run(dir: &Path, n1: usize, n16: usize, poll: Option<u32>) -> Result<PssNumbers> {
     let bins = std::env::current_exe()?
         .parent()
         .context("exe dir")?
         .to_path_buf();
     std::fs::create_dir_all(dir)?;
     let result = dir.join("result");
+    let poll = poll.map_or(String::new(), |p| format!("pss-poll-us = {p}\n"));
     std::fs::write(
         dir.join("sysmgr.toml"),
-        "name = \"bench\"\ndata-dir = \"data\"\n",
+        format!("name = \"bench\"\ndata-dir = \"data\"\n{poll}"),
     )?;
     std::fs::write(
         dir.join("writer.toml"),
@@ -265,7 +314,7 @@ fn pss_run(dir: &Path, n1: usize, n16: usize) -> Result<(Numbers, Numbers)> {
     let end = Instant::now() + Duration::from_secs(600);
     let text = loop {
         if let Ok(t) = std::fs::read_to_string(&result)
-            && t.lines().count() == 2
+            && t.lines().count() == 4
         {
             break t;
         }
@@ -293,14 +342,26 @@ fn pss_run(dir: &Path, n1: usize, n16: usize) -> Result<(Numbers, Numbers)> {
         })
     };
     let mut it = text.lines();
-    Ok((
-        parse(it.next().context("fast")?)?,
-        parse(it.next().context("durable")?)?,
-    ))
+    Ok(PssNumbers {
+        async_fast: parse(it.next().context("async fast")?)?,
+        async_durable: parse(it.next().context("async durable")?)?,
+        blocking_fast: parse(it.next().context("blocking fast")?)?,
+        blocking_durable: parse(it.next().context("blocking durable")?)?,
+    })
 }
 
 pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
-    let quick = args.into_iter().any(|a| a == "--quick");
+    let args: Vec<String> = args.collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--poll-us N`: sysmgr's `pss-poll-us` (its default when absent), for an A/B of it.
+    let poll = match args.iter().position(|a| a == "--poll-us") {
+        Some(i) => Some(
+            args.get(i + 1)
+                .and_then(|v| v.parse::<u32>().ok())
+                .context("--poll-us takes a number of µs")?,
+        ),
+        None => None,
+    };
     let (n1, n16, d1, d16) = if quick {
         (500, 200, 100, 30)
     } else {
@@ -321,51 +382,70 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
         let _r = start_redis(&root.join("redis-durable"), 16380, true)?;
         redis_run(16380, d1, d16)?
     };
+    let ceiling = crate::pss_ceiling::run(&root.join("ceiling"), n1, n16)?;
     // PSS: fast phases use n1/n16, durable phases d1/d16 -- run twice with the right counts.
-    let (pss_fast, _) = pss_run(&root.join("pss-fast"), n1, n16)?;
-    let (_, pss_durable) = pss_run(&root.join("pss-durable"), d1, d16)?;
+    let pss_fast = pss_run(&root.join("pss-fast"), n1, n16, poll)?;
+    let pss_durable = pss_run(&root.join("pss-durable"), d1, d16, poll)?;
     println!(
-        "PSS benchmark: {KEY_LEN} B keys, {VALUE_LEN} B values; 1 writer: {n1} fast / {d1} durable writes; {WRITERS} writers: {n16} fast / {d16} durable writes each\n"
+        "PSS benchmark: {KEY_LEN} B keys, {VALUE_LEN} B values; 1 writer: {n1} fast / {d1} durable writes; {WRITERS} writers: {n16} fast / {d16} durable writes each. Redis's writers, the storeless server's and PSS's blocking ones are threads on blocking sockets; the async ones are tokio tasks.\n"
     );
     println!(
-        "| store | mode | 1 writer median µs | p99 µs | {WRITERS} writers writes/s | vs Redis |"
+        "| store | mode | 1 writer median µs | p99 µs | median vs Redis | {WRITERS} writers writes/s | vs Redis |"
     );
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|");
     let row = |store: &str, mode: &str, n: &Numbers, redis: &Numbers| {
         println!(
-            "| {store} | {mode} | {:.1} | {:.1} | {:.0} | {:.2}x |",
+            "| {store} | {mode} | {:.1} | {:.1} | {:.2}x | {:.0} | {:.2}x |",
             n.lat_med,
             n.lat_p99,
+            n.lat_med / redis.lat_med,
             n.tput,
             n.tput / redis.tput
         );
     };
+    let r = &redis_fast;
+    row("raw sled in-process (floor)", "fast", &sled_fast, r);
     row(
-        "raw sled in-process (floor)",
+        "**sysmgr PSS, blocking client**",
         "fast",
-        &sled_fast,
-        &redis_fast,
+        &pss_fast.blocking_fast,
+        r,
     );
-    row("**sysmgr PSS**", "fast", &pss_fast, &redis_fast);
-    row("Redis 7, no persistence", "fast", &redis_fast, &redis_fast);
+    row("sysmgr PSS, async client", "fast", &pss_fast.async_fast, r);
+    row("Redis 7, no persistence", "fast", r, r);
+    row(
+        "storeless server (ceiling), one thread, poll",
+        "-",
+        &ceiling.poll,
+        r,
+    );
+    row(
+        "storeless server (ceiling), a thread per writer",
+        "-",
+        &ceiling.threads,
+        r,
+    );
+    let r = &redis_durable;
+    let group = "durable (group commit)";
     row(
         "raw sled in-process (floor)",
         "durable (flush per write)",
         &sled_durable,
-        &redis_durable,
+        r,
     );
     row(
-        "**sysmgr PSS**",
-        "durable (group commit)",
-        &pss_durable,
-        &redis_durable,
+        "**sysmgr PSS, blocking client**",
+        group,
+        &pss_durable.blocking_durable,
+        r,
     );
     row(
-        "Redis 7, appendfsync always",
-        "durable",
-        &redis_durable,
-        &redis_durable,
+        "sysmgr PSS, async client",
+        group,
+        &pss_durable.async_durable,
+        r,
     );
+    row("Redis 7, appendfsync always", "durable", r, r);
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::io::stdin().read(&mut [0u8; 0]);
     Ok(())
