@@ -291,9 +291,11 @@ fn pss_run(dir: &Path, n1: usize, n16: usize, poll: Option<u32>) -> Result<PssNu
     std::fs::create_dir_all(dir)?;
     let result = dir.join("result");
     let poll = poll.map_or(String::new(), |p| format!("pss-poll-us = {p}\n"));
+    // SYSMGR_TOML: more top-level keys for sysmgr.toml, for an A/B of a setting.
+    let extra = std::env::var("SYSMGR_TOML").map_or(String::new(), |e| e + "\n");
     std::fs::write(
         dir.join("sysmgr.toml"),
-        format!("name = \"bench\"\ndata-dir = \"data\"\n{poll}"),
+        format!("name = \"bench\"\ndata-dir = \"data\"\n{poll}{extra}"),
     )?;
     std::fs::write(
         dir.join("writer.toml"),
