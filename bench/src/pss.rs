@@ -28,6 +28,21 @@ pub(crate) struct Numbers {
     pub tput: f64,
 }
 
+/// WRITERS threads, each running `one(w)`; returns their writes per second (`n16` each).
+pub(crate) fn threads_tput(n16: usize, one: impl Fn(usize) -> Result<()> + Sync) -> Result<f64> {
+    let t = Instant::now();
+    std::thread::scope(|sc| -> Result<()> {
+        let one = &one;
+        let hs: Vec<_> = (0..WRITERS).map(|w| sc.spawn(move || one(w))).collect();
+        for h in hs {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok((WRITERS * n16) as f64 / t.elapsed().as_secs_f64())
+}
+
 pub(crate) fn summarize(mut lat: Vec<f64>, tput: f64) -> Numbers {
     lat.sort_by(f64::total_cmp);
     Numbers {
@@ -114,31 +129,15 @@ fn redis_run(port: u16, n1: usize, n16: usize) -> Result<Numbers> {
         redis_set(&mut s, &mut r, &key(0, i), &value, &mut line)?;
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    let t = Instant::now();
-    std::thread::scope(|sc| -> Result<()> {
-        let hs: Vec<_> = (0..WRITERS)
-            .map(|w| {
-                let value = value.clone();
-                sc.spawn(move || -> Result<()> {
-                    let (mut s, mut r) = redis_conn(port)?;
-                    let mut line = String::new();
-                    for i in 0..n16 {
-                        redis_set(&mut s, &mut r, &key(w, i), &value, &mut line)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("redis writer panicked"))??;
+    let tput = threads_tput(n16, |w| {
+        let (mut s, mut r) = redis_conn(port)?;
+        let mut line = String::new();
+        for i in 0..n16 {
+            redis_set(&mut s, &mut r, &key(w, i), &value, &mut line)?;
         }
         Ok(())
     })?;
-    Ok(summarize(
-        lat,
-        (WRITERS * n16) as f64 / t.elapsed().as_secs_f64(),
-    ))
+    Ok(summarize(lat, tput))
 }
 
 struct Redis(Child);
@@ -242,27 +241,14 @@ pub fn writer(mut args: impl Iterator<Item = String>) -> Result<()> {
             p.put(Scope::Private, key(0, i), Bytes::new(&value), d)?;
             lat.push(t.elapsed().as_secs_f64() * 1e6);
         }
-        let t = Instant::now();
-        std::thread::scope(|sc| -> Result<()> {
-            let hs: Vec<_> = (0..WRITERS)
-                .map(|w| {
-                    let value = &value;
-                    sc.spawn(move || -> Result<()> {
-                        let p = pss::blocking::Pss::connect()?;
-                        for i in 0..n16 {
-                            p.put(Scope::Private, key(w, i), Bytes::new(value), d)?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for h in hs {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("PSS writer panicked"))??;
+        let tput = threads_tput(n16, |w| {
+            let p = pss::blocking::Pss::connect()?;
+            for i in 0..n16 {
+                p.put(Scope::Private, key(w, i), Bytes::new(&value), d)?;
             }
             Ok(())
         })?;
-        let n = summarize(lat, (WRITERS * n16) as f64 / t.elapsed().as_secs_f64());
+        let n = summarize(lat, tput);
         lines.push(format!(
             "blocking-{name} {} {} {}",
             n.lat_med, n.lat_p99, n.tput

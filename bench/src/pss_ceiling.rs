@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::pss::{KEY_LEN, Numbers, VALUE_LEN, WRITERS, key, summarize};
+use crate::pss::{KEY_LEN, Numbers, VALUE_LEN, key, summarize, threads_tput};
 
 const ANSWER: [u8; 8] = [1, 0, 0, 0, 0, 0, 0, 0];
 
@@ -160,31 +160,15 @@ fn run_one(dir: &Path, mode: &str, n1: usize, n16: usize) -> Result<Numbers> {
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     drop(s);
-    let t = Instant::now();
-    std::thread::scope(|sc| -> Result<()> {
-        let hs: Vec<_> = (0..WRITERS)
-            .map(|w| {
-                let (value, path) = (value.clone(), path.clone());
-                sc.spawn(move || -> Result<()> {
-                    let mut s = UnixStream::connect(&path)?;
-                    let mut req = Vec::with_capacity(4 + KEY_LEN + VALUE_LEN);
-                    for i in 0..n16 {
-                        put(&mut s, &mut req, &key(w, i), &value)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("ceiling writer panicked"))??;
+    let tput = threads_tput(n16, |w| {
+        let mut s = UnixStream::connect(&path)?;
+        let mut req = Vec::with_capacity(4 + KEY_LEN + VALUE_LEN);
+        for i in 0..n16 {
+            put(&mut s, &mut req, &key(w, i), &value)?;
         }
         Ok(())
     })?;
-    Ok(summarize(
-        lat,
-        (WRITERS * n16) as f64 / t.elapsed().as_secs_f64(),
-    ))
+    Ok(summarize(lat, tput))
 }
 
 /// The two designs' numbers.

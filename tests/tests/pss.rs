@@ -20,6 +20,22 @@ fn wait_lines(lab: &Lab, prefix: &str, n: usize) -> Vec<String> {
     })
 }
 
+/// A service "owner" that stores its count (private and shared-local) and is ready 500 ms later.
+fn counter_owner(lab: &mut Lab, report: &str) {
+    lab.service(
+        "owner",
+        &[
+            "--pss-counter",
+            "--notify",
+            "--ready-delay",
+            "500",
+            "--report",
+            report,
+        ],
+        "readiness = \"notify\"\n",
+    );
+}
+
 const STATEFUL: &str = "restart = [\"stateful\", \"stateless\"]\n[ha.single-sup.primary]\naction = \"stateful\"\nmax-retries = 10\nmin-lifetime = \"1s\"\n";
 
 #[test]
@@ -55,18 +71,7 @@ fn checkpoints_survive_a_stateful_restart_and_not_a_stateless_one() {
 fn private_keys_are_private_and_shared_keys_are_read_only_for_others() {
     let mut lab = Lab::new("1s");
     let report = lab.path("report").display().to_string();
-    lab.service(
-        "owner",
-        &[
-            "--pss-counter",
-            "--notify",
-            "--ready-delay",
-            "500",
-            "--report",
-            &report,
-        ],
-        "readiness = \"notify\"\n",
-    );
+    counter_owner(&mut lab, &report);
     lab.service(
         "peeker",
         &["--pss-peek", "owner", "--report", &report],
@@ -221,18 +226,7 @@ fn the_blocking_client_writes_reads_and_is_refused_as_the_async_one_is() {
         ),
     );
     let report = lab.path("report").display().to_string();
-    lab.service(
-        "owner",
-        &[
-            "--pss-counter",
-            "--notify",
-            "--ready-delay",
-            "500",
-            "--report",
-            &report,
-        ],
-        "readiness = \"notify\"\n",
-    );
+    counter_owner(&mut lab, &report);
     lab.service(
         "blocking",
         &["--pss-blocking", "owner", "--report", &report],
