@@ -362,7 +362,7 @@ mod tests {
             .add(b.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1))
             .expect("add");
         let mut events = [EpollEvent::empty(); 4];
-        let mut poll = Poll::new(Duration::from_millis(5));
+        let mut poll = Poll::new(Duration::from_millis(20));
         let take = |b: &mut UnixStream| {
             let mut x = [0u8; 1];
             b.read_exact(&mut x).expect("read");
@@ -380,13 +380,13 @@ mod tests {
         take(&mut b);
         // The next one comes long after the poll gave up: a long gap...
         let late = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(200));
             a.write_all(b"3").expect("write");
             a
         });
         assert_eq!(poll.wait(&epoll, &mut events, true), Ok(1));
         assert_eq!(poll.polls, 2);
-        assert!(!poll.short, "a 50 ms gap is longer than a 5 ms poll");
+        assert!(!poll.short, "a 200 ms gap is longer than a 20 ms poll");
         take(&mut b);
         let mut a = late.join().expect("writer");
         // ...so the wait after the next answer sleeps at once, and measures a short gap...
