@@ -140,15 +140,16 @@ fn redis_run(port: u16, n1: usize, n16: usize) -> Result<Numbers> {
     Ok(summarize(lat, tput))
 }
 
-struct Redis(Child);
-impl Drop for Redis {
+/// A child process killed (and reaped) when dropped: a server the benchmark started.
+pub(crate) struct Reaped(pub Child);
+impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-fn start_redis(dir: &Path, port: u16, durable: bool) -> Result<Redis> {
+fn start_redis(dir: &Path, port: u16, durable: bool) -> Result<Reaped> {
     std::fs::create_dir_all(dir)?;
     let mut c = Command::new("redis-server");
     c.args([
@@ -178,7 +179,7 @@ fn start_redis(dir: &Path, port: u16, durable: bool) -> Result<Redis> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(Redis(child))
+    Ok(Reaped(child))
 }
 
 // ---------- PSS through sysmgr ----------
@@ -269,19 +270,19 @@ struct PssNumbers {
     blocking_durable: Numbers,
 }
 
-fn pss_run(dir: &Path, n1: usize, n16: usize, poll: Option<u32>) -> Result<PssNumbers> {
+fn pss_run(dir: &Path, n1: usize, n16: usize) -> Result<PssNumbers> {
     let bins = std::env::current_exe()?
         .parent()
         .context("exe dir")?
         .to_path_buf();
     std::fs::create_dir_all(dir)?;
     let result = dir.join("result");
-    let poll = poll.map_or(String::new(), |p| format!("pss-poll-us = {p}\n"));
-    // SYSMGR_TOML: more top-level keys for sysmgr.toml, for an A/B of a setting.
+    // SYSMGR_TOML: more top-level keys for sysmgr.toml, for an A/B of a setting
+    // (`SYSMGR_TOML='pss-poll-us = 50'`).
     let extra = std::env::var("SYSMGR_TOML").map_or(String::new(), |e| e + "\n");
     std::fs::write(
         dir.join("sysmgr.toml"),
-        format!("name = \"bench\"\ndata-dir = \"data\"\n{poll}{extra}"),
+        format!("name = \"bench\"\ndata-dir = \"data\"\n{extra}"),
     )?;
     std::fs::write(
         dir.join("writer.toml"),
@@ -339,17 +340,7 @@ fn pss_run(dir: &Path, n1: usize, n16: usize, poll: Option<u32>) -> Result<PssNu
 }
 
 pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
-    let args: Vec<String> = args.collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    // `--poll-us N`: sysmgr's `pss-poll-us` (its default when absent), for an A/B of it.
-    let poll = match args.iter().position(|a| a == "--poll-us") {
-        Some(i) => Some(
-            args.get(i + 1)
-                .and_then(|v| v.parse::<u32>().ok())
-                .context("--poll-us takes a number of µs")?,
-        ),
-        None => None,
-    };
+    let quick = args.into_iter().any(|a| a == "--quick");
     let (n1, n16, d1, d16) = if quick {
         (500, 200, 100, 30)
     } else {
@@ -372,8 +363,8 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
     };
     let ceiling = crate::pss_ceiling::run(&root.join("ceiling"), n1, n16)?;
     // PSS: fast phases use n1/n16, durable phases d1/d16 -- run twice with the right counts.
-    let pss_fast = pss_run(&root.join("pss-fast"), n1, n16, poll)?;
-    let pss_durable = pss_run(&root.join("pss-durable"), d1, d16, poll)?;
+    let pss_fast = pss_run(&root.join("pss-fast"), n1, n16)?;
+    let pss_durable = pss_run(&root.join("pss-durable"), d1, d16)?;
     println!(
         "PSS benchmark: {KEY_LEN} B keys, {VALUE_LEN} B values; 1 writer: {n1} fast / {d1} durable writes; {WRITERS} writers: {n16} fast / {d16} durable writes each. Redis's writers, the storeless server's and PSS's blocking ones are threads on blocking sockets; the async ones are tokio tasks.\n"
     );

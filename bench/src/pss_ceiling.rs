@@ -10,12 +10,12 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::pss::{KEY_LEN, Numbers, VALUE_LEN, key, summarize, threads_tput};
+use crate::pss::{KEY_LEN, Numbers, Reaped, VALUE_LEN, key, summarize, threads_tput};
 
 const ANSWER: [u8; 8] = [1, 0, 0, 0, 0, 0, 0, 0];
 
@@ -118,16 +118,7 @@ fn put(s: &mut UnixStream, req: &mut Vec<u8>, k: &str, v: &[u8]) -> Result<()> {
     Ok(())
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(dir: &Path, mode: &str) -> Result<(Server, std::path::PathBuf)> {
+fn start(dir: &Path, mode: &str) -> Result<(Reaped, std::path::PathBuf)> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("ceiling-{mode}.sock"));
     let child = Command::new(std::env::current_exe()?)
@@ -136,7 +127,7 @@ fn start(dir: &Path, mode: &str) -> Result<(Server, std::path::PathBuf)> {
         .arg(mode)
         .stdout(Stdio::null())
         .spawn()?;
-    let server = Server(child);
+    let server = Reaped(child);
     let end = Instant::now() + Duration::from_secs(10);
     while UnixStream::connect(&path).is_err() {
         if Instant::now() > end {

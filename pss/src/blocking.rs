@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 
 use crate::PssError;
 use crate::client::{
-    DEADLINE, Entries, Txn, decode, entries, get_request, scan_request, seq, value, written,
+    DEADLINE, Entries, Txn, decoded, entries, get_request, scan_request, seq, written,
 };
 use crate::proto::{Durability, OP_PSS, OP_PSS_DIRECT, Request, Response, Scope};
 
@@ -127,9 +127,7 @@ impl Pss {
         scope: Scope,
         key: impl AsRef<[u8]>,
     ) -> Result<Option<T>, PssError> {
-        value(self.call(&get_request(None, scope, key.as_ref()))?)?
-            .map(|v| decode(&v))
-            .transpose()
+        decoded(self.call(&get_request(None, scope, key.as_ref()))?)
     }
 
     /// Read another service's shared key (or its private one, which the rules refuse).
@@ -139,9 +137,7 @@ impl Pss {
         scope: Scope,
         key: impl AsRef<[u8]>,
     ) -> Result<Option<T>, PssError> {
-        value(self.call(&get_request(Some(service), scope, key.as_ref()))?)?
-            .map(|v| decode(&v))
-            .transpose()
+        decoded(self.call(&get_request(Some(service), scope, key.as_ref()))?)
     }
 
     /// Raw entries of this service (or `service`) under a prefix.

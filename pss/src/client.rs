@@ -87,20 +87,13 @@ impl<'a> Pss<'a> {
             .await?)
     }
 
-    async fn value(&self, req: Request) -> Result<Option<Vec<u8>>, PssError> {
-        value(self.call(&req).await?)
-    }
-
     /// Read one of this service's keys.
     pub async fn get<T: DeserializeOwned>(
         &self,
         scope: Scope,
         key: impl AsRef<[u8]>,
     ) -> Result<Option<T>, PssError> {
-        self.value(get_request(None, scope, key.as_ref()))
-            .await?
-            .map(|v| decode(&v))
-            .transpose()
+        decoded(self.call(&get_request(None, scope, key.as_ref())).await?)
     }
 
     /// Read another service's shared key (or its private one, which the rules refuse).
@@ -110,10 +103,10 @@ impl<'a> Pss<'a> {
         scope: Scope,
         key: impl AsRef<[u8]>,
     ) -> Result<Option<T>, PssError> {
-        self.value(get_request(Some(service), scope, key.as_ref()))
-            .await?
-            .map(|v| decode(&v))
-            .transpose()
+        decoded(
+            self.call(&get_request(Some(service), scope, key.as_ref()))
+                .await?,
+        )
     }
 
     /// Raw entries of this service (or `service`) under a prefix.
@@ -290,9 +283,10 @@ pub(crate) fn written(r: Response) -> Result<u64, PssError> {
     }
 }
 
-pub(crate) fn value(r: Response) -> Result<Option<Vec<u8>>, PssError> {
+/// The answer to a read: the value, decoded.
+pub(crate) fn decoded<T: DeserializeOwned>(r: Response) -> Result<Option<T>, PssError> {
     match r {
-        Response::Value(v) => Ok(v),
+        Response::Value(v) => v.map(|v| decode(&v)).transpose(),
         other => unexpected(other),
     }
 }

@@ -245,15 +245,25 @@ where
     });
 }
 
+/// [`with_mts`], the connection made PSS's own (`Pss::direct`); a refusal is reported instead.
+fn with_pss<F, Fut>(report: Option<&str>, body: F)
+where
+    F: FnOnce(pss::client::Pss<'static>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    with_mts(report, |c| async move {
+        match pss::client::Pss::direct(c).await {
+            Ok(p) => body(p).await,
+            Err(e) => reporter(report)(format!("pss connect error: {e}")),
+        }
+    });
+}
+
 /// `--pss-stream`: the crash-test writer.
 fn pss_stream(report: Option<&str>, pause: std::time::Duration) {
     use pss::proto::{Durability, Scope};
     let say = reporter(report);
-    with_mts(report, |c| async move {
-        let p = match pss::client::Pss::direct(c).await {
-            Ok(p) => p,
-            Err(e) => return say(format!("pss connect error: {e}")),
-        };
+    with_pss(report, |p| async move {
         let present = match p.scan(None, Scope::Private, "c/", u32::MAX).await {
             Ok(e) => e,
             Err(e) => return say(format!("pss scan error: {e}")),
@@ -295,11 +305,7 @@ fn pss_stream(report: Option<&str>, pause: std::time::Duration) {
 fn pss_demo(counter: bool, peek: Option<&str>, txn_loop: bool, report: Option<&str>) {
     use pss::proto::{Durability, Scope};
     let say = reporter(report);
-    with_mts(report, |c| async move {
-        let p = match pss::client::Pss::direct(c).await {
-            Ok(p) => p,
-            Err(e) => return say(format!("pss connect error: {e}")),
-        };
+    with_pss(report, |p| async move {
         if counter {
             let before: Option<u64> = match p.get(Scope::Private, "count").await {
                 Ok(v) => v,
