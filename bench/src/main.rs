@@ -9,7 +9,8 @@
 //! - `sysmgr-bench bgp-decode [--prefixes N]`: 1M-prefix decode through `bgp::wire` (see
 //!   `bgp.rs`).
 //! - `sysmgr-bench mts-echo`: the receiver service of the MTS benchmark (run by sysmgr);
-//!   `floor-echo` and `floor-relay` are its anchors' processes.
+//!   `mts-echo-blocking` the same on the blocking client; `floor-echo` and `floor-relay` are
+//!   its anchors' processes.
 //! - `sysmgr-bench fsync [--batches N] [--kib K]`: a group commit's `fdatasync`, appended
 //!   against written over zeros (see `fsync.rs`).
 //! - `sysmgr-bench switchover [--rounds N]`: two supervisors, switchover time against a cold
@@ -34,6 +35,7 @@ fn main() -> anyhow::Result<()> {
         Some("bgp-decode") => bgp::decode(args),
         Some("mts") => mts::main(args),
         Some("mts-echo") => mts::echo(),
+        Some("mts-echo-blocking") => mts::echo_blocking(),
         Some("pss") => pss::main(args),
         Some("fsync") => fsync::main(args),
         Some("pss-writer") => pss::writer(args),

@@ -34,6 +34,8 @@ const OP_BIND: u32 = 98;
 const AWAY_SAPS: u32 = 10;
 const OP_DATA: u32 = 7;
 const ECHO_SAP: u32 = 100;
+/// The blocking client's echo service (`mts-echo-blocking`).
+const ECHOB_SAP: u32 = 150;
 
 fn read_frame(r: &mut impl Read) -> Result<Frame> {
     Ok(mts::io::read_frame(r, mts::frame::DEFAULT_MAX_PAYLOAD)?)
@@ -70,6 +72,35 @@ pub fn echo() -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// `mts-echo-blocking`: the receiver service on the blocking `mts::blocking::Client` (binds
+/// SAP `echob`; requests and counts only).
+pub fn echo_blocking() -> Result<()> {
+    let mut c = mts::blocking::Client::connect_from_env()?;
+    c.bind("echob")?;
+    let _ = mts::notify::notify("READY=1");
+    let mut count: u64 = 0;
+    loop {
+        let m = match c.recv() {
+            Ok(m) => m,
+            Err(mts::MtsError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if m.is_request() {
+            if m.header.opcode == OP_COUNT {
+                c.respond_raw(&m, &count.to_be_bytes())?;
+                count = 0;
+            } else {
+                c.respond_raw(&m, &m.payload)?;
+            }
+        } else {
+            if m.needs_ack() {
+                c.ack(&[m.id()]);
+            }
+            count += 1;
+        }
+    }
 }
 
 /// `floor-echo PATH`: the same receiver over one raw socket, blocking.
@@ -340,6 +371,8 @@ impl Drop for Lab {
 struct Paths {
     floor: Path_,
     broker: Path_,
+    /// The broker to the echo service on the blocking client.
+    blocking: Path_,
     relay: Path_,
     against: Option<Path_>,
 }
@@ -347,7 +380,12 @@ struct Paths {
 impl Paths {
     /// The round-trip paths in the order of the table.
     fn all(&mut self) -> Vec<&mut Path_> {
-        let mut v = vec![&mut self.floor, &mut self.broker, &mut self.relay];
+        let mut v = vec![
+            &mut self.floor,
+            &mut self.broker,
+            &mut self.blocking,
+            &mut self.relay,
+        ];
         v.extend(self.against.as_mut());
         v
     }
@@ -355,13 +393,15 @@ impl Paths {
 
 /// Start `sysmgr` (the binary) in `dir` with the echo service, and connect to it once the
 /// echo answers.
-fn start_broker(sysmgr: &Path, dir: &Path, echo_toml: &str) -> Result<(Child, Path_)> {
+fn start_broker(sysmgr: &Path, dir: &Path, policies: &[(&str, String)]) -> Result<(Child, Path_)> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(
         dir.join("sysmgr.toml"),
         "name = \"bench\"\ndata-dir = \"data\"\n[mts]\nqueue-max-messages = 10000000\nqueue-max-bytes = 4000000000\n",
     )?;
-    std::fs::write(dir.join("echo.toml"), echo_toml)?;
+    for (name, toml) in policies {
+        std::fs::write(dir.join(format!("{name}.toml")), toml)?;
+    }
     let mut child = Command::new(sysmgr)
         .arg("boot")
         .arg("--config")
@@ -371,20 +411,29 @@ fn start_broker(sysmgr: &Path, dir: &Path, echo_toml: &str) -> Result<(Child, Pa
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
-    // Wait until the echo service has bound its SAP.
+    match connect_echo(dir, "broker", ECHO_SAP) {
+        Ok(p) => Ok((child, p)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e.context(sysmgr.display().to_string()))
+        }
+    }
+}
+
+/// A connection to the broker in `dir` once the echo service at `sap` answers.
+fn connect_echo(dir: &Path, name: &'static str, sap: u32) -> Result<Path_> {
     let sock = dir.join("data/sysmgr.sock");
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(s) = UnixStream::connect(&sock) {
-            let mut p = Path_::new("broker", s, ECHO_SAP)?;
+            let mut p = Path_::new(name, s, sap)?;
             if p.round_trip(8).is_ok() {
-                return Ok((child, p));
+                return Ok(p);
             }
         }
         if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{}: the echo service did not come up", sysmgr.display());
+            bail!("the echo service of SAP {sap} did not come up");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -405,7 +454,15 @@ fn setup(against: Option<&Path>) -> Result<(Lab, Paths)> {
                 .collect::<String>()
         )
     };
-    let (sysmgr, broker) = start_broker(&bins.join("sysmgr"), &dir, &echo_toml(&bins))?;
+    let echob_toml = format!(
+        "command = [{:?}, \"mts-echo-blocking\"]\nreadiness = \"notify\"\n[saps]\nechob = {ECHOB_SAP}\n",
+        bins.join("sysmgr-bench").display().to_string(),
+    );
+    let (sysmgr, broker) = start_broker(
+        &bins.join("sysmgr"),
+        &dir,
+        &[("echo", echo_toml(&bins)), ("echob", echob_toml)],
+    )?;
     let mut lab = Lab {
         dir: dir.clone(),
         bins: bins.clone(),
@@ -416,7 +473,8 @@ fn setup(against: Option<&Path>) -> Result<(Lab, Paths)> {
     let against = match against {
         Some(other) => {
             let adir = dir.with_extension("against");
-            let (child, mut p) = start_broker(&other.join("sysmgr"), &adir, &echo_toml(other))?;
+            let (child, mut p) =
+                start_broker(&other.join("sysmgr"), &adir, &[("echo", echo_toml(other))])?;
             lab.against = Some((child, adir));
             p.name = "against";
             Some(p)
@@ -442,6 +500,7 @@ fn setup(against: Option<&Path>) -> Result<(Lab, Paths)> {
     let paths = Paths {
         floor: Path_::new("floor", fs, 0)?,
         broker,
+        blocking: connect_echo(&dir, "blocking", ECHOB_SAP)?,
         relay: Path_::new("relay", rs, 0)?,
         against,
     };
@@ -562,12 +621,13 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
         let fm = m[0].0;
         let rows = [
             "raw Unix socket (floor)",
-            "sysmgr broker",
+            "sysmgr broker, service on the async client",
+            "sysmgr broker, service on the blocking client",
             "(anchor) minimal relay: a process copying bytes between two sockets",
             "(A/B) sysmgr broker of the `--against` build",
         ];
         for (j, (med, p99)) in m.iter().enumerate() {
-            let vs = if j == 3 {
+            let vs = if j == 4 {
                 format!(" (this build {:.3}x of it)", m[1].0 / med)
             } else {
                 String::new()
@@ -609,10 +669,11 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
         if persistent_only && flags == 0 {
             continue;
         }
-        let (mut f, mut b) = (Vec::new(), Vec::new());
+        let (mut f, mut b, mut k) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             if flags == 0 {
                 f.push(paths.floor.throughput(n, size, 0)?);
+                k.push(paths.blocking.throughput(n, size, 0)?);
             }
             b.push(paths.broker.throughput(n, size, flags)?);
         }
@@ -632,12 +693,16 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
                 f[0],
                 f[f.len() - 1]
             );
-            println!(
-                "| sysmgr broker | {label} | {n} | {bm:.0} | {:.0} | {:.0} | {:.2}x |",
-                b[0],
-                b[b.len() - 1],
-                bm / fm
-            );
+            for (what, v) in [("async", &mut b), ("blocking", &mut k)] {
+                v.sort_by(f64::total_cmp);
+                let m = pct(v, 0.5);
+                println!(
+                    "| sysmgr broker, service on the {what} client | {label} | {n} | {m:.0} | {:.0} | {:.0} | {:.2}x |",
+                    v[0],
+                    v[v.len() - 1],
+                    m / fm
+                );
+            }
         }
     }
     // One more, confirmed: the writer has applied everything before it. Then count it.

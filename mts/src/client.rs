@@ -99,6 +99,19 @@ impl Pending {
     }
 }
 
+/// The header of a frame this side starts (its id and length are set when it is sent).
+pub(crate) fn header(src: u32, dst: u32, opcode: u32, flags: u8) -> Header {
+    Header {
+        flags: Flags(flags),
+        len: 0,
+        src_sap: src,
+        dst_sap: dst,
+        opcode,
+        msg_id: 0,
+        reply_to: 0,
+    }
+}
+
 /// A connection to sysmgr's MTS broker.
 pub struct Client {
     out: Arc<Outbox>,
@@ -117,7 +130,7 @@ impl Drop for Client {
 }
 
 /// Default deadline of the helpers that talk to the broker itself.
-const BROKER_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const BROKER_DEADLINE: Duration = Duration::from_secs(10);
 
 impl Client {
     /// Connect to `SYSMGR_SOCKET` (set by sysmgr for every service).
@@ -204,18 +217,6 @@ impl Client {
         self.start(h, payload).raw(deadline).await
     }
 
-    fn header(src: u32, dst: u32, opcode: u32, flags: u8) -> Header {
-        Header {
-            flags: Flags(flags),
-            len: 0,
-            src_sap: src,
-            dst_sap: dst,
-            opcode,
-            msg_id: 0,
-            reply_to: 0,
-        }
-    }
-
     async fn broker<T: Serialize, R: DeserializeOwned>(
         &self,
         opcode: u32,
@@ -225,7 +226,7 @@ impl Client {
         codec::decode(
             &self
                 .round_trip(
-                    Self::header(sap::CLI, sap::BROKER, opcode, 0),
+                    header(sap::CLI, sap::BROKER, opcode, 0),
                     &p,
                     BROKER_DEADLINE,
                 )
@@ -261,7 +262,7 @@ impl Client {
     ) -> Result<(), MtsError> {
         let p = codec::encode(v)?;
         self.round_trip(
-            Self::header(src, dst, opcode, flags.0 | Flags::CONFIRM),
+            header(src, dst, opcode, flags.0 | Flags::CONFIRM),
             &p,
             BROKER_DEADLINE,
         )
@@ -278,7 +279,7 @@ impl Client {
         payload: &[u8],
         flags: Flags,
     ) -> u64 {
-        let mut h = Self::header(src, dst, opcode, flags.0);
+        let mut h = header(src, dst, opcode, flags.0);
         h.msg_id = self.id();
         self.out.push(&h, payload);
         h.msg_id
@@ -296,7 +297,7 @@ impl Client {
         let p = codec::encode(v)?;
         codec::decode(
             &self
-                .round_trip(Self::header(src, dst, opcode, Flags::REQUEST), &p, deadline)
+                .round_trip(header(src, dst, opcode, Flags::REQUEST), &p, deadline)
                 .await?,
         )
     }
@@ -312,7 +313,7 @@ impl Client {
         v: &T,
     ) -> Result<Pending, MtsError> {
         let p = codec::encode(v)?;
-        Ok(self.start(Self::header(src, dst, opcode, Flags::REQUEST), &p))
+        Ok(self.start(header(src, dst, opcode, Flags::REQUEST), &p))
     }
 
     /// Raw request/response (payload bytes in and out).
@@ -324,12 +325,8 @@ impl Client {
         payload: &[u8],
         deadline: Duration,
     ) -> Result<Vec<u8>, MtsError> {
-        self.round_trip(
-            Self::header(src, dst, opcode, Flags::REQUEST),
-            payload,
-            deadline,
-        )
-        .await
+        self.round_trip(header(src, dst, opcode, Flags::REQUEST), payload, deadline)
+            .await
     }
 
     /// Publish a notification to every subscriber of `opcode`.
@@ -357,7 +354,7 @@ impl Client {
     /// Done with these messages: they will not be redelivered.
     pub fn ack(&self, ids: &[u64]) {
         if let Ok(p) = codec::encode(&proto::Ack { ids: ids.to_vec() }) {
-            let mut h = Self::header(sap::CLI, sap::BROKER, proto::OP_ACK, 0);
+            let mut h = header(sap::CLI, sap::BROKER, proto::OP_ACK, 0);
             h.msg_id = self.id();
             self.out.push(&h, &p);
         }

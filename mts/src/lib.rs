@@ -8,6 +8,7 @@
 //!
 //! The byte layout is documented in `mts/PROTOCOL.md`.
 
+pub mod blocking;
 pub mod client;
 pub mod codec;
 pub mod error;

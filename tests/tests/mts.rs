@@ -13,6 +13,11 @@ const ACK: u8 = Flags::NEEDS_ACK;
 
 /// A lab with `gate` (ready only with `gate_ready`) and `rx` (SAP rx = 100) depending on it.
 fn lab(gate_ready: bool, extra_sysmgr: &str) -> Lab {
+    lab_with(gate_ready, extra_sysmgr, &[])
+}
+
+/// [`lab`], rx started with `extra` arguments too.
+fn lab_with(gate_ready: bool, extra_sysmgr: &str, extra: &[&str]) -> Lab {
     let lab = Lab::new("1s");
     if !extra_sysmgr.is_empty() {
         lab.write(
@@ -22,9 +27,17 @@ fn lab(gate_ready: bool, extra_sysmgr: &str) -> Lab {
     }
     gate(&lab, gate_ready);
     let report = lab.path("report").display().to_string();
+    let args = [
+        "--mts-bind",
+        "rx",
+        "--mts-try-bind",
+        "other",
+        "--report",
+        &report,
+    ];
     lab.service(
         "rx",
-        &["--mts-bind", "rx", "--mts-try-bind", "other", "--report", &report],
+        &[&args[..], extra].concat(),
         "depends-on = [\"gate\"]\nrestart = [\"stateful\", \"stateless\"]\n[saps]\nrx = 100\n[ha.single-sup.primary]\naction = \"stateful\"\nmax-retries = 5\nmin-lifetime = \"1s\"\n",
     );
     lab.service("owner", &[], "[saps]\nother = 101\n");
@@ -101,6 +114,54 @@ fn messages_wait_for_the_receiver_and_arrive_in_order() {
     let f = c.read().expect("response");
     assert_eq!(f.header.reply_to, id);
     assert_eq!(f.into_result().expect("ok"), b"echo:ping");
+}
+
+/// The same receiver on `mts::blocking::Client`: what waited for it arrives in order, a
+/// request is answered, its neighbour's SAP is refused, and a message it held unacked comes
+/// back to the next instance after a SIGKILL, marked as a redelivery.
+#[test]
+fn the_blocking_client_receives_in_order_answers_and_gets_redeliveries() {
+    let mut lab = lab_with(true, "", &["--mts-blocking"]);
+    lab.boot();
+    let mut c = MtsConn::connect(&lab);
+    for i in 0..3 {
+        c.send_confirmed(RX, &format!("m{i}"), ACK).expect("queued");
+    }
+    assert_eq!(rx_queue(&lab)["depth"], 3, "waiting while rx is down");
+    let pid = lab.wait_running("rx", None);
+    wait_for(Duration::from_secs(10), "delivery", || {
+        (received(&lab).len() >= 3).then_some(())
+    });
+    assert_eq!(texts(&lab), ["m0", "m1", "m2"]);
+    let id = c.send(RX, 9, Flags::REQUEST, b"ping");
+    let f = c.read().expect("response");
+    assert_eq!(f.header.reply_to, id);
+    assert_eq!(f.into_result().expect("ok"), b"echo:ping");
+    let rep = lab.report("report");
+    assert!(
+        rep.iter().any(|l| l.starts_with(
+            "bind other error: permission denied: SAP \"other\" is not declared by service \"rx\""
+        )),
+        "{rep:?}"
+    );
+    c.send_confirmed(RX, "hold", ACK).expect("queued");
+    wait_for(Duration::from_secs(5), "held", || {
+        texts(&lab).contains(&"hold".to_string()).then_some(())
+    });
+    // rx wrote the acks of m0..m2 before it waited again: only "hold" is pending.
+    wait_for(Duration::from_secs(5), "one pending ack", || {
+        (rx_queue(&lab)["pending_acks"] == 1).then_some(())
+    });
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
+    wait_for(Duration::from_secs(10), "redelivery", || {
+        (texts(&lab).len() == 6).then_some(())
+    });
+    let r = received(&lab);
+    assert!(r[5].contains("redelivered=true text=hold"), "{r:?}");
+    wait_for(Duration::from_secs(5), "acked", || {
+        (rx_queue(&lab)["pending_acks"] == 0 && rx_queue(&lab)["depth"] == 0).then_some(())
+    });
+    assert_ne!(lab.pid_of("rx"), Some(pid));
 }
 
 #[test]

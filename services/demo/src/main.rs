@@ -34,6 +34,7 @@ const HELP: &str = "sysmgr-demo [options]
                         except \"hold\" (acked only when redelivered); crash on \"poison\";
                         answer requests with \"echo:TEXT\"
   --mts-try-bind NAME   also try to bind SAP NAME and report the outcome
+  --mts-blocking        do --mts-bind with the blocking MTS client
   --pss-counter         on start, report the private \"count\" checkpoint, then store count+1
                         (durable) in private and shared-local scope
   --pss-peek SVC        report reading SVC's private and shared-local \"count\" and writing
@@ -85,6 +86,7 @@ struct Opts {
     notify_fd: Option<i32>,
     mts_bind: Option<String>,
     mts_try_bind: Option<String>,
+    mts_blocking: bool,
     pss_counter: bool,
     pss_peek: Option<String>,
     pss_txn_loop: bool,
@@ -133,6 +135,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             }
             "--bfd-client" => o.bfd_client = Some(val(a)?),
             "--mts-try-bind" => o.mts_try_bind = Some(val(a)?),
+            "--mts-blocking" => o.mts_blocking = true,
             "--notify-fd" => {
                 o.notify_fd = Some(val(a)?.parse().map_err(|e| format!("--notify-fd: {e}"))?)
             }
@@ -504,47 +507,87 @@ fn bfd_client(spec: &str, report: Option<&str>) {
     });
 }
 
+/// What `--mts-bind` does with a message, once reported: the answer it sends (to a request)
+/// and whether it acks. None for an error the broker reported.
+fn on_message(m: &mts::client::Incoming, say: &impl Fn(String)) -> Option<(Option<Vec<u8>>, bool)> {
+    let text = String::from_utf8_lossy(&m.payload).into_owned();
+    if let Some(e) = m.error() {
+        say(format!("error {e}"));
+        return None;
+    }
+    say(format!(
+        "recv id={} redelivered={} text={text}",
+        m.id(),
+        m.redelivered()
+    ));
+    if text == "poison" {
+        // SAFETY: restore the default action and raise: a real crash by signal.
+        unsafe {
+            libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+            libc::raise(libc::SIGSEGV);
+        }
+    }
+    let answer = m.is_request().then(|| format!("echo:{text}").into_bytes());
+    Some((answer, m.needs_ack() && (text != "hold" || m.redelivered())))
+}
+
 /// Bind a SAP and handle what arrives (see `--mts-bind`), reporting every step.
 fn mts_receiver(name: &str, other: Option<&str>, report: Option<&str>) {
     let say = reporter(report);
     with_mts(report, |mut c| async move {
-        match c.bind(name).await {
-            Ok(n) => say(format!("bound {name}={n}")),
-            Err(e) => return say(format!("bind error: {e}")),
-        }
-        if let Some(o) = other {
-            match c.bind(o).await {
-                Ok(n) => say(format!("bound {o}={n}")),
-                Err(e) => say(format!("bind {o} error: {e}")),
+        for n in std::iter::once(name).chain(other) {
+            match c.bind(n).await {
+                Ok(sap) => say(format!("bound {n}={sap}")),
+                Err(e) if n == name => return say(format!("bind error: {e}")),
+                Err(e) => say(format!("bind {n} error: {e}")),
             }
         }
         while let Some(m) = c.recv().await {
-            let text = String::from_utf8_lossy(&m.payload).into_owned();
-            if let Some(e) = m.error() {
-                say(format!("error {e}"));
+            let Some((answer, ack)) = on_message(&m, &say) else {
                 continue;
+            };
+            if let Some(a) = answer {
+                c.respond_raw(&m, &a);
             }
-            say(format!(
-                "recv id={} redelivered={} text={text}",
-                m.id(),
-                m.redelivered()
-            ));
-            if text == "poison" {
-                // SAFETY: restore the default action and raise: a real crash by signal.
-                unsafe {
-                    libc::signal(libc::SIGSEGV, libc::SIG_DFL);
-                    libc::raise(libc::SIGSEGV);
-                }
-            }
-            if m.is_request() {
-                c.respond_raw(&m, format!("echo:{text}").as_bytes());
-            }
-            if m.needs_ack() && (text != "hold" || m.redelivered()) {
+            if ack {
                 c.ack(&[m.id()]);
             }
         }
         say("connection closed".into());
     });
+}
+
+/// `--mts-bind` with `--mts-blocking`: the same on the blocking client, on this thread.
+fn mts_receiver_blocking(name: &str, other: Option<&str>, report: Option<&str>) {
+    let say = reporter(report);
+    let mut c = match mts::blocking::Client::connect_from_env() {
+        Ok(c) => c,
+        Err(e) => return say(format!("connect error: {e}")),
+    };
+    for n in std::iter::once(name).chain(other) {
+        match c.bind(n) {
+            Ok(sap) => say(format!("bound {n}={sap}")),
+            Err(e) if n == name => return say(format!("bind error: {e}")),
+            Err(e) => say(format!("bind {n} error: {e}")),
+        }
+    }
+    loop {
+        let m = match c.recv() {
+            Ok(m) => m,
+            Err(e) => return say(format!("connection closed: {e}")),
+        };
+        let Some((answer, ack)) = on_message(&m, &say) else {
+            continue;
+        };
+        if ack {
+            c.ack(&[m.id()]);
+        }
+        if let Some(a) = answer
+            && let Err(e) = c.respond_raw(&m, &a)
+        {
+            return say(format!("connection closed: {e}"));
+        }
+    }
 }
 
 fn main() {
@@ -657,7 +700,14 @@ fn main() {
     }
     if let Some(name) = o.mts_bind.clone() {
         let (report, other) = (o.report.clone(), o.mts_try_bind.clone());
-        std::thread::spawn(move || mts_receiver(&name, other.as_deref(), report.as_deref()));
+        let blocking = o.mts_blocking;
+        std::thread::spawn(move || {
+            if blocking {
+                mts_receiver_blocking(&name, other.as_deref(), report.as_deref())
+            } else {
+                mts_receiver(&name, other.as_deref(), report.as_deref())
+            }
+        });
     }
     let crash_now = match (o.crash_times, &o.counter) {
         (Some(n), Some(c)) => bump_counter(c) <= n,
