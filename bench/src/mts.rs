@@ -2,10 +2,11 @@
 //! the floor: a raw Unix-socket ping-pong between two processes speaking the same frames.
 //!
 //! The broker path crosses two sockets each way (client → sysmgr → service), the floor one, so
-//! 2x the floor is the physical limit of a brokered round trip. Both sides of both paths use the
-//! same blocking driver code; the receivers are `mts-echo` (a real sysmgr service, async
-//! `mts::client`) and `floor-echo` (a blocking loop). Runs alternate floor/broker so machine
-//! noise hits both.
+//! 2x the floor is the physical limit of a brokered round trip. Every path uses the same
+//! blocking driver code; the receivers are `mts-echo` (a real sysmgr service on the async
+//! `mts::client`), `mts-echo-blocking` (the same on `mts::blocking::Client`) and `floor-echo`
+//! (a blocking loop on a raw socket). Runs alternate between the paths so machine noise hits
+//! all of them.
 //!
 //! A third path anchors the round trip: `floor-relay`, a process that only copies bytes
 //! between two sockets, in front of another `floor-echo`. It has the broker's shape (two
