@@ -42,12 +42,13 @@ lab_sysmgr() {
 }
 
 # lab_fib DIR ROOT: DIR/fib.toml running ROOT's release fib with DIR/fib.conf (the caller writes
-# fib.conf).
+# fib.conf); at nice $FIB_NICE if set (an A/B of fib's priority).
 lab_fib() {
     cat > "$1/fib.toml" <<CONF
 command = ["$2/target/release/fib", "--config", "fib.conf"]
 restart = ["stateful", "stateless"]
 readiness = "notify"
+${FIB_NICE:+nice = $FIB_NICE}
 [saps]
 fib = 130
 CONF

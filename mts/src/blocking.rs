@@ -113,14 +113,14 @@ impl Client {
     }
 
     /// The next whole frame in the bytes read so far.
-    fn take_frame(&mut self) -> Result<Option<Frame>, MtsError> {
+    fn take_frame(&mut self) -> Result<Option<Incoming>, MtsError> {
         let Some((h, payload)) = next_frame(&self.buf[self.start..self.end], DEFAULT_MAX_PAYLOAD)?
         else {
             return Ok(None);
         };
         let payload = payload.to_vec();
         self.start += HEADER_LEN + payload.len();
-        Ok(Some(Frame { header: h, payload }))
+        Ok(Some(Incoming { header: h, payload }))
     }
 
     /// Read more bytes, blocking until `until` (None: for as long as it takes). Ok(false) when
@@ -179,14 +179,11 @@ impl Client {
 
     /// Read until what `wait` waits for arrives; what else arrives meanwhile is kept for
     /// [`Client::recv`]. Ok(None) when the deadline passed first.
-    fn read_until(&mut self, wait: Wait) -> Result<Option<Frame>, MtsError> {
+    fn read_until(&mut self, wait: Wait) -> Result<Option<Incoming>, MtsError> {
         if let Wait::Message(_) = wait
             && let Some(m) = self.incoming.pop_front()
         {
-            return Ok(Some(Frame {
-                header: m.header,
-                payload: m.payload,
-            }));
+            return Ok(Some(m));
         }
         self.flush()?;
         let until = match wait {
@@ -199,10 +196,7 @@ impl Client {
                     Wait::Answer(id, _)
                         if !(f.header.flags.has(Flags::RESPONSE) && f.header.reply_to == id) =>
                     {
-                        self.incoming.push_back(Incoming {
-                            header: f.header,
-                            payload: f.payload,
-                        });
+                        self.incoming.push_back(f);
                     }
                     _ => return Ok(Some(f)),
                 }
@@ -216,22 +210,13 @@ impl Client {
     /// The next message, notification, late answer or late error. Err(Closed) when the
     /// connection closed.
     pub fn recv(&mut self) -> Result<Incoming, MtsError> {
-        let f = self
-            .read_until(Wait::Message(None))?
-            .ok_or(MtsError::Closed)?;
-        Ok(Incoming {
-            header: f.header,
-            payload: f.payload,
-        })
+        self.read_until(Wait::Message(None))?
+            .ok_or(MtsError::Closed)
     }
 
     /// [`Client::recv`] for at most `timeout`: None if nothing came.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Incoming>, MtsError> {
-        let f = self.read_until(Wait::Message(Some(Instant::now() + timeout)))?;
-        Ok(f.map(|f| Incoming {
-            header: f.header,
-            payload: f.payload,
-        }))
+        self.read_until(Wait::Message(Some(Instant::now() + timeout)))
     }
 
     /// Send a raw frame (with what is queued before it) and wait for the frame that answers it.
@@ -244,7 +229,11 @@ impl Client {
         let until = Instant::now() + deadline;
         let id = self.queue(h, payload);
         match self.read_until(Wait::Answer(id, until))? {
-            Some(f) => f.into_result(),
+            Some(m) => Frame {
+                header: m.header,
+                payload: m.payload,
+            }
+            .into_result(),
             None => Err(MtsError::Timeout(deadline)),
         }
     }
