@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::client::{BROKER_DEADLINE, Incoming, header};
+use crate::client::{BROKER_DEADLINE, Incoming, header, socket_from_env};
 use crate::frame::{DEFAULT_MAX_PAYLOAD, Flags, Frame, HEADER_LEN, Header, next_frame};
 use crate::{MtsError, codec, proto, sap};
 
@@ -68,10 +68,7 @@ pub struct Client {
 impl Client {
     /// Connect to `SYSMGR_SOCKET` (set by sysmgr for every service).
     pub fn connect_from_env() -> Result<Client, MtsError> {
-        let p = std::env::var_os("SYSMGR_SOCKET").ok_or_else(|| {
-            MtsError::Remote("SYSMGR_SOCKET is not set: not running under sysmgr".into())
-        })?;
-        Client::connect(Path::new(&p))
+        Client::connect(&socket_from_env()?)
     }
 
     pub fn connect(path: &Path) -> Result<Client, MtsError> {

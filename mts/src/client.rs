@@ -20,7 +20,7 @@
 //! through [`Client::recv`].
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -99,6 +99,15 @@ impl Pending {
     }
 }
 
+/// sysmgr's socket, from `SYSMGR_SOCKET` (set by sysmgr for every service).
+pub fn socket_from_env() -> Result<PathBuf, MtsError> {
+    std::env::var_os("SYSMGR_SOCKET")
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            MtsError::Remote("SYSMGR_SOCKET is not set: not running under sysmgr".into())
+        })
+}
+
 /// The header of a frame this side starts (its id and length are set when it is sent).
 pub(crate) fn header(src: u32, dst: u32, opcode: u32, flags: u8) -> Header {
     Header {
@@ -135,10 +144,7 @@ pub(crate) const BROKER_DEADLINE: Duration = Duration::from_secs(10);
 impl Client {
     /// Connect to `SYSMGR_SOCKET` (set by sysmgr for every service).
     pub async fn connect_from_env() -> Result<Client, MtsError> {
-        let p = std::env::var_os("SYSMGR_SOCKET").ok_or_else(|| {
-            MtsError::Remote("SYSMGR_SOCKET is not set: not running under sysmgr".into())
-        })?;
-        Client::connect(Path::new(&p)).await
+        Client::connect(&socket_from_env()?).await
     }
 
     pub async fn connect(path: &Path) -> Result<Client, MtsError> {

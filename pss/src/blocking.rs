@@ -45,10 +45,7 @@ pub struct Pss {
 impl Pss {
     /// Connect to `SYSMGR_SOCKET` (set by sysmgr for every service).
     pub fn connect() -> Result<Pss, PssError> {
-        let p = std::env::var_os("SYSMGR_SOCKET").ok_or_else(|| {
-            MtsError::Remote("SYSMGR_SOCKET is not set: not running under sysmgr".into())
-        })?;
-        Pss::connect_to(Path::new(&p))
+        Pss::connect_to(&mts::client::socket_from_env()?)
     }
 
     /// Connect to sysmgr's socket at `path`. When sysmgr will not have the service's PSS
