@@ -14,6 +14,7 @@
 //! shows what that shape costs on the machine at hand, which the 2x above does not: on a VM
 //! the cost of a round trip depends mostly on how many wake-ups cross CPUs.
 
+use std::borrow::Cow;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -53,22 +54,14 @@ pub fn echo() -> Result<()> {
         let _ = mts::notify::notify("READY=1");
         let mut count: u64 = 0;
         while let Some(m) = c.recv().await {
-            if m.is_request() {
-                if m.header.opcode == OP_COUNT {
-                    c.respond_raw(&m, &count.to_be_bytes());
-                    count = 0;
-                } else if m.header.opcode == OP_BIND {
-                    let name = String::from_utf8_lossy(&m.payload).into_owned();
-                    c.bind(&name).await?;
-                    c.respond_raw(&m, &[]);
-                } else {
-                    c.respond_raw(&m, &m.payload);
-                }
-            } else {
-                if m.needs_ack() {
-                    c.ack(&[m.id()]);
-                }
-                count += 1;
+            if m.is_request() && m.header.opcode == OP_BIND {
+                let name = String::from_utf8_lossy(&m.payload).into_owned();
+                c.bind(&name).await?;
+                c.respond_raw(&m, &[]);
+            } else if let Some(answer) = echo_step(&m, &mut count) {
+                c.respond_raw(&m, &answer);
+            } else if m.needs_ack() {
+                c.ack(&[m.id()]);
             }
         }
         Ok(())
@@ -88,20 +81,28 @@ pub fn echo_blocking() -> Result<()> {
             Err(mts::MtsError::Closed) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        if m.is_request() {
-            if m.header.opcode == OP_COUNT {
-                c.respond_raw(&m, &count.to_be_bytes())?;
-                count = 0;
-            } else {
-                c.respond_raw(&m, &m.payload)?;
-            }
-        } else {
-            if m.needs_ack() {
-                c.ack(&[m.id()]);
-            }
-            count += 1;
+        if let Some(answer) = echo_step(&m, &mut count) {
+            c.respond_raw(&m, &answer)?;
+        } else if m.needs_ack() {
+            c.ack(&[m.id()]);
         }
     }
+}
+
+/// What both echo services do with a message (`OP_BIND` aside): a request is answered with
+/// its own payload, or for `OP_COUNT` with the one-way messages counted since the last one; a
+/// one-way message is counted, and None returned (the caller acks it if it asks).
+fn echo_step<'m>(m: &'m mts::client::Incoming, count: &mut u64) -> Option<Cow<'m, [u8]>> {
+    if !m.is_request() {
+        *count += 1;
+        return None;
+    }
+    if m.header.opcode == OP_COUNT {
+        let answer = count.to_be_bytes().to_vec();
+        *count = 0;
+        return Some(Cow::Owned(answer));
+    }
+    Some(Cow::Borrowed(&m.payload))
 }
 
 /// `floor-echo PATH`: the same receiver over one raw socket, blocking.
