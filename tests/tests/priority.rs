@@ -45,19 +45,21 @@ fn refused(lab: &Lab) -> String {
     err
 }
 
-#[test]
-fn nice_out_of_range_is_an_error_with_its_place() {
+/// A sysmgr.toml whose third line is `line` is refused with `want` at sysmgr.toml's path.
+fn sysmgr_toml_refused(line: &str, want: &str) {
     let lab = Lab::new("1s");
     lab.write(
         "sysmgr.toml",
-        "name = \"sup-t\"\ndata-dir = \"data\"\nnice = -21\n",
+        &format!("name = \"sup-t\"\ndata-dir = \"data\"\n{line}\n"),
     );
     let err = refused(&lab);
-    let want = format!(
-        "{}:3:8: `nice` = -21 is out of range -20..=19",
-        lab.config().display()
-    );
+    let want = format!("{}:{want}", lab.config().display());
     assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+}
+
+#[test]
+fn nice_out_of_range_is_an_error_with_its_place() {
+    sysmgr_toml_refused("nice = -21", "3:8: `nice` = -21 is out of range -20..=19");
 
     let lab = Lab::new("1s");
     lab.service("svc", &[], "nice = 20");
@@ -77,17 +79,10 @@ fn nice_out_of_range_is_an_error_with_its_place() {
 
 #[test]
 fn pss_poll_out_of_range_is_an_error_with_its_place() {
-    let lab = Lab::new("1s");
-    lab.write(
-        "sysmgr.toml",
-        "name = \"sup-t\"\ndata-dir = \"data\"\npss-poll-us = 1001\n",
+    sysmgr_toml_refused(
+        "pss-poll-us = 1001",
+        "3:15: `pss-poll-us` = 1001 is out of range 0..=1000",
     );
-    let err = refused(&lab);
-    let want = format!(
-        "{}:3:15: `pss-poll-us` = 1001 is out of range 0..=1000",
-        lab.config().display()
-    );
-    assert!(err.contains(&want), "missing {want:?} in:\n{err}");
 }
 
 #[test]
