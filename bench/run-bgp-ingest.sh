@@ -6,7 +6,12 @@
 # reaching Established to the last prefix in its Loc-RIB, and (ours, FRR) to every prefix in the
 # kernel (the count of prefixes in its main table, /proc/net/fib_triestat, every 0.1 s); and
 # the receiver's peak RSS. Polled every 20 ms; ROUNDS sessions per receiver (the sender's session
-# is disabled and the receiver drained after each), median and worst reported.
+# is disabled and the receiver drained after each), median and worst reported. Beside it, for
+# every receiver alike, the wire: how long the sender took from its first to its last UPDATE as
+# they reached the receiver's interface (tcpdump in the receiver's namespace). The session is
+# up before the first and no receiver has the last prefix before the last arrives, so this is a
+# lower bound of the Loc-RIB column, measured the same way for all; it matters for BIRD and
+# FRR, whose Loc-RIB is known only to a 20 ms poll of their CLI (ours comes from bgp's log).
 #   bench/run-bgp-ingest.sh [PREFIXES] [ROUNDS]      (defaults 100000 and 5)
 #   KEEP=1: keep our services' logs in /tmp/bgp-ingest-logs; PERF=1: perf-record our bgp;
 #   RS_ONLY=1: stop after BIRD as a route server (ours and it only); SYSMGR_TOML: see lib.sh.
@@ -20,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-need bird=bird2 /usr/lib/frr/bgpd=frr ip=iproute2
+need bird=bird2 /usr/lib/frr/bgpd=frr ip=iproute2 tcpdump=tcpdump
 n="${1:-100000}"
 rounds="${2:-5}"
 # IPv4 prefixes in a namespace's main table, from the kernel's trie statistics: about 40 ms at
@@ -31,6 +36,7 @@ root=$(pwd)
 dir=$(mktemp -d /tmp/bgp-ingest.XXXXXX)
 chmod 755 "$dir"
 nss=(bgpi-send bgpi-ours bgpi-bird bgpi-frr)
+nss_of=(send ours bird frr)   # receiver i (r<i> at the sender) lives in bgpi-${nss_of[i]}
 cleanup() {
     ns_gone "${nss[@]}"
     [ -n "${KEEP:-}" ] && rm -rf /tmp/bgp-ingest-logs && cp -r "$dir/lab/data/logs" /tmp/bgp-ingest-logs; rm -rf "$dir"
@@ -89,9 +95,46 @@ last=$(py -c "import ipaddress; print(f'{ipaddress.IPv4Address(0x0b000000 + (($n
 stats() {   # median (worst) of integers
     py -c 'import sys, statistics; v = sorted(int(x) for x in sys.argv[1:]); print(f"{int(statistics.median(v))} ({v[-1]})")' "$@"
 }
+# The wire: the sender's UPDATEs as they reach the receiver's interface, captured in its
+# namespace. In each round's time span, the first and the last TCP segment from the sender that
+# carries more than 100 bytes (prefixes; a KEEPALIVE or the End-of-RIB carries 19-30). Prints
+# "first last" in ms since the epoch per span, on the kernel's clock, the one our log uses too.
+wire_spans() {   # pcap, sender address, spans as start:end ms...
+    py - "$@" <<'PY'
+import struct, sys
+path, sender, spans = sys.argv[1], bytes(int(x) for x in sys.argv[2].split(".")), sys.argv[3:]
+data = open(path, "rb").read()
+end = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+pkts, off = [], 24
+while off + 16 <= len(data):
+    sec, usec, incl, _ = struct.unpack(end + "IIII", data[off:off + 16])
+    p = data[off + 16:off + 16 + incl]
+    off += 16 + incl
+    if len(p) < 34 or p[12:14] != b"\x08\x00" or p[26:30] != sender:
+        continue
+    ihl = (p[14] & 15) * 4
+    total = struct.unpack(">H", p[16:18])[0]
+    tcp = 14 + ihl
+    if len(p) < tcp + 13:
+        continue
+    payload = total - ihl - (p[tcp + 12] >> 4) * 4
+    if payload > 100:
+        pkts.append(sec * 1000 + usec / 1000)
+for span in spans:
+    a, b = (int(x) for x in span.split(":"))
+    inside = [t for t in pkts if a <= t <= b]
+    print(f"{inside[0]:.1f} {inside[-1]:.1f}" if inside else "- -")
+PY
+}
 measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel namespace, rss-pid-cmd, drained-cmd
     local name=$1 proto=$2 est=$3 rib=$4 kern=$5 pidcmd=$6 drained=$7
-    local ribs=() kerns=() round
+    local ribs=() kerns=() spans=() wires=() round
+    local i=${proto#r} pcap="$dir/$proto-$RANDOM.pcap"
+    ip netns exec "bgpi-${nss_of[$i]}" tcpdump -Z root --immediate-mode -i r0 -s 128 -U -w "$pcap" "tcp port 179 and src host 10.80.$i.2" 2> "$pcap.err" &
+    local dump=$!
+    local w
+    for w in $(seq 200); do grep -q listening "$pcap.err" 2>/dev/null && break; sleep 0.05; done
+    grep -q listening "$pcap.err" || { echo "$name: tcpdump did not start: $(cat "$pcap.err")"; return 1; }
     for round in $(seq "$rounds"); do
         if [ -n "${PERF:-}" ] && [ "$proto" = r1 ] && [ "$round" = 1 ]; then
             perf record -g -o /tmp/bgp-ingest.perf -p "$(eval "$pidcmd")" -- sleep 5 >/dev/null 2>&1 &
@@ -131,6 +174,7 @@ measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel na
         ribs+=($((t_rib - t_up)))
         [ -n "$kern" ] && kerns+=($((t_kern - t_up)))
         birdc -s "$dir/send/ctl" disable "$proto" >/dev/null
+        spans+=("$t0:$(now_ms)")
         # Drained (routes gone from the receiver) after every round, the last one too: BIRD's
         # second configuration must start empty, not with the table the first one left.
         t0=$(now_ms)
@@ -139,9 +183,15 @@ measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel na
             [ $(( $(now_ms) - t0 )) -gt 300000 ] && { echo "$name: not drained"; return 1; }
         done
     done
+    sleep 0.2; kill -INT "$dump"; wait "$dump" || true
+    local first last
+    while read -r first last; do
+        [ "$first" = - ] || wires+=("$(py -c "print(round($last - $first))")")
+    done < <(wire_spans "$pcap" "10.80.$i.2" "${spans[@]}")
+    echo "$name, per round: Loc-RIB ${ribs[*]} ms; the sender's first to last UPDATE on the wire ${wires[*]} ms"
     local rss
     rss=$(awk '/VmHWM/ {print $2}' "/proc/$(eval "$pidcmd")/status")
-    results+=("| $name | $(stats "${ribs[@]}") | ${kern:+$(stats "${kerns[@]}")} | $((rss / 1024)) |")
+    results+=("| $name | $(stats "${ribs[@]}") | ${wires[*]:+$(stats "${wires[@]}")} | ${kern:+$(stats "${kerns[@]}")} | $((rss / 1024)) |")
 }
 
 # Ours: sysmgr + fib + bgp.
@@ -245,6 +295,6 @@ fi
 
 echo
 echo "command: bench/run-bgp-ingest.sh $n $rounds"
-echo "| receiver ($n prefixes, $rounds rounds) | session up → last prefix in Loc-RIB, ms: median (worst) | → last prefix in the kernel, ms: median (worst) | peak RSS, MiB |"
-echo "|---|---|---|---|"
+echo "| receiver ($n prefixes, $rounds rounds) | session up → last prefix in Loc-RIB, ms: median (worst) | the sender's first → last UPDATE on the wire, ms: median (worst) | → last prefix in the kernel, ms: median (worst) | peak RSS, MiB |"
+echo "|---|---|---|---|---|"
 printf '%s\n' "${results[@]}"
