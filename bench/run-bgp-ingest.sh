@@ -14,7 +14,9 @@
 # FRR, whose Loc-RIB is known only to a 20 ms poll of their CLI (ours comes from bgp's log).
 #   bench/run-bgp-ingest.sh [PREFIXES] [ROUNDS]      (defaults 100000 and 5)
 #   KEEP=1: keep our services' logs in /tmp/bgp-ingest-logs; PERF=1: perf-record our bgp;
-#   RS_ONLY=1: stop after BIRD as a route server (ours and it only); SYSMGR_TOML: see lib.sh.
+#   RS_ONLY=1: stop after BIRD as a route server (ours and it only); SYSMGR_TOML: see lib.sh;
+#   SETTLE=S: wait S seconds after each drain, so that no receiver's cleanup of the previous
+#   round overlaps the next (default 0).
 #
 # The sender is kicked: a client asks its CLI socket for its status every 20 ms, for every
 # receiver alike. BIRD 2.0.12 schedules the transmission of the last feed batch from its work
@@ -182,6 +184,7 @@ measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel na
             sleep 0.2
             [ $(( $(now_ms) - t0 )) -gt 300000 ] && { echo "$name: not drained"; return 1; }
         done
+        sleep "${SETTLE:-0}"
     done
     sleep 0.2; kill -INT "$dump"; wait "$dump" || true
     local first last
