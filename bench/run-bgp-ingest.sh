@@ -37,8 +37,7 @@ cargo build --release --locked -p sysmgr -p fib -p bgp
 root=$(pwd)
 dir=$(mktemp -d /tmp/bgp-ingest.XXXXXX)
 chmod 755 "$dir"
-nss=(bgpi-send bgpi-ours bgpi-bird bgpi-frr)
-nss_of=(send ours bird frr)   # receiver i (r<i> at the sender) lives in bgpi-${nss_of[i]}
+nss=(bgpi-send bgpi-ours bgpi-bird bgpi-frr)   # receiver i (r<i> at the sender) lives in ${nss[i]}
 cleanup() {
     ns_gone "${nss[@]}"
     [ -n "${KEEP:-}" ] && rm -rf /tmp/bgp-ingest-logs && cp -r "$dir/lab/data/logs" /tmp/bgp-ingest-logs; rm -rf "$dir"
@@ -100,7 +99,8 @@ stats() {   # median (worst) of integers
 # The wire: the sender's UPDATEs as they reach the receiver's interface, captured in its
 # namespace. In each round's time span, the first and the last TCP segment from the sender that
 # carries more than 100 bytes (prefixes; a KEEPALIVE or the End-of-RIB carries 19-30). Prints
-# "first last" in ms since the epoch per span, on the kernel's clock, the one our log uses too.
+# the ms between them per span ("-" for a span with none); the spans are ms since the epoch,
+# the capture's clock.
 wire_spans() {   # pcap, sender address, spans as start:end ms...
     py - "$@" <<'PY'
 import struct, sys
@@ -125,14 +125,14 @@ while off + 16 <= len(data):
 for span in spans:
     a, b = (int(x) for x in span.split(":"))
     inside = [t for t in pkts if a <= t <= b]
-    print(f"{inside[0]:.1f} {inside[-1]:.1f}" if inside else "- -")
+    print(round(inside[-1] - inside[0]) if inside else "-")
 PY
 }
 measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel namespace, rss-pid-cmd, drained-cmd
     local name=$1 proto=$2 est=$3 rib=$4 kern=$5 pidcmd=$6 drained=$7
     local ribs=() kerns=() spans=() wires=() round
     local i=${proto#r} pcap="$dir/$proto-$RANDOM.pcap"
-    ip netns exec "bgpi-${nss_of[$i]}" tcpdump -Z root --immediate-mode -i r0 -s 128 -U -w "$pcap" "tcp port 179 and src host 10.80.$i.2" 2> "$pcap.err" &
+    ip netns exec "${nss[$i]}" tcpdump -Z root --immediate-mode -i r0 -s 128 -U -w "$pcap" "tcp port 179 and src host 10.80.$i.2" 2> "$pcap.err" &
     local dump=$!
     local w
     for w in $(seq 200); do grep -q listening "$pcap.err" 2>/dev/null && break; sleep 0.05; done
@@ -187,9 +187,9 @@ measure() {   # name, proto-to-enable, established-cmd, rib-count-cmd, kernel na
         sleep "${SETTLE:-0}"
     done
     sleep 0.2; kill -INT "$dump"; wait "$dump" || true
-    local first last
-    while read -r first last; do
-        [ "$first" = - ] || wires+=("$(py -c "print(round($last - $first))")")
+    local took
+    while read -r took; do
+        [ "$took" = - ] || wires+=("$took")
     done < <(wire_spans "$pcap" "10.80.$i.2" "${spans[@]}")
     echo "$name, per round: Loc-RIB ${ribs[*]} ms; the sender's first to last UPDATE on the wire ${wires[*]} ms"
     local rss
